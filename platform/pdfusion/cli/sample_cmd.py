@@ -1,0 +1,5 @@
+"""`pdfusion sample` (placeholder until its module lands)."""
+
+
+def register(sub) -> None:  # noqa: ARG001
+    return None

@@ -1,0 +1,313 @@
+"""Every typed configuration of pdfusion, in one place.
+
+Configs are plain dataclasses so that they serialise to JSON next to every checkpoint and MLflow run
+(`to_dict` / `from_dict`), and a checkpoint alone can rebuild its model. Validation happens in
+`__post_init__` so bad values fail before any work starts, with a message naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+SCHEDULES = ("linear", "cosine", "polynomial")
+RADIATIONS = ("xray", "neutron")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+def _check(cond: bool, field_name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {msg}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Rebuild a (nested) config dataclass; unknown keys are an error naming the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        elif typing.get_origin(hint) in (tuple,) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(hint, types.UnionType) and isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    return from_dict(cls, json.loads(Path(path).read_text()))
+
+
+# --------------------------------------------------------------------------------------------------
+# PDF simulation
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PDFConfig:
+    """diffpy.srreal DebyePDFCalculator parameters. Defaults = the seed-oxides dataset's simulation."""
+
+    rmin: float = 0.0
+    rmax: float = 30.0
+    rstep: float = 0.01
+    qmin: float = 0.8
+    qmax: float = 30.0
+    qstep: float | None = None  # None: srreal's optimum for rmax (pi / extended rmax)
+    qdamp: float = 0.01
+    biso: float = 0.3  # isotropic Debye-Waller B (A^2), same for every atom
+    delta2: float = 0.0
+    radiation: Literal["xray", "neutron"] = "xray"
+    normalize: bool = True  # divide G(r) by its maximum, as the seed-oxides data are
+
+    def __post_init__(self) -> None:
+        _check(self.rmax > self.rmin >= 0, "rmax", f"need rmax > rmin >= 0, got rmin={self.rmin}, rmax={self.rmax}")
+        _check(0 < self.rstep < self.rmax - self.rmin, "rstep", f"need 0 < rstep < rmax - rmin, got {self.rstep}")
+        _check(self.qmax > self.qmin >= 0, "qmax", f"need qmax > qmin >= 0, got qmin={self.qmin}, qmax={self.qmax}")
+        _check(self.qstep is None or self.qstep > 0, "qstep", f"must be positive or None, got {self.qstep}")
+        _check(self.qdamp >= 0, "qdamp", f"must be >= 0, got {self.qdamp}")
+        _check(self.biso >= 0, "biso", f"must be >= 0, got {self.biso}")
+        _check(self.delta2 >= 0, "delta2", f"must be >= 0, got {self.delta2}")
+        _check(self.radiation in RADIATIONS, "radiation", f"must be one of {RADIATIONS}, got {self.radiation!r}")
+
+    @property
+    def n_r(self) -> int:
+        return int(round((self.rmax - self.rmin) / self.rstep))
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset generation
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Per-structure randomisation of the simulated PDF, for robustness to measured data."""
+
+    noise_std: float = 0.0  # Gaussian noise on the normalised G(r)
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    qdamp_range: tuple[float, float] | None = None
+    biso_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.noise_std >= 0, "noise_std", f"must be >= 0, got {self.noise_std}")
+        for name in ("scale_range", "qdamp_range", "biso_range"):
+            rng = getattr(self, name)
+            if rng is not None:
+                _check(len(rng) == 2 and 0 <= rng[0] <= rng[1], name, f"need (low, high) with 0 <= low <= high, got {rng}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The (structure type x metal x radius x variant) grid of `jobs/generate_dataset.py`."""
+
+    out_dir: str = "data_out/generated"
+    types: tuple[str, ...] = ("NaCl", "Rutile", "Fluorite", "Spinel")
+    metals: tuple[str, ...] = ("Ti", "Zn", "Mn", "Co")
+    radii: tuple[float, ...] = (5.0, 6.0)
+    variants: int = 1  # random particle centres / augmentations per grid point
+    seed: int = 0
+    shard_size: int = 256
+    min_distance: float = 1.2
+    pdf: PDFConfig = field(default_factory=PDFConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        _check(len(self.types) > 0, "types", "give at least one structure type")
+        _check(len(self.metals) > 0, "metals", "give at least one metal")
+        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii", f"need positive radii, got {self.radii}")
+        _check(self.variants >= 1, "variants", f"must be >= 1, got {self.variants}")
+        _check(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Diffusion model
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["linear", "cosine", "polynomial"] = "polynomial"
+    timesteps: int = 1000
+    beta_start: float = 1e-4  # linear
+    beta_end: float = 0.02  # linear
+    cosine_s: float = 0.008  # cosine offset
+    precision: float = 1e-5  # polynomial_2 precision s (EDM)
+    power: float = 2.0  # polynomial power
+
+    def __post_init__(self) -> None:
+        _check(self.name in SCHEDULES, "schedule.name", f"unknown schedule {self.name!r}; choose one of {SCHEDULES}")
+        _check(self.timesteps >= 2, "schedule.timesteps", f"must be >= 2, got {self.timesteps}")
+        _check(0 < self.beta_start < self.beta_end < 1, "schedule.beta_end", "need 0 < beta_start < beta_end < 1")
+        _check(0 < self.precision < 0.5, "schedule.precision", f"must be in (0, 0.5), got {self.precision}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """EGNN denoiser + PDF encoder + atom-count head."""
+
+    hidden: int = 64
+    layers: int = 4
+    attention: bool = True
+    tanh: bool = True
+    coords_range: float = 15.0  # tanh-bounded coordinate update range
+    norm_constant: float = 1.0  # EDM's normalisation of the coordinate difference
+    aggregation: Literal["sum", "mean"] = "sum"
+    normalization_factor: float = 100.0  # sum-aggregation divisor (EDM)
+    cutoff: float | None = None  # None: fully connected within a particle; else radius graph (A)
+    n_types: int = 2  # one-hot atom types: metal, oxygen
+    type_scale: float = 0.25  # EDM scales one-hot features before noising
+    pdf_points: int = 3000  # length of the conditioning G(r)
+    pdf_encoder: Literal["mlp", "conv"] = "mlp"
+    pdf_embed: int = 128
+    n_metals: int = 100  # metal embedding table size (indexed by Z)
+    max_atoms: int = 512  # atom-count predictor classes: 1..max_atoms
+    position_scale: float = 1.0  # positions are divided by this (A) before diffusion
+
+    def __post_init__(self) -> None:
+        _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")
+        _check(self.layers > 0, "model.layers", f"must be positive, got {self.layers}")
+        _check(self.aggregation in ("sum", "mean"), "model.aggregation", "must be 'sum' or 'mean'")
+        _check(self.cutoff is None or self.cutoff > 0, "model.cutoff", "must be None or positive")
+        _check(self.pdf_encoder in ("mlp", "conv"), "model.pdf_encoder", "must be 'mlp' or 'conv'")
+        _check(self.position_scale > 0, "model.position_scale", "must be positive")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    p_uncond: float = 0.1  # classifier-free guidance: probability of dropping the condition in training
+    type_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.p_uncond <= 1.0, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling. Guidance convention: eps = (1 - gamma) * eps_uncond + gamma * eps_cond;
+    gamma = 0 unconditional, 1 plain conditional, > 1 stronger guidance."""
+
+    guidance: float = 1.0
+    steps: int | None = None  # None: ancestral DDPM over all T steps; else strided (DDIM-style) S steps
+    eta: float = 0.0  # DDIM stochasticity for the strided sampler
+    n_samples: int = 16  # K candidates per PDF
+    n_atoms: int | None = None  # None: predicted from the PDF
+    refine: bool = False
+    refine_steps: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance", f"must be finite and >= 0, got {self.guidance}")
+        _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
+        _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")
+        _check(self.n_atoms is None or self.n_atoms >= 2, "n_atoms", f"must be None or >= 2, got {self.n_atoms}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DataConfig:
+    """Where training data come from: a pdfusion store directory or a seed-oxides folder of .h5 files."""
+
+    path: str = ""
+    split_by: Literal["metal", "formula", "type", "random"] = "metal"
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    max_structures: int | None = None
+    max_atoms: int = 512
+    batch_size: int = 16
+    bucket: bool = True  # size-bucketed batching
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(self.batch_size >= 1, "data.batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lr: float = 3e-4
+    weight_decay: float = 1e-12
+    epochs: int = 10
+    max_steps: int | None = None
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    warmup_steps: int = 100
+    seed: int = 0
+    val_every_epochs: int = 1
+    val_samples: int = 4  # K for the validation best-of-K R_wp
+    val_pdfs: int = 4
+    val_steps: int = 50  # strided sampler steps during validation
+    checkpoint_every_steps: int = 200
+    count_loss_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.grad_clip > 0, "grad_clip", f"must be positive, got {self.grad_clip}")
+        _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+
+
+def preset(name: str) -> TrainConfig:
+    """Named presets: `tiny` (tests, seconds), `cpu` (useful model in ~1 h on 2 cores), `gpu` (EDM-sized)."""
+    if name == "tiny":
+        return TrainConfig(
+            model=ModelConfig(hidden=16, layers=2, pdf_embed=16, max_atoms=512),
+            diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=100)),
+            data=DataConfig(batch_size=4),
+            epochs=2, warmup_steps=5, val_samples=2, val_pdfs=2, val_steps=10, checkpoint_every_steps=20,
+        )
+    if name == "cpu":
+        return TrainConfig(
+            model=ModelConfig(hidden=64, layers=4, pdf_embed=64, cutoff=6.0),
+            diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=500)),
+            data=DataConfig(batch_size=16),
+            epochs=200, lr=5e-4, val_steps=50,
+        )
+    if name == "gpu":
+        return TrainConfig(
+            model=ModelConfig(hidden=256, layers=9, pdf_embed=256),
+            diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=1000)),
+            data=DataConfig(batch_size=64),
+            epochs=1000, lr=1e-4, val_steps=100,
+        )
+    raise ConfigError(f"preset: unknown preset {name!r}; choose one of ('tiny', 'cpu', 'gpu')")
+
+
+# --------------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServeLimits:
+    max_samples: int = 32
+    max_atoms: int = 600
+    max_steps: int = 1000
+    max_points: int = 20000
+    max_body_bytes: int = 4_000_000
+    max_guidance: float = 10.0
+    request_timeout_s: float = 120.0
