@@ -251,6 +251,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    pdf: PDFConfig = field(default_factory=PDFConfig)  # how the training PDFs were simulated (ranking uses it)
     lr: float = 3e-4
     weight_decay: float = 1e-12
     epochs: int = 10
