@@ -1,0 +1,142 @@
+"""Structure-level metrics for generated candidates: validity, recovery (RMSD), stoichiometry, diversity.
+
+RMSD uses an optimal rigid alignment (Kabsch, reflections allowed only when asked) combined with an optimal
+atom assignment (Hungarian, within each element), iterated because the best assignment depends on the
+alignment and vice versa. Several initial orientations (principal axes with sign flips) avoid the local
+minima a single start falls into for near-spherical particles.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
+from scipy.spatial.distance import cdist
+
+from pdfusion.structures.particle import OXYGEN, Particle
+
+MIN_DISTANCE = 1.2  # Å: closer pairs are unphysical for oxides (the dataset filter uses the same bound)
+
+
+def min_distance(positions: np.ndarray) -> float:
+    """Smallest interatomic distance (inf for fewer than two atoms)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if len(positions) < 2:
+        return float("inf")
+    d, _ = cKDTree(positions).query(positions, k=2)
+    return float(d[:, 1].min())
+
+
+def isolated_fraction(positions: np.ndarray, cutoff: float = 3.5) -> float:
+    """Fraction of atoms with no neighbour within `cutoff` Å: atoms that drifted away from the particle."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if len(positions) < 2:
+        return 1.0
+    d, _ = cKDTree(positions).query(positions, k=2)
+    return float(np.mean(d[:, 1] > cutoff))
+
+
+@dataclass(frozen=True)
+class Validity:
+    min_distance: float
+    isolated_fraction: float
+    valid: bool
+
+
+def validity(positions: np.ndarray, *, min_dist: float = MIN_DISTANCE, cutoff: float = 3.5) -> Validity:
+    """Valid = no pair closer than `min_dist` and no atom farther than `cutoff` from all others."""
+    md = min_distance(positions)
+    iso = isolated_fraction(positions, cutoff)
+    return Validity(md, iso, bool(md >= min_dist and iso == 0.0))
+
+
+def metal_oxygen_ratio(numbers: np.ndarray) -> float:
+    numbers = np.asarray(numbers)
+    n_o = int(np.sum(numbers == OXYGEN))
+    return float(np.sum(numbers != OXYGEN)) / max(n_o, 1)
+
+
+def stoichiometry_error(numbers: np.ndarray, reference: np.ndarray) -> float:
+    """|M:O(candidate) - M:O(reference)| / M:O(reference)."""
+    ref = metal_oxygen_ratio(reference)
+    return abs(metal_oxygen_ratio(numbers) - ref) / max(ref, 1e-12)
+
+
+def kabsch(p: np.ndarray, q: np.ndarray, *, allow_reflection: bool = False) -> np.ndarray:
+    """Rotation R (3x3) minimising |p @ R - q| for centred point sets p, q (N, 3)."""
+    h = p.T @ q
+    u, _, vt = np.linalg.svd(h)
+    d = np.eye(3)
+    if not allow_reflection and np.linalg.det(u @ vt) < 0:
+        d[2, 2] = -1.0
+    return u @ d @ vt
+
+
+def _assign(p: np.ndarray, q: np.ndarray, zp: np.ndarray, zq: np.ndarray) -> np.ndarray:
+    """Permutation perm so that q[perm] is matched to p, within each element."""
+    perm = np.empty(len(p), dtype=np.int64)
+    for z in np.unique(zp):
+        ip, iq = np.flatnonzero(zp == z), np.flatnonzero(zq == z)
+        rows, cols = linear_sum_assignment(cdist(p[ip], q[iq], "sqeuclidean"))
+        perm[ip[rows]] = iq[cols]
+    return perm
+
+
+def _principal_frame(x: np.ndarray) -> np.ndarray:
+    _, vecs = np.linalg.eigh(x.T @ x)
+    return vecs
+
+
+def rmsd(
+    candidate: Particle,
+    reference: Particle,
+    *,
+    allow_reflection: bool = False,
+    iterations: int = 20,
+) -> float:
+    """RMSD after optimal alignment and atom assignment; inf when the compositions differ."""
+    zp, zq = candidate.numbers, reference.numbers
+    if len(zp) != len(zq) or not np.array_equal(np.sort(zp), np.sort(zq)):
+        return float("inf")
+    p = candidate.positions - candidate.positions.mean(axis=0)
+    q = reference.positions - reference.positions.mean(axis=0)
+    fp, fq = _principal_frame(p), _principal_frame(q)
+    best = float("inf")
+    for signs in itertools.product((1.0, -1.0), repeat=3):
+        rot0 = fp @ np.diag(signs) @ fq.T
+        if not allow_reflection and np.linalg.det(rot0) < 0:
+            continue
+        x = p @ rot0
+        prev = float("inf")
+        for _ in range(iterations):
+            perm = _assign(x, q, zp, zq)
+            rot = kabsch(p, q[perm], allow_reflection=allow_reflection)
+            x = p @ rot
+            val = float(np.sqrt(np.mean(np.sum((x - q[perm]) ** 2, axis=1))))
+            if prev - val < 1e-10:
+                break
+            prev = val
+        best = min(best, val)
+    return best
+
+
+def pairwise_diversity(candidates: list[np.ndarray], bins: np.ndarray | None = None) -> float:
+    """Mean pairwise L1 distance between normalised interatomic-distance histograms of the candidates.
+
+    Distance histograms are invariant to rotation, translation and permutation, and defined for different
+    atom counts, so diversity is measured without alignment. 0 = all candidates identical.
+    """
+    if len(candidates) < 2:
+        return 0.0
+    bins = np.linspace(0.0, 20.0, 201) if bins is None else bins
+    hists = []
+    for pos in candidates:
+        d = cdist(pos, pos)[np.triu_indices(len(pos), k=1)]
+        h, _ = np.histogram(d, bins=bins)
+        hists.append(h / max(h.sum(), 1))
+    hists = np.asarray(hists)
+    pairs = [np.abs(hists[i] - hists[j]).sum() for i, j in itertools.combinations(range(len(hists)), 2)]
+    return float(np.mean(pairs))
