@@ -312,3 +312,58 @@ class ServeLimits:
     max_body_bytes: int = 4_000_000
     max_guidance: float = 10.0
     request_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_samples", "max_atoms", "max_steps", "max_points", "max_body_bytes"):
+            _check(getattr(self, name) >= 1, f"limits.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.max_atoms >= 2, "limits.max_atoms", f"must be >= 2, got {self.max_atoms}")
+        _check(self.max_points >= 2, "limits.max_points", f"must be >= 2, got {self.max_points}")
+        _check(0 < self.max_guidance and math.isfinite(self.max_guidance), "limits.max_guidance", "must be finite and > 0")
+        _check(self.request_timeout_s > 0, "limits.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The HTTP sampling service: which model (server-side only, never chosen by a request), request
+    limits, sampler replicas (autoscaling), dynamic batching and per-replica resources."""
+
+    model: str = ""  # checkpoint path or MLflow URI models:/name/version
+    device: str = "cpu"
+    limits: ServeLimits = field(default_factory=ServeLimits)
+    default_samples: int = 4  # n_samples when a request gives none
+    min_replicas: int = 1
+    max_replicas: int = 2
+    initial_replicas: int | None = None
+    target_ongoing_requests: float = 8.0
+    max_ongoing_requests: int = 32  # per sampler replica; >= max_batch_size so a batch can fill
+    upscale_delay_s: float = 10.0
+    downscale_delay_s: float = 120.0
+    max_batch_size: int = 16  # requests per sampler call; 1 disables batching
+    max_batch_candidates: int = 256  # candidates (sum of n_samples) per sampler call
+    batch_wait_timeout_s: float = 0.05
+    num_cpus: float = 1.0  # per sampler replica
+    num_gpus: float = 0.0  # per sampler replica; fractions share a GPU
+    ingress_num_cpus: float = 0.1
+    torch_threads: int = 1
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "model", "give a checkpoint path or an MLflow URI models:/name/version")
+        _check(1 <= self.default_samples <= self.limits.max_samples, "default_samples",
+               f"must be in 1..limits.max_samples={self.limits.max_samples}, got {self.default_samples}")
+        _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1, "max_replicas",
+               f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1; got {self.min_replicas}, {self.max_replicas}")
+        _check(self.initial_replicas is None or self.min_replicas <= self.initial_replicas <= self.max_replicas,
+               "initial_replicas", "must be None or within [min_replicas, max_replicas]")
+        _check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be > 0")
+        _check(self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0, "downscale_delay_s", "delays must be >= 0")
+        _check(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
+        _check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
+               f"must be >= max_batch_size={self.max_batch_size} or batches can never fill")
+        _check(self.max_batch_candidates >= self.limits.max_samples, "max_batch_candidates",
+               f"must be >= limits.max_samples={self.limits.max_samples} so any single request fits a batch")
+        _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
+        _check(self.num_cpus >= 0 and self.num_gpus >= 0 and self.ingress_num_cpus >= 0, "num_gpus",
+               "resources must be >= 0")
+        _check(self.num_gpus == 0 or self.device.startswith("cuda"), "device",
+               f"num_gpus={self.num_gpus} needs device='cuda', got {self.device!r}")
+        _check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
