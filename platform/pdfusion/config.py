@@ -345,6 +345,7 @@ class ServeConfig:
     num_gpus: float = 0.0  # per sampler replica; fractions share a GPU
     ingress_num_cpus: float = 0.1
     torch_threads: int = 1
+    refine_steps: int = 100  # gradient steps when a request asks for refinement
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model", "give a checkpoint path or an MLflow URI models:/name/version")
@@ -367,3 +368,4 @@ class ServeConfig:
         _check(self.num_gpus == 0 or self.device.startswith("cuda"), "device",
                f"num_gpus={self.num_gpus} needs device='cuda', got {self.device!r}")
         _check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
+        _check(self.refine_steps >= 0, "refine_steps", f"must be >= 0, got {self.refine_steps}")
