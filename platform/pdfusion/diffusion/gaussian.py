@@ -1,0 +1,135 @@
+"""Gaussian diffusion on (positions in the zero-CoM subspace, scaled one-hot atom types), ε-prediction.
+
+Positions: centred on the real atoms and divided by `model_cfg.position_scale` (Å) so the data have about
+unit variance, as the N(0, I) prior assumes (seed-oxides coordinates have std 3.62 Å per axis over all of
+graphs_h5 and 3.35 Å on graphs_fixed_num_135 → default 3.5 Å). Position noise is projected to zero CoM,
+which makes the model's likelihood translation-invariant (EDM). Types: one-hot (0 = metal, 1 = oxygen)
+times `type_scale` (EDM uses 0.25 so types are decided late), noised with ordinary Gaussian noise.
+
+`training_loss` returns loss = loss_x + type_loss_weight·loss_h + count_loss_weight·loss_count: the
+atom-count head is trained here (the trainer passes `TrainConfig.count_loss_weight`), and the metrics
+dict reports each part separately as floats.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pdfusion.config import DiffusionConfig, ModelConfig
+from pdfusion.data.batching import DenseBatch
+from pdfusion.diffusion.guards import check_finite
+from pdfusion.diffusion.model import remove_mean
+from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
+
+__all__ = ["GaussianDiffusion", "atom_types", "OXYGEN"]
+
+OXYGEN = 8
+
+
+def atom_types(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Atomic numbers → diffusion types: 0 = metal (any non-oxygen), 1 = oxygen; padding 0."""
+    return ((z == OXYGEN) & mask).long()
+
+
+class GaussianDiffusion:
+    """Forward process, posterior and training loss. Holds no parameters; pair it with a denoiser."""
+
+    def __init__(self, schedule: NoiseSchedule | None = None, model_cfg: ModelConfig | None = None,
+                 diffusion_cfg: DiffusionConfig | None = None) -> None:
+        self.diffusion_cfg = diffusion_cfg or DiffusionConfig()
+        self.schedule = schedule if schedule is not None else build_schedule(self.diffusion_cfg.schedule)
+        self.model_cfg = model_cfg or ModelConfig()
+        self.T = self.schedule.timesteps
+
+    # ------------------------------------------------------------------ data <-> diffusion space
+    def encode(self, batch: DenseBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """DenseBatch → (x (B,N,3) zero-CoM / position_scale, h (B,N,n_types) scaled one-hot), 0 on padding."""
+        mask = batch.mask.bool()
+        check_finite("batch.pos", batch.pos)
+        x = remove_mean(batch.pos.float(), mask) / self.model_cfg.position_scale
+        types = atom_types(batch.z, mask)
+        if int(types.max()) >= self.model_cfg.n_types:
+            raise ValueError(f"batch.z: found type {int(types.max())} but model.n_types={self.model_cfg.n_types}")
+        h = F.one_hot(types, self.model_cfg.n_types).float() * self.model_cfg.type_scale
+        return x, h * mask.unsqueeze(-1)
+
+    def decode(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Diffusion space → (positions Å (B,N,3), types (B,N) long: argmax of h, 0 on padding)."""
+        m = mask.bool()
+        pos = x * self.model_cfg.position_scale * m.unsqueeze(-1)
+        return pos, h.argmax(-1) * m
+
+    # ------------------------------------------------------------------ noise
+    @staticmethod
+    def position_noise(mask: torch.Tensor, generator: torch.Generator | None = None,
+                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """N(0, I) noise on (B,N,3) projected onto the zero-CoM subspace of the real atoms."""
+        b, n = mask.shape
+        eps = torch.randn(b, n, 3, generator=generator, dtype=dtype, device=mask.device)
+        return remove_mean(eps, mask.bool())
+
+    def type_noise(self, mask: torch.Tensor, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        b, n = mask.shape
+        eps = torch.randn(b, n, self.model_cfg.n_types, generator=generator, dtype=dtype, device=mask.device)
+        return eps * mask.unsqueeze(-1).to(dtype)
+
+    # ------------------------------------------------------------------ forward process / posterior
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = √ᾱ_t · x0 + √(1 − ᾱ_t) · noise, t (B,) integer times."""
+        s = self.schedule
+        return s.gather("sqrt_alphas_cumprod", t, x0) * x0 + s.gather("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+
+    def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        s = self.schedule
+        return (xt - s.gather("sqrt_one_minus_alphas_cumprod", t, xt) * eps) * s.gather("sqrt_recip_alphas_cumprod", t, xt)
+
+    def posterior_mean_var(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) for t ≥ 1 (variance broadcastable to xt)."""
+        s = self.schedule
+        mean = s.gather("posterior_mean_coef1", t, xt) * x0 + s.gather("posterior_mean_coef2", t, xt) * xt
+        return mean, s.gather("posterior_variance", t, xt)
+
+    # ------------------------------------------------------------------ loss
+    def training_loss(self, model: torch.nn.Module, batch: DenseBatch, generator: torch.Generator | None = None,
+                      *, count_loss_weight: float = 0.1, step: int | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Uniform t ∈ 1..T, masked MSE per real atom on ε_x and ε_h, condition dropped with p_uncond (always
+        when the batch has no pdf/metal), plus the count head's cross-entropy (skipped without a condition).
+        Returns (loss, {"loss", "loss_x", "loss_h", "loss_count", "p_cond"}). `generator` must live on the
+        batch's device."""
+        mask = batch.mask.bool()
+        b = mask.shape[0]
+        dev = mask.device
+        x0, h0 = self.encode(batch)
+        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=dev)
+        eps_x = self.position_noise(mask, generator)
+        eps_h = self.type_noise(mask, generator)
+        xt = self.q_sample(x0, t, eps_x)
+        ht = self.q_sample(h0, t, eps_h)
+        conditional = batch.pdf is not None and batch.metal is not None
+        if conditional:
+            keep = torch.rand(b, generator=generator, device=dev) >= self.diffusion_cfg.p_uncond
+        else:
+            keep = torch.zeros(b, dtype=torch.bool, device=dev)
+        with_count = conditional and count_loss_weight > 0
+        if with_count and int(batch.n_atoms.max()) > self.model_cfg.max_atoms:
+            raise ValueError(f"batch.n_atoms: a particle has {int(batch.n_atoms.max())} atoms but model.max_atoms="
+                             f"{self.model_cfg.max_atoms}; raise model.max_atoms or filter the data")
+        out = model(xt, ht, mask, t.float() / self.T, batch.pdf, batch.metal, keep, return_count=with_count)
+        pred_x, pred_h = out[0], out[1]
+        m = mask.unsqueeze(-1).float()
+        n_real = m.sum().clamp(min=1.0)
+        loss_x = ((pred_x - eps_x) ** 2 * m).sum() / (n_real * 3)
+        loss_h = ((pred_h - eps_h) ** 2 * m).sum() / (n_real * self.model_cfg.n_types)
+        loss = loss_x + self.diffusion_cfg.type_loss_weight * loss_h
+        loss_count = torch.zeros((), device=dev)
+        if with_count:
+            loss_count = F.cross_entropy(out[2], batch.n_atoms.long() - 1)
+            loss = loss + count_loss_weight * loss_count
+        check_finite("loss", loss, step)
+        metrics = {"loss": float(loss.detach()), "loss_x": float(loss_x.detach()), "loss_h": float(loss_h.detach()),
+                   "loss_count": float(loss_count.detach()), "p_cond": float(keep.float().mean())}
+        return loss, metrics

@@ -1,0 +1,143 @@
+"""The denoiser: PDF encoder + metal embedding → condition, time embedding, EGNN, atom-count head.
+
+The condition (PDF ⊕ metal) is one vector per particle that joins every node's features. Classifier-free
+guidance needs an unconditional branch, so a **learned null embedding** replaces the condition wherever
+`cond_mask` is False (training drops it with probability p_uncond; sampling runs both halves).
+Inputs are diffusion-space tensors: positions already divided by `position_scale`, one-hot types already
+scaled by `type_scale` (see GaussianDiffusion). The radius cutoff is given in Å and converted here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pdfusion.config import ModelConfig, from_dict
+from pdfusion.diffusion.egnn import EGNN
+from pdfusion.diffusion.guards import check_finite
+
+__all__ = ["PDFusionDenoiser", "PDFEncoder", "remove_mean", "timestep_embedding"]
+
+
+def remove_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Project (B,N,3) onto the zero centre-of-mass subspace over real nodes; padding set to 0."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    n = m.sum(1, keepdim=True).clamp(min=1.0)
+    mean = (x * m).sum(1, keepdim=True) / n
+    return (x - mean) * m
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of t ∈ [0, 1] (scaled by 1000 as in DDPM), (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    arg = (t.float() * 1000.0)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class PDFEncoder(nn.Module):
+    """G(r) (B, n_r) → (B, embed). `mlp`: the 2023 report's n_r → 512 → embed; `conv`: strided 1-D convs."""
+
+    def __init__(self, n_points: int, embed: int, kind: str = "mlp") -> None:
+        super().__init__()
+        self.n_points, self.kind = n_points, kind
+        if kind == "mlp":
+            self.net = nn.Sequential(nn.Linear(n_points, 512), nn.GELU(), nn.Linear(512, embed), nn.GELU())
+        elif kind == "conv":
+            self.net = nn.Sequential(
+                nn.Conv1d(1, 16, 9, stride=4, padding=4), nn.GELU(),
+                nn.Conv1d(16, 32, 9, stride=4, padding=4), nn.GELU(),
+                nn.Conv1d(32, 64, 9, stride=4, padding=4), nn.GELU(),
+                nn.AdaptiveAvgPool1d(8), nn.Flatten(), nn.Linear(64 * 8, embed), nn.GELU())
+        else:
+            raise ValueError(f"model.pdf_encoder: must be 'mlp' or 'conv', got {kind!r}")
+
+    def forward(self, pdf: torch.Tensor) -> torch.Tensor:
+        if pdf.dim() != 2 or pdf.shape[-1] != self.n_points:
+            raise ValueError(f"pdf: expected (B, {self.n_points}) points (model.pdf_points), got {tuple(pdf.shape)}; "
+                             "interpolate the G(r) onto the model's r grid")
+        return self.net(pdf.unsqueeze(1) if self.kind == "conv" else pdf)
+
+
+class PDFusionDenoiser(nn.Module):
+    """ε-prediction network. forward(x, h, mask, t, pdf, metal, cond_mask) → (eps_x (B,N,3), eps_h (B,N,n_types)).
+
+    t: (B,) float in [0, 1]; cond_mask: (B,) bool, True = use the condition, False = null embedding.
+    `pdf`/`metal` may be None for unconditional models (every row then uses the null embedding)."""
+
+    def __init__(self, cfg: ModelConfig | dict | None = None) -> None:
+        super().__init__()
+        cfg = ModelConfig() if cfg is None else (from_dict(ModelConfig, cfg) if isinstance(cfg, dict) else cfg)
+        self.cfg = cfg
+        e = cfg.pdf_embed
+        self.pdf_encoder = PDFEncoder(cfg.pdf_points, e, cfg.pdf_encoder)
+        self.metal_embedding = nn.Embedding(cfg.n_metals, e)
+        self.cond_mlp = nn.Sequential(nn.Linear(2 * e, e), nn.SiLU(), nn.Linear(e, e))
+        self.null_embedding = nn.Parameter(torch.randn(e) * 0.02)
+        self.time_dim = 32
+        self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, e), nn.SiLU(), nn.Linear(e, e))
+        cutoff = None if cfg.cutoff is None else cfg.cutoff / cfg.position_scale
+        self.egnn = EGNN(cfg.n_types + 1 + e, cfg.n_types, hidden=cfg.hidden, layers=cfg.layers,
+                         attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
+                         norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
+                         normalization_factor=cfg.normalization_factor, cutoff=cutoff)
+        self.count_head = nn.Sequential(nn.Linear(e, 2 * e), nn.SiLU(), nn.Linear(2 * e, cfg.max_atoms))
+
+    # ------------------------------------------------------------------------------------------
+    def condition(self, pdf: torch.Tensor | None, metal: torch.Tensor | None, cond_mask: torch.Tensor | None,
+                  batch_size: int, *, need_encoding: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((B, pdf_embed) condition: encoded (PDF, metal) where cond_mask, the learned null embedding
+        elsewhere; the raw encoding (B, pdf_embed) when computed, else None)."""
+        null = self.null_embedding.unsqueeze(0).expand(batch_size, -1)
+        if cond_mask is None:
+            cond_mask = torch.full((batch_size,), pdf is not None, dtype=torch.bool, device=null.device)
+        if not bool(cond_mask.any()) and not need_encoding:
+            return null, None
+        if pdf is None or metal is None:
+            raise ValueError("cond_mask: the condition is needed but pdf/metal is None; pass both "
+                             "or set cond_mask to all False (unconditional)")
+        c = self.encode_condition(pdf, metal)
+        return torch.where(cond_mask.to(c.device)[:, None], c, null), c
+
+    def encode_condition(self, pdf: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
+        check_finite("pdf", pdf)
+        metal = metal.long().reshape(-1)
+        if metal.numel() and (int(metal.min()) < 0 or int(metal.max()) >= self.cfg.n_metals):
+            raise ValueError(f"metal: atomic numbers must be in 0..{self.cfg.n_metals - 1} (model.n_metals), "
+                             f"got {metal.tolist()}")
+        return self.cond_mlp(torch.cat([self.pdf_encoder(pdf.float()), self.metal_embedding(metal)], dim=-1))
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
+                pdf: torch.Tensor | None = None, metal: torch.Tensor | None = None,
+                cond_mask: torch.Tensor | None = None, return_count: bool = False):
+        """Returns (eps_x, eps_h), or (eps_x, eps_h, count_logits) with `return_count` (one forward, so DDP
+        sees every parameter used; the count head always sees the real condition, never the null one)."""
+        b, n, _ = x.shape
+        if h.shape[:2] != (b, n) or h.shape[-1] != self.cfg.n_types or mask.shape != (b, n):
+            raise ValueError(f"h/mask: expected ({b}, {n}, {self.cfg.n_types}) and ({b}, {n}), "
+                             f"got {tuple(h.shape)} and {tuple(mask.shape)}")
+        mask = mask.bool()
+        check_finite("x", x)
+        check_finite("h", h)
+        t = t.to(x.dtype).reshape(-1).expand(b) if t.numel() == 1 else t.to(x.dtype).reshape(b)
+        cond, enc = self.condition(pdf, metal, cond_mask, b, need_encoding=return_count)
+        cond = cond + self.time_mlp(timestep_embedding(t, self.time_dim))
+        node_in = torch.cat([h, t[:, None, None].expand(b, n, 1), cond[:, None, :].expand(b, n, -1)], dim=-1)
+        x_out, h_out = self.egnn(x, node_in, mask)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        eps_x = remove_mean((x_out - x) * m, mask)
+        eps_h = h_out * m
+        check_finite("eps_x", eps_x)
+        check_finite("eps_h", eps_h)
+        if return_count:
+            return eps_x, eps_h, self.count_head(enc)
+        return eps_x, eps_h
+
+    def count_logits(self, pdf: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
+        """(B, max_atoms) logits of p(N | PDF, metal); class k means N = k + 1."""
+        return self.count_head(self.encode_condition(pdf, metal))
