@@ -338,6 +338,7 @@ class ServeConfig:
     max_ongoing_requests: int = 32  # per sampler replica; >= max_batch_size so a batch can fill
     upscale_delay_s: float = 10.0
     downscale_delay_s: float = 120.0
+    look_back_period_s: float = 30.0  # window over which ongoing requests are averaged for autoscaling
     max_batch_size: int = 16  # requests per sampler call; 1 disables batching
     max_batch_candidates: int = 256  # candidates (sum of n_samples) per sampler call
     batch_wait_timeout_s: float = 0.05
@@ -357,6 +358,7 @@ class ServeConfig:
                "initial_replicas", "must be None or within [min_replicas, max_replicas]")
         _check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be > 0")
         _check(self.upscale_delay_s >= 0 and self.downscale_delay_s >= 0, "downscale_delay_s", "delays must be >= 0")
+        _check(self.look_back_period_s > 0, "look_back_period_s", f"must be > 0, got {self.look_back_period_s}")
         _check(self.max_batch_size >= 1, "max_batch_size", f"must be >= 1, got {self.max_batch_size}")
         _check(self.max_ongoing_requests >= self.max_batch_size, "max_ongoing_requests",
                f"must be >= max_batch_size={self.max_batch_size} or batches can never fill")
