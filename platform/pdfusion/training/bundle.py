@@ -1,0 +1,102 @@
+"""ModelBundle: a trained model ready to sample, rebuilt from a checkpoint alone.
+
+Serving, the CLI and evaluation only ever need the EMA weights, the configs they were trained
+with (model, diffusion, and the PDFConfig that simulated the training PDFs, which ranking must reuse)
+and the sampling defaults chosen for that model; the bundle carries exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pdfusion.config import PDFConfig, TrainConfig, from_dict
+
+DEFAULTS = {"guidance": 1.0, "steps": 100}
+
+
+@dataclass
+class ModelBundle:
+    model: torch.nn.Module  # EMA weights, eval mode
+    diffusion: Any  # pdfusion.diffusion.gaussian.GaussianDiffusion
+    config: TrainConfig
+    pdf_config: PDFConfig
+    r_grid: np.ndarray  # (n_r,) Å, the grid conditioning PDFs must be on
+    defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
+    name: str = "pdfusion"
+    version: str = "0"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    source: str = ""
+
+
+def bundle_from_state(
+    state: dict[str, Any],
+    device: str | torch.device = "cpu",
+    defaults: dict[str, Any] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    source: str = "",
+) -> ModelBundle:
+    """Build a bundle from a loaded trainer checkpoint dict (`Trainer.state_dict()`)."""
+    from pdfusion.diffusion.gaussian import GaussianDiffusion
+    from pdfusion.diffusion.model import PDFusionDenoiser
+    from pdfusion.diffusion.schedules import build_schedule
+    from pdfusion.pdf import r_grid
+
+    cfg = from_dict(TrainConfig, state["config"])
+    device = torch.device(device)
+    model = PDFusionDenoiser(cfg.model)
+    model.load_state_dict(state["ema"])
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    diffusion = GaussianDiffusion(build_schedule(cfg.diffusion.schedule), cfg.model, cfg.diffusion)
+    if hasattr(diffusion, "to"):
+        diffusion = diffusion.to(device) or diffusion
+    extra = state.get("extra") or {}
+    merged = dict(DEFAULTS)
+    merged.update(extra.get("defaults") or {})
+    merged.update(defaults or {})
+    unknown = sorted(set(merged) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"defaults: unknown key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
+    grid = np.asarray(r_grid(cfg.pdf), dtype=np.float64)
+    if grid.shape[0] != cfg.model.pdf_points:
+        raise ValueError(
+            f"checkpoint {source}: model.pdf_points={cfg.model.pdf_points} but its PDFConfig gives {grid.shape[0]} points"
+        )
+    return ModelBundle(
+        model=model, diffusion=diffusion, config=cfg, pdf_config=cfg.pdf, r_grid=grid, defaults=merged,
+        name=name or extra.get("name") or (Path(source).stem if source else "pdfusion"),
+        version=str(version or extra.get("version") or state.get("step", 0)),
+        device=device, source=source,
+    )
+
+
+def load_bundle(
+    source: str | Path,
+    device: str | torch.device = "cpu",
+    defaults: dict[str, Any] | None = None,
+    name: str | None = None,
+    version: str | None = None,
+) -> ModelBundle:
+    """A checkpoint path, or an MLflow `models:/name/version` / `runs:/id/path` URI (downloaded first)."""
+    from pdfusion.training.trainer import load_checkpoint
+
+    source = str(source)
+    path = source
+    if source.startswith(("models:/", "runs:/")) or Path(source).is_dir():
+        from pdfusion.training.tracking import download_checkpoint
+
+        path = str(download_checkpoint(source))
+        if name is None and source.startswith("models:/"):
+            ref = source[len("models:/") :]
+            sep = "@" if "@" in ref else "/"
+            name, _, ver = ref.partition(sep)
+            version = version or ver or None
+    state = load_checkpoint(path)
+    return bundle_from_state(state, device=device, defaults=defaults, name=name, version=version, source=source)

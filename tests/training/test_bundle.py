@@ -1,0 +1,88 @@
+"""ModelBundle: rebuilt from a checkpoint alone, EMA weights in eval mode, defaults stored and overridable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Data
+
+from pdfusion.config import DataConfig, PDFConfig, preset
+from pdfusion.training import bundle as bundle_mod
+from pdfusion.training.bundle import load_bundle
+from pdfusion.training.trainer import Trainer
+
+SMALL_PDF = PDFConfig(rmax=8.0, rstep=0.1, qmax=20.0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.set_num_threads(1)
+    base = preset("tiny")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=SMALL_PDF.n_r, max_atoms=32),
+                              data=DataConfig(batch_size=2), pdf=SMALL_PDF)
+    g = torch.Generator().manual_seed(0)
+    data = []
+    for n in (6, 8, 9, 7):
+        z = torch.tensor([22, 8] * (n // 2) + [22] * (n % 2))
+        data.append(Data(pos=torch.randn(n, 3, generator=g) * 2, z=z, x=torch.zeros(n, 7),
+                         y=torch.rand(1, SMALL_PDF.n_r, generator=g), metal=torch.tensor([22]), num_nodes=n))
+    tr = Trainer(cfg)
+    tr.fit(data, progress=False, max_steps=4)
+    path = tmp_path_factory.mktemp("ck") / "model.pt"
+    tr.save_checkpoint(path, extra={"defaults": {"guidance": 2.0, "steps": 7}, "name": "toy", "version": "3"})
+    return path, tr
+
+
+def test_bundle_holds_ema_weights_configs_and_grid(checkpoint):
+    from pdfusion.pdf import r_grid
+
+    path, tr = checkpoint
+    b = load_bundle(path)
+    assert not b.model.training
+    for k, v in tr.ema.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v)
+    assert any(not torch.equal(tr.module.state_dict()[k], v) for k, v in tr.ema.state_dict().items())
+    assert b.config == tr.cfg and b.pdf_config == SMALL_PDF
+    np.testing.assert_allclose(b.r_grid, np.asarray(r_grid(SMALL_PDF)))
+    assert len(b.r_grid) == SMALL_PDF.n_r
+    assert b.defaults == {"guidance": 2.0, "steps": 7}
+    assert (b.name, b.version) == ("toy", "3")
+
+
+def test_defaults_overridable_and_validated(checkpoint):
+    path, _ = checkpoint
+    assert load_bundle(path, defaults={"steps": 50}).defaults == {"guidance": 2.0, "steps": 50}
+    with pytest.raises(ValueError, match="unknown key"):
+        load_bundle(path, defaults={"stepz": 50})
+
+
+def test_mlflow_uris_go_through_tracking(checkpoint, monkeypatch):
+    path, _ = checkpoint
+    seen = []
+
+    def fake_download(uri, **kw):
+        seen.append(uri)
+        return path
+
+    from pdfusion.training import tracking
+
+    monkeypatch.setattr(tracking, "download_checkpoint", fake_download)
+    b = load_bundle("models:/pdfusion-oxides/5")
+    assert seen == ["models:/pdfusion-oxides/5"] and (b.name, b.version) == ("pdfusion-oxides", "5")
+    b = load_bundle("models:/pdfusion-oxides@production")
+    assert (b.name, b.version) == ("pdfusion-oxides", "production")
+    load_bundle("runs:/abc123/model")
+    assert seen[-1] == "runs:/abc123/model"
+
+
+def test_bad_checkpoint_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_bundle(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_bundle(bad)
+    assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100}
