@@ -1,0 +1,257 @@
+"""The FastAPI application: routes, validation, error bodies, body-size limit and request timeout.
+
+`create_api` needs only the model's description (`SamplerService.info()`) and an async `sample(job)`
+callable, so the same app runs behind Ray Serve (where `sample` calls the batched sampler
+deployment) and in-process. Every error, 4xx or 5xx, has one body: `{"error": {"field", "message"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pdfusion.config import ServeConfig
+from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, parse_pdf_text, to_model_grid
+from pdfusion.serving.schemas import (
+    Bounds,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    SampleResponse,
+    form_model,
+    form_openapi_schema,
+    request_model,
+)
+from pdfusion.serving.service import SampleJob
+
+log = logging.getLogger("pdfusion.serving")
+OXYGEN = 8
+SampleFn = Callable[[SampleJob], Awaitable[dict[str, Any]]]
+
+
+def error_response(status: int, field: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"field": field, "message": message}}, status_code=status)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse bodies over `max_bytes` (declared Content-Length or bytes actually
+    streamed) before the app buffers them."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            resp = error_response(413, "body", f"request body exceeds {self.max_bytes} bytes; send a smaller PDF")
+            return await resp(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        return await self.app(scope, limited, send)
+
+
+def _first_error(exc: ValidationError | RequestValidationError, prefix: str = "") -> tuple[str, str]:
+    errs = exc.errors()
+    if not errs:
+        return prefix or "body", "invalid request"
+    e = errs[0]
+    loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+    field = ".".join(loc) or prefix or "body"
+    msg = e.get("msg", "invalid value")
+    if e.get("type") == "extra_forbidden":
+        msg = "unknown field; see the schema at /docs"
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more problem(s))"
+    return field, msg
+
+
+def _metal(symbol: str, n_metals: int) -> tuple[str, int]:
+    from pymatgen.core import Element
+
+    sym = symbol.strip().capitalize()
+    try:
+        z = int(Element(sym).Z)
+    except (ValueError, KeyError, AttributeError):
+        raise InputError("metal", f"{symbol!r} is not an element symbol; give the metal, e.g. 'Ti' or 'Zn'") from None
+    if z == OXYGEN:
+        raise InputError("metal", "oxygen is not a metal; give the oxide's metal, e.g. 'Ti'")
+    if z >= n_metals:
+        raise InputError("metal", f"{sym} (Z={z}) is beyond this model's metal table (Z < {n_metals})")
+    return sym, z
+
+
+def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> FastAPI:
+    """Build the HTTP API for one loaded model (see the module docstring)."""
+    bounds = Bounds.from_limits(cfg.limits, info["max_atoms"], info["timesteps"])
+    grid = np.asarray(info["r_grid"], dtype=np.float64)
+    JsonReq, FormReq = request_model(bounds), form_model(bounds)
+    model_ref = {"name": info["name"], "version": info["version"]}
+    default_steps = int(min(info["defaults"]["steps"], bounds.max_steps))
+    default_guidance = float(min(info["defaults"]["guidance"], bounds.max_guidance))
+    errors = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 504)}
+
+    app = FastAPI(
+        title="pdfusion sampling service",
+        version="1",
+        description="Generate nanoparticle structures from an X-ray PDF G(r), ranked by R_wp. "
+        "Every error answers `{\"error\": {\"field\", \"message\"}}`.",
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=bounds.max_body_bytes)
+
+    @app.exception_handler(InputError)
+    async def _input_error(_: Request, exc: InputError):
+        return error_response(exc.status, exc.field, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        return error_response(422, *_first_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        field = {405: "method", 404: "path"}.get(exc.status_code, "body")
+        return error_response(exc.status_code, field, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _server_error(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return error_response(500, "server", f"internal error: {type(exc).__name__}")
+
+    @app.get("/v1/health", response_model=Health)
+    async def health():
+        return {"status": "ok", "model": model_ref}
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    async def model_info():
+        return {
+            **model_ref,
+            "r_min": float(grid[0]), "r_max": float(grid[-1]),
+            "r_step": float(grid[1] - grid[0]) if grid.size > 1 else 0.0, "n_r": int(grid.size),
+            "defaults": {"guidance": default_guidance, "steps": default_steps},
+            "default_samples": cfg.default_samples,
+            "training": info["training"],
+            "limits": bounds,
+        }
+
+    async def _parse(request: Request) -> tuple[Any, np.ndarray, np.ndarray, str]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=len(FormReq.model_fields) + 1)
+            except StarletteHTTPException:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any multipart parse problem is the client's
+                raise InputError("body", f"cannot parse the multipart form: {exc}", status=400) from None
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError("file", "upload a .gr or .csv PDF file in the 'file' form field")
+            fields: dict[str, Any] = {}
+            for key, value in form.multi_items():
+                if key == "file":
+                    continue
+                if not isinstance(value, str):
+                    raise InputError(key, "must be a plain form value, not a file")
+                if key in fields:
+                    raise InputError(key, "given more than once")
+                if value != "":
+                    fields[key] = value
+            try:
+                params = FormReq.model_validate(fields)
+            except ValidationError as exc:
+                raise InputError(*_first_error(exc)) from None
+            raw = await upload.read()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise InputError("file", "is not UTF-8 text; upload a .gr or .csv text file") from None
+            r, g = parse_pdf_text(text, upload.filename or "", max_points=bounds.max_points)
+            r, g = check_pdf_arrays(r, g, cfg.limits, origin="file")
+            return params, r, g, "file"
+        if ctype not in ("application/json", ""):
+            raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
+                             status=415)
+        body = await request.body()
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            raise InputError("body", "is not valid JSON", status=400) from None
+        try:
+            params = JsonReq.model_validate(obj)
+        except ValidationError as exc:
+            raise InputError(*_first_error(exc)) from None
+        r, g = check_pdf_arrays(params.r, params.g, cfg.limits)
+        return params, r, g, ""
+
+    sample_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": JsonReq.model_json_schema()},
+                "multipart/form-data": {"schema": form_openapi_schema(bounds)},
+            },
+        }
+    }
+
+    @app.post("/v1/sample", response_model=SampleResponse, responses=errors, openapi_extra=sample_doc)
+    async def sample_route(request: Request):
+        """Generate candidate structures for one PDF (JSON arrays or an uploaded .gr/.csv file)."""
+        t0 = time.perf_counter()
+        params, r, g, origin = await _parse(request)
+        symbol, z = _metal(params.metal, info["n_metals"])
+        pdf, interpolated = to_model_grid(r, g, grid, info["normalize"], origin=origin)
+        job = SampleJob(
+            pdf=pdf, metal_z=z,
+            n_samples=params.n_samples if params.n_samples is not None else min(cfg.default_samples, bounds.max_samples),
+            guidance=params.guidance if params.guidance is not None else default_guidance,
+            steps=params.steps if params.steps is not None else default_steps,
+            n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
+        )
+        try:
+            result = await asyncio.wait_for(sample(job), timeout=bounds.request_timeout_s)
+        except TimeoutError:
+            return error_response(504, "server", f"sampling did not finish within {bounds.request_timeout_s:g} s; "
+                                                 "ask for fewer samples/steps or retry later")
+        if "error" in result:
+            return error_response(500, "sampler", result["error"])
+        return {
+            "model": model_ref,
+            "params": {
+                "metal": symbol, "metal_z": z, "n_atoms": job.n_atoms, "n_samples": job.n_samples,
+                "guidance": job.guidance, "steps": job.steps, "seed": result.get("seed"), "refine": job.refine,
+                "refine_steps": cfg.refine_steps if job.refine else 0, "interpolated": interpolated,
+                "normalized": info["normalize"], "n_points": int(r.size), "r_min": float(r[0]), "r_max": float(r[-1]),
+                "n_r": int(grid.size),
+            },
+            "candidates": result["candidates"],
+            "r": grid.round(6).tolist() if job.return_pdf else None,
+            "elapsed_s": time.perf_counter() - t0,
+        }
+
+    return app

@@ -1,0 +1,101 @@
+"""Ray Serve deployments: a FastAPI ingress and an autoscaled, batching sampler.
+
+The ingress validates and interpolates (cheap, many concurrent requests); the sampler holds the model
+and turns whatever requests arrive within `batch_wait_timeout_s` into one `generate_candidates` call
+(`@serve.batch`, closed early when the batch's candidates exceed `max_batch_candidates`). Replicas of
+the sampler scale between min and max on ongoing requests. The model comes from the server's
+`ServeConfig` only; requests never name a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pdfusion.config import ServeConfig, from_dict, to_dict
+from pdfusion.serving.service import SampleJob, SamplerService, batch_cost
+
+SAMPLER_NAME = "PDFusionSampler"
+INGRESS_NAME = "PDFusionIngress"
+
+
+def _job_cost(jobs: list[SampleJob]) -> int:
+    max_requests, max_candidates = jobs[0].batch_caps  # type: ignore[attr-defined]
+    return batch_cost(jobs, max_requests, max_candidates)
+
+
+@serve.deployment(name=SAMPLER_NAME)
+class Sampler:
+    """One replica = one loaded model; GPU share via `ray_actor_options.num_gpus`."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = from_dict(ServeConfig, cfg)
+        self.service = SamplerService(self.cfg)
+        self.batched.set_max_batch_size(self.cfg.max_batch_size)
+        self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
+        self.caps = (self.cfg.max_batch_size, self.cfg.max_batch_candidates)
+
+    def info(self) -> dict[str, Any]:
+        return self.service.info()
+
+    async def sample(self, job: SampleJob) -> dict[str, Any]:
+        job.batch_caps = self.caps  # type: ignore[attr-defined]
+        return await self.batched(job)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.05, batch_size_fn=_job_cost)
+    async def batched(self, jobs: list[SampleJob]) -> list[dict[str, Any]]:
+        # Sampling is CPU/GPU-bound: run it off the event loop so the replica keeps queueing requests
+        # (they form the next batch) and answering health checks.
+        return await asyncio.to_thread(self.service.run_batch, jobs)
+
+
+@serve.deployment(name=INGRESS_NAME)
+@serve.ingress()
+class Ingress:
+    """HTTP front door; its FastAPI app is built after the sampler reports the model's r grid."""
+
+    def __init__(self, sampler: DeploymentHandle, cfg: dict[str, Any]) -> None:
+        self.sampler = sampler
+        self.cfg = from_dict(ServeConfig, cfg)
+
+    async def __serve_build_asgi_app__(self):
+        from pdfusion.serving.api import create_api
+
+        info = await self.sampler.info.remote()
+
+        async def sample(job: SampleJob) -> dict[str, Any]:
+            response = self.sampler.sample.remote(job)
+            try:
+                return await response
+            except asyncio.CancelledError:  # request timed out or client left: drop the queued work
+                response.cancel()
+                raise
+
+        return create_api(self.cfg, info, sample)
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application (ingress bound to an autoscaled sampler) for one `ServeConfig`."""
+    autoscaling = {
+        "min_replicas": cfg.min_replicas,
+        "max_replicas": cfg.max_replicas,
+        "target_ongoing_requests": cfg.target_ongoing_requests,
+        "upscale_delay_s": cfg.upscale_delay_s,
+        "downscale_delay_s": cfg.downscale_delay_s,
+        "look_back_period_s": cfg.look_back_period_s,
+    }
+    if cfg.initial_replicas is not None:
+        autoscaling["initial_replicas"] = cfg.initial_replicas
+    sampler = Sampler.options(
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+    ).bind(to_dict(cfg))
+    # The ingress mostly awaits the sampler: allow many requests in flight so they reach the batcher.
+    return Ingress.options(
+        max_ongoing_requests=max(256, 4 * cfg.max_ongoing_requests * cfg.max_replicas),
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+    ).bind(sampler, to_dict(cfg))
