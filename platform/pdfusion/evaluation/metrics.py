@@ -90,35 +90,53 @@ def _principal_frame(x: np.ndarray) -> np.ndarray:
     return vecs
 
 
+def _random_rotations(n: int, seed: int = 0) -> np.ndarray:
+    """n rotation matrices, uniform on SO(3) (deterministic)."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(n, random_state=seed).as_matrix() if n else np.zeros((0, 3, 3))
+
+
 def rmsd(
     candidate: Particle,
     reference: Particle,
     *,
     allow_reflection: bool = False,
     iterations: int = 20,
+    random_starts: int = 48,
+    refine_best: int = 6,
 ) -> float:
-    """RMSD after optimal alignment and atom assignment; inf when the compositions differ."""
+    """RMSD after optimal alignment and atom assignment; inf when the compositions differ.
+
+    Starts: principal-axis frames (all sign choices) plus `random_starts` uniform rotations, because the
+    inertia tensor of a near-spherical crystalline particle is degenerate and its axes are arbitrary. Each
+    start gets one assignment + Kabsch step; the `refine_best` most promising are iterated to convergence.
+    """
     zp, zq = candidate.numbers, reference.numbers
     if len(zp) != len(zq) or not np.array_equal(np.sort(zp), np.sort(zq)):
         return float("inf")
     p = candidate.positions - candidate.positions.mean(axis=0)
     q = reference.positions - reference.positions.mean(axis=0)
     fp, fq = _principal_frame(p), _principal_frame(q)
+    starts = [fp @ np.diag(s) @ fq.T for s in itertools.product((1.0, -1.0), repeat=3)]
+    starts += list(_random_rotations(random_starts))
+    if not allow_reflection:
+        starts = [r for r in starts if np.linalg.det(r) > 0]
+
+    def step(rot: np.ndarray) -> tuple[float, np.ndarray]:
+        perm = _assign(p @ rot, q, zp, zq)
+        rot = kabsch(p, q[perm], allow_reflection=allow_reflection)
+        return float(np.sqrt(np.mean(np.sum((p @ rot - q[perm]) ** 2, axis=1)))), rot
+
+    first = sorted((step(r) for r in starts), key=lambda t: t[0])[:refine_best]
     best = float("inf")
-    for signs in itertools.product((1.0, -1.0), repeat=3):
-        rot0 = fp @ np.diag(signs) @ fq.T
-        if not allow_reflection and np.linalg.det(rot0) < 0:
-            continue
-        x = p @ rot0
-        prev = float("inf")
+    for val, rot in first:
         for _ in range(iterations):
-            perm = _assign(x, q, zp, zq)
-            rot = kabsch(p, q[perm], allow_reflection=allow_reflection)
-            x = p @ rot
-            val = float(np.sqrt(np.mean(np.sum((x - q[perm]) ** 2, axis=1))))
-            if prev - val < 1e-10:
+            new, rot = step(rot)
+            if val - new < 1e-10:
+                val = min(val, new)
                 break
-            prev = val
+            val = new
         best = min(best, val)
     return best
 

@@ -1,0 +1,78 @@
+"""The plots people look at: R_wp histograms (the 2023 report's figure 7 format), PDF overlays of the best
+and median candidates, and 3-D views of candidates next to the true structure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pdfusion.structures.particle import OXYGEN  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def rwp_histograms(rows_by_method: Mapping[str, Sequence[dict[str, Any]]], path: str | Path) -> Path:
+    """Per-target mean, std and best-of-K R_wp histograms, one colour per method (report figure 7)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    bins = np.linspace(0, 1.5, 46)
+    for name, rows in rows_by_method.items():
+        for ax, key in zip(axes, ("rwp_mean", "rwp_std", "rwp_best"), strict=True):
+            vals = np.array([r[key] for r in rows], dtype=float)
+            vals = vals[np.isfinite(vals)]
+            b = np.linspace(0, 0.5, 41) if key == "rwp_std" else bins
+            ax.hist(np.clip(vals, b[0], b[-1]), bins=b, alpha=0.5, label=f"{name} (median {np.median(vals):.3f})" if vals.size else name)
+    for ax, title in zip(axes, ("mean R_wp per PDF", "std of R_wp per PDF", "best-of-K R_wp per PDF"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("R_wp")
+        ax.axvspan(0.01, 0.05, color="green", alpha=0.08)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation PDFs")
+    return _save(fig, Path(path))
+
+
+def pdf_overlays(kept: Sequence[dict[str, Any]], r: np.ndarray, cfg, path: str | Path) -> Path:
+    """Target G(r) vs the best and the median candidate's simulated G(r), one panel per target."""
+    from pdfusion.evaluation.harness import simulate_many
+
+    n = max(len(kept), 1)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), squeeze=False)
+    for ax, item in zip(axes[:, 0], kept, strict=False):
+        g = simulate_many([item["best"], item["median"]], cfg)
+        t, row = item["target"], item["row"]
+        ax.plot(r, t.pdf, "k", lw=1.2, label=f"target {t.meta.get('source', t.index)}")
+        ax.plot(r, g[0], lw=1, label=f"best  R_wp={row['rwp_best']:.3f}")
+        ax.plot(r, g[1], lw=1, alpha=0.7, label=f"median R_wp={row['rwp_median']:.3f}")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.set_ylabel("G(r)")
+    axes[-1, 0].set_xlabel("r (Å)")
+    return _save(fig, Path(path))
+
+
+def structure_views(kept: Sequence[dict[str, Any]], path: str | Path, max_rows: int = 4) -> Path:
+    """3-D scatter of the true structure next to the best candidate (metal large, oxygen small)."""
+    rows = list(kept)[:max_rows] or []
+    n = max(len(rows), 1)
+    fig = plt.figure(figsize=(8, 3.6 * n))
+    for i, item in enumerate(rows):
+        for j, (label, p) in enumerate((("truth", item["target"].truth), ("best candidate", item["best"]))):
+            ax = fig.add_subplot(n, 2, 2 * i + j + 1, projection="3d")
+            metal = p.numbers != OXYGEN
+            ax.scatter(*p.positions[metal].T, s=30, c="tab:blue", depthshade=True)
+            ax.scatter(*p.positions[~metal].T, s=10, c="tab:red", depthshade=True)
+            ax.set_title(f"{label}: {p.formula if len(p) else ''} N={len(p)}", fontsize=8)
+            ax.set_axis_off()
+    return _save(fig, Path(path))
