@@ -20,8 +20,6 @@ def _info(args) -> int:
 
     reader = StoreReader(args.root)
     m = reader.manifest
-    meta = reader.metadata()
-    sizes = reader.sizes()
     info = {
         "root": str(args.root),
         "schema_version": m.schema_version,
@@ -29,14 +27,15 @@ def _info(args) -> int:
         "n_shards": len(m.shards),
         "n_r": int(reader.r_grid.shape[0]),
         "r_range": [float(reader.r_grid[0]), float(reader.r_grid[-1])],
-        "atoms": {"min": int(sizes.min()), "max": int(sizes.max()), "total": int(sizes.sum())} if sizes.size else {},
-        "structure_types": dict(sorted(Counter(meta["structure_type"]).items(), key=lambda kv: str(kv[0]))),
-        "n_metals": len({x for x in meta["metal"] if x}),
     }
-    bad: list[str] = []
+    bad = [] if args.no_verify else reader.verify()  # before reading any shard: a corrupt one may not even open
     if not args.no_verify:
-        bad = reader.verify()
         info["checksums"] = "ok" if not bad else {"bad_shards": bad}
+    if not bad:
+        meta, sizes = reader.metadata(), reader.sizes()
+        info["atoms"] = {"min": int(sizes.min()), "max": int(sizes.max()), "total": int(sizes.sum())} if sizes.size else {}
+        info["structure_types"] = dict(sorted(Counter(meta["structure_type"]).items(), key=lambda kv: str(kv[0])))
+        info["n_metals"] = len({x for x in meta["metal"] if x})
     print(json.dumps(info, indent=2))
     reader.close()
     if bad:
