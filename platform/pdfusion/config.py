@@ -371,3 +371,40 @@ class ServeConfig:
                f"num_gpus={self.num_gpus} needs device='cuda', got {self.device!r}")
         _check(self.torch_threads >= 1, "torch_threads", f"must be >= 1, got {self.torch_threads}")
         _check(self.refine_steps >= 0, "refine_steps", f"must be >= 0, got {self.refine_steps}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+EVAL_METHODS = ("model", "unconditional", "library", "random")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """`jobs/evaluate.py`: a model and its baselines on the held-out split of a dataset."""
+
+    model: str = ""  # checkpoint path or MLflow models:/ URI ("" = baselines only)
+    data: str = ""  # store root or seed-oxides folder
+    out_dir: str = "outputs/eval"
+    methods: tuple[str, ...] = EVAL_METHODS
+    k: int = 16
+    guidance: float | None = None  # None: the model's default
+    steps: int | None = None  # None: the model's default
+    refine: bool = False
+    max_targets: int | None = None
+    split_by: str | None = None  # None: the model's training split (so held-out metals stay unseen)
+    val_fraction: float | None = None
+    split_seed: int | None = None
+    seed: int = 0
+    num_tasks: int = 2  # Ray tasks the targets are spread over
+    plots: int = 4  # targets shown in overlay / 3-D plots
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", "give the dataset to evaluate on (--data <store dir or seed-oxides folder>)")
+        bad = [m for m in self.methods if m not in EVAL_METHODS]
+        _check(not bad, "methods", f"unknown method(s) {bad}; choose from {EVAL_METHODS}")
+        needs_model = {"model", "unconditional"} & set(self.methods)
+        _check(bool(self.model) or not needs_model, "model", f"methods {sorted(needs_model)} need --model (checkpoint or models:/ URI)")
+        _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        _check(self.num_tasks >= 1, "num_tasks", f"must be >= 1, got {self.num_tasks}")
+        _check(self.guidance is None or self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
