@@ -1,0 +1,304 @@
+"""Ray Tune sweeps: training choices (noise schedule, T, lr, p_uncond, width/depth) and sampling choices
+(guidance γ, sampler steps).
+
+Schedule sweep: the pattern Ray documents for Tune around Train V2 — each trial is a Tune *function*
+that launches a `TorchTrainer` (through `pdfusion.training.ray_train.run_training`) with Tune's
+`TuneReportCallback`, so every report of the training workers reaches Tune and ASHA can stop a trial
+early. OptunaSearch proposes configurations. Rerunning with the same experiment name restores the sweep
+(`Tuner.restore`) instead of restarting it.
+
+Guidance sweep: sampling only. Each trial loads the trained model and scores median best-of-K R_wp on
+validation PDFs for one (γ, steps); the best pair is written to the registered model (MLflow tags) so
+that serving uses it by default.
+
+MLflow: one parent run per sweep; every trial is a nested run (tag `mlflow.parentRunId`); the parent holds
+the results table (CSV) and a plot.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, to_dict
+from pdfusion.tuning.space import GUIDANCE_KEYS, SCHEDULE_KEYS, to_tune, validate_space
+
+SCHEDULE_METRIC = "val_rwp_best_median"
+GUIDANCE_METRIC = "rwp_best_median"
+
+
+def apply_overrides(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig with one trial's sampled values substituted (validated by the config classes)."""
+    unknown = set(params) - set(SCHEDULE_KEYS)
+    if unknown:
+        raise ConfigError(f"trial parameters: unknown {sorted(unknown)}")
+    sched = base.diffusion.schedule
+    if "schedule" in params:
+        sched = replace(sched, name=params["schedule"])
+    if "timesteps" in params:
+        sched = replace(sched, timesteps=int(params["timesteps"]))
+    diffusion = replace(base.diffusion, schedule=sched,
+                        p_uncond=float(params.get("p_uncond", base.diffusion.p_uncond)))
+    model = replace(base.model, hidden=int(params.get("hidden", base.model.hidden)),
+                    layers=int(params.get("layers", base.model.layers)))
+    data = replace(base.data, batch_size=int(params.get("batch_size", base.data.batch_size)))
+    return replace(base, model=model, diffusion=diffusion, data=data, lr=float(params.get("lr", base.lr)),
+                   ema_decay=float(params.get("ema_decay", base.ema_decay)))
+
+
+# --------------------------------------------------------------------------------------------------
+# trial functions (run inside Tune trial actors)
+# --------------------------------------------------------------------------------------------------
+def schedule_trial(config: dict[str, Any]) -> None:
+    """One training trial: launch a Ray Train run whose reports flow to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pdfusion.training.ray_train import run_training
+
+    meta = config["_pdfusion"]
+    params = {k: v for k, v in config.items() if k != "_pdfusion"}
+    cfg = apply_overrides(from_dict(TrainConfig, meta["base"]), params)
+    trial_id = ray.tune.get_context().get_trial_id()
+    tags = {"mlflow.parentRunId": meta["parent_run_id"], "pdfusion.trial_id": trial_id} if meta.get("parent_run_id") else None
+    run_training(
+        cfg, num_workers=meta["num_workers"], cpus_per_worker=meta["cpus_per_worker"], use_gpu=meta["use_gpu"],
+        name=f"{meta['experiment']}-{trial_id}", storage_path=meta["storage_path"], max_failures=0,
+        mlflow=meta.get("parent_run_id") is not None, tracking_uri=meta.get("tracking_uri"),
+        experiment=meta.get("mlflow_experiment", "pdfusion-tune"), register_as=None, final_artifacts=False,
+        callbacks=[TuneReportCallback()], run_tags=tags,
+    )
+
+
+def score_guidance(bundle, pdfs: np.ndarray, metals: list[int], guidance: float, steps: int, k: int,
+                   seed: int = 0) -> dict[str, float]:
+    """Median (and mean) best-of-K R_wp of `bundle` on `pdfs` for one (γ, steps)."""
+    from pdfusion.diffusion import NonFiniteError
+    from pdfusion.evaluation.ranking import generate_candidates
+
+    cfg = SampleConfig(guidance=float(guidance), steps=int(steps), n_samples=int(k), seed=seed)
+    best, nan = [], 0
+    for i in range(len(pdfs)):
+        try:
+            cands = generate_candidates(bundle, pdfs[i : i + 1], [metals[i]], cfg)[0]
+        except NonFiniteError:
+            nan += 1
+            continue
+        if cands:
+            best.append(cands[0].rwp)
+    arr = np.asarray(best)
+    return {GUIDANCE_METRIC: float(np.median(arr)) if arr.size else math.inf,
+            "rwp_best_mean": float(arr.mean()) if arr.size else math.inf, "nan_pdfs": nan}
+
+
+def guidance_trial(config: dict[str, Any]) -> None:
+    import ray.tune
+    import torch
+
+    from pdfusion.training.bundle import load_bundle
+
+    torch.set_num_threads(1)
+    meta = config["_pdfusion"]
+    bundle = load_bundle(meta["model"])
+    data = np.load(meta["val_file"])
+    result = score_guidance(bundle, data["pdfs"], data["metals"].tolist(), config["guidance"], config["steps"],
+                            meta["k"], meta["seed"])
+    ray.tune.report(result)
+
+
+# --------------------------------------------------------------------------------------------------
+# drivers
+# --------------------------------------------------------------------------------------------------
+def _tuner(trainable, param_space, tune_config, name: str, storage_path: str, resources: dict[str, float]):
+    from ray import tune
+
+    path = str(Path(storage_path) / name)
+    wrapped = tune.with_resources(trainable, resources)
+    if tune.Tuner.can_restore(path):
+        return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True, restart_errored=False,
+                                  param_space=param_space), True
+    return tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config,
+                      run_config=tune.RunConfig(name=name, storage_path=storage_path)), False
+
+
+def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any], storage_path: str) -> tuple[str, str]:
+    """(tracking uri, parent run id) — reused when the sweep is resumed."""
+    from pdfusion.training import tracking
+
+    uri = tracking_uri or tracking.default_tracking_uri()
+    id_file = Path(storage_path) / name / "mlflow_parent_run_id"
+    previous = id_file.read_text().strip() if id_file.is_file() else None
+    run_id = tracking.start_run(uri, experiment=experiment, run_name=name, run_id=previous, params=params,
+                                tags={"pdfusion.sweep": name})
+    if run_id != previous:
+        id_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = id_file.with_suffix(".tmp")
+        tmp.write_text(run_id)
+        tmp.replace(id_file)
+    return uri, run_id
+
+
+def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_id: str, plot) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    from pdfusion.training import tracking
+
+    rows = []
+    for r in results:
+        cfg = {k: v for k, v in (r.config or {}).items() if k != "_pdfusion"}
+        m = r.metrics or {}
+        rows.append({"trial_id": m.get("trial_id", ""), **{k: cfg.get(k) for k in keys},
+                     metric: m.get(metric, math.nan), "training_iteration": m.get("training_iteration", 0),
+                     "status": "ERROR" if r.error else ("DONE" if m.get("done") or m.get("final") else "STOPPED")})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        w.writeheader()
+        w.writerows(rows)
+    finite = [r for r in rows if isinstance(r[metric], float) and math.isfinite(r[metric])]
+    best = min(finite, key=lambda r: r[metric]) if finite else None
+    plot(rows, out_dir / "sweep.png")
+    (out_dir / "best.json").write_text(json.dumps(best, indent=2, default=str))
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifacts(run_id, str(out_dir))
+    if best:
+        client.log_metric(run_id, f"best_{metric}", float(best[metric]))
+        for k in keys:
+            client.set_tag(run_id, f"best.{k}", str(best[k]))
+    tracking.finish_run(uri, run_id)
+    return {"rows": rows, "best": best, "mlflow_run_id": run_id}
+
+
+def _plot_by(rows: list[dict], key: str, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    vals = [r for r in rows if isinstance(r[metric], float) and math.isfinite(r[metric])]
+    if key == "guidance":
+        for steps in sorted({r.get("steps") for r in vals}, key=str):
+            pts = sorted((r["guidance"], r[metric]) for r in vals if r.get("steps") == steps)
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", label=f"steps={steps}")
+        ax.set_xlabel("guidance weight γ  (ε̃ = (1−γ)·ε_uncond + γ·ε_cond)")
+    else:
+        cats = sorted({str(r.get(key)) for r in vals})
+        for i, c in enumerate(cats):
+            ys = [r[metric] for r in vals if str(r.get(key)) == c]
+            ax.scatter([i] * len(ys), ys)
+        ax.set_xticks(range(len(cats)), cats)
+        ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, storage_path: str, num_samples: int,
+                       num_workers: int = 1, cpus_per_worker: float = 1.0, use_gpu: bool = False,
+                       grace_period: int = 1, reduction_factor: int = 2, max_concurrent: int | None = None,
+                       tracking_uri: str | None = None, mlflow_experiment: str = "pdfusion-tune",
+                       seed: int = 0, out_dir: str | None = None) -> dict[str, Any]:
+    """Optuna + ASHA over training choices; resumable by `name`. Returns rows, best and the parent run id."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = validate_space(space, SCHEDULE_KEYS)
+    if num_samples < 1:
+        raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
+    storage_path = str(Path(storage_path).expanduser().resolve())
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    per_trial = num_workers * cpus_per_worker
+    if max_concurrent is None:
+        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
+    uri, parent = _parent_run(tracking_uri, mlflow_experiment, name,
+                              {"space": space, "num_samples": num_samples, "base": to_dict(base)}, storage_path)
+    meta = {"base": to_dict(base), "num_workers": num_workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu,
+            "experiment": name, "storage_path": str(Path(storage_path) / f"{name}-trials"), "parent_run_id": parent,
+            "tracking_uri": uri, "mlflow_experiment": mlflow_experiment}
+    param_space = {**to_tune(space), "_pdfusion": meta}
+    tune_config = tune.TuneConfig(
+        metric=SCHEDULE_METRIC, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
+        search_alg=OptunaSearch(seed=seed),
+        scheduler=ASHAScheduler(time_attr="epoch", max_t=max(base.epochs, grace_period), grace_period=grace_period,
+                                reduction_factor=reduction_factor),
+    )
+    tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, {"cpu": 0})
+    results = tuner.fit()
+    keys = list(space)
+    out = _finish(results, SCHEDULE_METRIC, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
+                  lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], SCHEDULE_METRIC, p))
+    out["resumed"] = resumed
+    return out
+
+
+def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: str, storage_path: str, k: int = 8,
+                       max_pdfs: int = 16, num_samples: int = 1, search: str = "grid", seed: int = 0,
+                       tracking_uri: str | None = None, mlflow_experiment: str = "pdfusion-tune",
+                       record: bool = True, out_dir: str | None = None) -> dict[str, Any]:
+    """Sweep γ and steps for a trained model (no retraining); record the best on the registered model."""
+    import ray
+    from ray import tune
+
+    from pdfusion.data.dataset import open_dataset
+    from pdfusion.evaluation.run import heldout_split
+    from pdfusion.training.bundle import load_bundle
+
+    space = validate_space(space, GUIDANCE_KEYS)
+    if search not in ("grid", "optuna"):
+        raise ConfigError(f"search: must be 'grid' or 'optuna', got {search!r}")
+    if search == "optuna" and any("grid" in spec for spec in space.values()):
+        raise ConfigError("search: optuna cannot sample a {grid: [...]} entry; use choice/uniform or --search grid")
+    if search == "grid":
+        space = {k_: ({"grid": next(iter(s.values()))} if "choice" in s or "grid" in s else s) for k_, s in space.items()}
+        if any(("uniform" in s or "loguniform" in s or "randint" in s) for s in space.values()):
+            raise ConfigError("search: grid search needs list values (choice/grid) for every key")
+    storage_path = str(Path(storage_path).expanduser().resolve())
+    bundle = load_bundle(model)
+    ds = open_dataset(data, max_structures=bundle.config.data.max_structures)
+    _, val_idx = heldout_split(ds, replace(bundle.config.data, path=data))
+    val_idx = val_idx[np.linspace(0, len(val_idx) - 1, min(max_pdfs, len(val_idx))).round().astype(int)]
+    pdfs = np.stack([ds.record(int(i)).pdf for i in val_idx]).astype(np.float32)
+    metals = [ds[int(i)].metal.item() for i in val_idx]
+    val_file = Path(storage_path) / name / "val_pdfs.npz"
+    val_file.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(val_file, pdfs=pdfs, metals=np.asarray(metals))
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
+    uri, parent = _parent_run(tracking_uri, mlflow_experiment, name,
+                              {"model": model, "space": space, "k": k, "pdfs": len(val_idx)}, storage_path)
+    meta = {"model": model, "val_file": str(val_file), "k": k, "seed": seed}
+    param_space = {**to_tune(space), "_pdfusion": meta}
+    search_alg = None
+    if search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=seed)
+    tune_config = tune.TuneConfig(metric=GUIDANCE_METRIC, mode="min", num_samples=num_samples, search_alg=search_alg,
+                                  max_concurrent_trials=max(1, int(ray.cluster_resources().get("CPU", 1))))
+    tuner, resumed = _tuner(guidance_trial, param_space, tune_config, name, storage_path, {"cpu": 1})
+    results = tuner.fit()
+    out = _finish(results, GUIDANCE_METRIC, list(space), Path(out_dir or Path(storage_path) / name / "report"), uri,
+                  parent, lambda rows, p: _plot_by(rows, "guidance", GUIDANCE_METRIC, p))
+    out["resumed"] = resumed
+    best = out["best"]
+    if record and best and model.startswith("models:/"):
+        from pdfusion.training import tracking
+
+        tracking.set_model_defaults(model, guidance=float(best["guidance"]), steps=int(best["steps"]), tracking_uri=uri)
+    return out
+
