@@ -244,3 +244,17 @@ def test_concurrent_write_shard_keeps_every_shard(tmp_path):
     m = Manifest.load(tmp_path)
     assert [s.name for s in m.shards] == [f"task-{k:03d}.h5" for k in range(12)]
     assert m.verify(tmp_path) == [] and len(StoreReader(tmp_path)) == 48
+
+
+def test_reader_pickles_for_workers(tmp_path):
+    import pickle
+
+    recs = make_records(5)
+    with StoreWriter(tmp_path, R_GRID, shard_size=2) as w:
+        for r in recs:
+            w.add(r)
+    reader = StoreReader(tmp_path)
+    assert_same(reader[3], recs[3])  # opens handles
+    clone = pickle.loads(pickle.dumps(reader))
+    for i, r in enumerate(recs):
+        assert_same(clone[i], r)

@@ -63,6 +63,7 @@ R_GRID = "r_grid.npy"
 LOCK = ".manifest.lock"
 META_COLUMNS = ("id", "structure_type", "formula", "source", "metal")  # string columns; radius is float
 COMPRESSIONS = ("gzip", "lzf", None)
+ATOM_CHUNK = 1024  # atoms per chunk: one random read decompresses ~80 kB, not MBs
 _SHARD_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.h5$")
 _AUTO_SHARD = re.compile(r"^shard-(\d{5,})\.h5$")
 
@@ -358,10 +359,10 @@ def _write_h5(path: Path, records: Sequence[StoreRecord], r_sha: str, compressio
         h5.attrs["n_structures"] = s
         h5.attrs["r_grid_sha256"] = r_sha
         _create_dataset(h5, "offsets", offsets, None, None)
-        _create_dataset(h5, "numbers", np.concatenate([r.numbers for r in records]), (min(n_atoms, 1 << 16),), compression)
-        _create_dataset(h5, "positions", np.concatenate([r.positions for r in records]), (min(n_atoms, 1 << 14), 3), compression)
+        _create_dataset(h5, "numbers", np.concatenate([r.numbers for r in records]), (min(n_atoms, ATOM_CHUNK),), compression)
+        _create_dataset(h5, "positions", np.concatenate([r.positions for r in records]), (min(n_atoms, ATOM_CHUNK), 3), compression)
         _create_dataset(h5, "node_attributes", np.concatenate([r.node_attributes for r in records]),
-                        (min(n_atoms, 1 << 13), 7), compression)
+                        (min(n_atoms, ATOM_CHUNK), 7), compression)
         _create_dataset(h5, "pdf", np.stack([r.pdf for r in records]), (1, n_r), compression)
         g = h5.create_group("meta")
         for c in META_COLUMNS:
@@ -547,13 +548,14 @@ class StoreReader:
         self._files: dict[str, Any] = {}
         self._pid = os.getpid()
         self._index_cache: dict[str, tuple[np.ndarray, list[dict[str, Any]]]] = {}
+        self._dataset_cache: dict[str, tuple] = {}
 
     # -- file handles --------------------------------------------------------------------------------
     def _h5(self, name: str):
         import h5py
 
         if self._pid != os.getpid():  # forked (DataLoader worker): never share HDF5 handles across processes
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._dataset_cache, self._pid = {}, {}, os.getpid()
         f = self._files.get(name)
         if f is None:
             path = self.root / name
@@ -568,7 +570,7 @@ class StoreReader:
         for f in self._files.values():
             with contextlib.suppress(Exception):
                 f.close()
-        self._files = {}
+        self._files, self._dataset_cache = {}, {}
 
     def __enter__(self) -> StoreReader:
         return self
@@ -578,7 +580,7 @@ class StoreReader:
 
     def __getstate__(self):  # picklable for Ray / DataLoader: handles are reopened on the other side
         d = dict(self.__dict__)
-        d["_files"] = {}
+        d["_files"], d["_dataset_cache"] = {}, {}
         return d
 
     # -- access ----------------------------------------------------------------------------------------
@@ -613,10 +615,17 @@ class StoreReader:
     def __getitem__(self, i: int) -> StoreRecord:
         name, j = self._locate(int(i))
         off, rows = self._index(name)
-        h5 = self._h5(name)
+        numbers, pos, na, pdf = self._arrays(name)
         a, b = int(off[j]), int(off[j + 1])
-        return StoreRecord(h5["numbers"][a:b], h5["positions"][a:b], h5["node_attributes"][a:b], h5["pdf"][j],
-                           dict(rows[j]))
+        return StoreRecord(numbers[a:b], pos[a:b], na[a:b], pdf[j], dict(rows[j]))
+
+    def _arrays(self, name: str) -> tuple:
+        """The four big h5py datasets of a shard (looked up once: a lookup costs as much as a small read)."""
+        h5 = self._h5(name)
+        hit = self._dataset_cache.get(name)
+        if hit is None:
+            hit = self._dataset_cache[name] = tuple(h5[k] for k in ("numbers", "positions", "node_attributes", "pdf"))
+        return hit
 
     def read_shard(self, name: str) -> list[StoreRecord]:
         """All records of one shard, read in bulk (much faster than item by item)."""
