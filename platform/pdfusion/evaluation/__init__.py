@@ -1,1 +1,1 @@
-"""pdfusion.evaluation"""
+"""pdfusion.evaluation: candidate ranking and refinement (`ranking`), metrics, baselines, harness."""

@@ -1,0 +1,372 @@
+"""Sample K candidate structures per PDF, score them against the PDF, rank, optionally refine.
+
+A diffusion sample is only a proposal: the PDF it produces is simulated with the *training*
+`PDFConfig` (so target and candidate are computed the same way) and candidates are ranked by R_wp.
+`refine` then does what a crystallographer would do next, small gradient steps on R_wp through the
+differentiable Debye simulator, with a short-distance penalty so atoms cannot collapse onto each other.
+`library_lookup` is the baseline every generated answer has to beat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pdfusion.config import PDFConfig, SampleConfig
+
+if TYPE_CHECKING:
+    from pdfusion.training.bundle import ModelBundle
+
+OXYGEN = 8
+MIN_DISTANCE = 1.5  # Å; shortest metal–oxygen bonds are ~1.6–1.7 Å, so closer pairs are unphysical
+PAIR_BUDGET = 2_000_000  # (samples x atoms^2) per forward pass; bounds EGNN message memory
+
+
+@dataclass
+class Candidate:
+    """One generated structure and how well its simulated PDF fits the target."""
+
+    numbers: np.ndarray  # (N,) atomic numbers
+    positions: np.ndarray  # (N, 3) Å, zero centroid
+    n_atoms: int
+    rwp: float
+    rwp_before_refine: float | None
+    g_sim: np.ndarray  # (n_r,) simulated G(r) on the bundle's grid
+
+    def to_xyz(self, comment: str | None = None) -> str:
+        """Plain XYZ text (element symbols, Å)."""
+        from pymatgen.core import Element
+
+        comment = comment if comment is not None else f"pdfusion candidate rwp={self.rwp:.5f} n_atoms={self.n_atoms}"
+        lines = [str(self.n_atoms), comment.replace("\n", " ")]
+        for z, (x, y, w) in zip(self.numbers, self.positions, strict=True):
+            lines.append(f"{Element.from_Z(int(z)).symbol:<2s} {x:14.8f} {y:14.8f} {w:14.8f}")
+        return "\n".join(lines) + "\n"
+
+
+def metal_number(metal: int | str) -> int:
+    """Atomic number of a metal given as Z or symbol; clear error otherwise."""
+    from pymatgen.core import Element
+
+    if isinstance(metal, str) and metal.strip().isdigit():
+        metal = int(metal)
+    if isinstance(metal, str):
+        try:
+            return int(Element(metal.strip().capitalize()).Z)
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"metal: {metal!r} is not an element symbol (e.g. 'Ti', 'Zn')") from exc
+    z = int(metal)
+    if not 1 <= z <= 118 or z == OXYGEN:
+        raise ValueError(f"metal: atomic number {z} is not a metal (give e.g. 22 or 'Ti')")
+    return z
+
+
+def types_to_numbers(types: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
+    """Diffusion atom types (0 = metal, 1 = oxygen) -> atomic numbers; metal (B,) broadcasts over atoms."""
+    return torch.where(types == 0, metal.reshape(-1, 1).to(types.dtype), torch.full_like(types, OXYGEN))
+
+
+def _masked_rwp(g_sim: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from pdfusion.pdf import rwp
+
+    return rwp(g_sim, target)
+
+
+def _simulate(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
+    """simulate_pdf with `cfg`, except that a candidate whose G(r) has no positive maximum (atoms flung
+    apart beyond rmax) gets G = 0 on the grid, i.e. R_wp = 1 (fits nothing), instead of aborting the batch."""
+    from pdfusion.pdf import simulate_pdf
+
+    if not cfg.normalize:
+        return simulate_pdf(positions, numbers, mask, cfg)
+    raw = simulate_pdf(positions, numbers, mask, replace(cfg, normalize=False))
+    peak = raw.amax(dim=-1, keepdim=True)
+    ok = peak > 0
+    return torch.where(ok, raw / torch.where(ok, peak, torch.ones_like(peak)), torch.zeros_like(raw))
+
+
+def _chunks(n_total: int, n_max_atoms: int, max_batch: int | None) -> int:
+    size = max(1, PAIR_BUDGET // max(1, n_max_atoms * n_max_atoms))
+    return min(size, max_batch) if max_batch else size
+
+
+@torch.no_grad()
+def sample_and_score(
+    model: torch.nn.Module,
+    diffusion,
+    pdfs: torch.Tensor,
+    metals: Sequence[int | str],
+    cfg: SampleConfig,
+    pdf_cfg: PDFConfig,
+    device: str | torch.device = "cpu",
+    max_batch: int | None = None,
+    progress: bool = False,
+) -> list[list[Candidate]]:
+    """K = cfg.n_samples candidates for each of the B PDFs, all in as few sampler calls as the memory
+    budget allows; each candidate's PDF simulated with `pdf_cfg`; each list sorted by R_wp ascending."""
+    from pdfusion.diffusion.samplers import predict_n_atoms, sample
+
+    device = torch.device(device)
+    pdfs = torch.as_tensor(pdfs, dtype=torch.float32)
+    if pdfs.ndim == 1:
+        pdfs = pdfs[None]
+    if pdfs.shape[-1] != pdf_cfg.n_r:
+        raise ValueError(f"pdfs: expected {pdf_cfg.n_r} points on the model's r grid, got {pdfs.shape[-1]}")
+    if not torch.isfinite(pdfs).all():
+        raise ValueError("pdfs: contain NaN or inf")
+    if len(metals) != pdfs.shape[0]:
+        raise ValueError(f"metals: got {len(metals)} metals for {pdfs.shape[0]} PDFs")
+    z = torch.tensor([metal_number(m) for m in metals], dtype=torch.long)
+    n_pdf, k = pdfs.shape[0], cfg.n_samples
+    rep_pdf = pdfs.repeat_interleave(k, 0).to(device)
+    rep_metal = z.repeat_interleave(k, 0).to(device)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    model.eval()
+    if cfg.n_atoms is not None:
+        n_atoms = torch.full((n_pdf * k,), cfg.n_atoms, dtype=torch.long, device=device)
+    else:
+        n_atoms = predict_n_atoms(model, rep_pdf, rep_metal, generator=gen).long()
+    # Sort by size so chunks hold similar sizes (little padding); undo the order afterwards.
+    order = torch.argsort(n_atoms.cpu(), stable=True)
+    results: list[Candidate | None] = [None] * (n_pdf * k)
+    start = 0
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_pdf * k, desc="sample", disable=not progress)
+    while start < order.numel():
+        n_max = int(n_atoms[order[start:]].max()) if start < order.numel() else 0
+        size = _chunks(order.numel() - start, n_max, max_batch)
+        idx = order[start : start + size].to(device)
+        res = sample(model, diffusion, rep_pdf[idx], rep_metal[idx], n_atoms[idx], cfg, generator=gen)
+        pos, mask = res.positions.float(), res.mask.bool()
+        if not torch.isfinite(pos[mask]).all():
+            from pdfusion.diffusion.guards import NonFiniteError
+
+            raise NonFiniteError("sample_and_score: sampler returned non-finite positions")
+        numbers = types_to_numbers(res.types.long(), rep_metal[idx]) * mask
+        g_sim = _simulate(pos, numbers, mask, pdf_cfg)
+        scores = _masked_rwp(g_sim, rep_pdf[idx])
+        for j, flat in enumerate(idx.tolist()):
+            m = mask[j]
+            p = pos[j][m].double()
+            p = p - p.mean(0)
+            results[flat] = Candidate(
+                numbers=numbers[j][m].cpu().numpy().astype(np.int64),
+                positions=p.cpu().numpy(),
+                n_atoms=int(m.sum()),
+                rwp=float(scores[j]),
+                rwp_before_refine=None,
+                g_sim=g_sim[j].detach().cpu().numpy(),
+            )
+        bar.update(len(idx))
+        start += size
+    bar.close()
+    ranked = []
+    for b in range(n_pdf):
+        cands = [c for c in results[b * k : (b + 1) * k] if c is not None]
+        ranked.append(sorted(cands, key=lambda c: c.rwp))
+    return ranked
+
+
+def generate_candidates(
+    bundle: ModelBundle,
+    pdfs: torch.Tensor | np.ndarray,
+    metals: Sequence[int | str],
+    cfg: SampleConfig | Sequence[SampleConfig],
+    max_batch: int | None = None,
+    progress: bool = False,
+) -> list[list[Candidate]]:
+    """Ranked candidates for each PDF (rows of `pdfs`, on `bundle.r_grid`).
+
+    `cfg` may be one config or one per PDF; PDFs with equal configs are sampled together. With `cfg.refine`, every candidate is refined and the list re-ranked."""
+    pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
+    if pdfs.ndim == 1:
+        pdfs = pdfs[None]
+    if pdfs.shape[-1] != len(bundle.r_grid):
+        raise ValueError(
+            f"pdfs: expected {len(bundle.r_grid)} points (the model's r grid {bundle.r_grid[0]:g}–"
+            f"{bundle.r_grid[-1]:g} Å), got {pdfs.shape[-1]}; interpolate with pdfusion.pdf.files.interpolate_pdf"
+        )
+    cfgs = [cfg] * pdfs.shape[0] if isinstance(cfg, SampleConfig) else list(cfg)
+    if len(cfgs) != pdfs.shape[0]:
+        raise ValueError(f"cfg: got {len(cfgs)} sample configs for {pdfs.shape[0]} PDFs")
+    groups: dict[SampleConfig, list[int]] = {}
+    for i, c in enumerate(cfgs):
+        groups.setdefault(c, []).append(i)
+    out: list[list[Candidate] | None] = [None] * pdfs.shape[0]
+    for gcfg, members in groups.items():
+        ranked = sample_and_score(
+            bundle.model, bundle.diffusion, pdfs[members], [metals[i] for i in members], gcfg,
+            bundle.pdf_config, device=bundle.device, max_batch=max_batch, progress=progress,
+        )
+        if gcfg.refine:
+            ranked = [
+                refine_candidates(cands, pdfs[i], bundle.pdf_config, steps=gcfg.refine_steps)
+                for cands, i in zip(ranked, members, strict=True)
+            ]
+        for i, cands in zip(members, ranked, strict=True):
+            out[i] = cands
+    return out  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------------
+# refinement
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Refined:
+    positions: np.ndarray  # (B, Nmax, 3) or (N, 3) like the input; zero centroid
+    rwp_before: np.ndarray  # (B,)
+    rwp_after: np.ndarray  # (B,)
+    g_sim: np.ndarray  # (B, n_r) after refinement
+
+
+def _pair_penalty(pos: torch.Tensor, mask: torch.Tensor, min_distance: float) -> torch.Tensor:
+    """sum over masked pairs of relu(min_distance - d)^2, per structure."""
+    diff = pos[:, :, None, :] - pos[:, None, :, :]
+    d = torch.sqrt((diff * diff).sum(-1) + 1e-12)
+    pair = mask[:, :, None] & mask[:, None, :]
+    pair = pair & ~torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)[None]
+    return (torch.relu(min_distance - d) ** 2 * pair).sum((1, 2)) / 2
+
+
+def refine(
+    positions: np.ndarray | torch.Tensor,
+    numbers: np.ndarray | torch.Tensor,
+    target_g: np.ndarray | torch.Tensor,
+    pdf_cfg: PDFConfig,
+    steps: int = 100,
+    lr: float = 0.01,
+    mask: np.ndarray | torch.Tensor | None = None,
+    min_distance: float = MIN_DISTANCE,
+    penalty: float = 1.0,
+    max_step: float = 0.1,
+) -> Refined:
+    """Gradient descent (Adam) on R_wp through the differentiable simulator, one or B structures at once.
+
+    Positions (N,3) or (B,N,3) Å; the short-distance penalty keeps pairs apart beyond `min_distance`;
+    every step is clipped to `max_step` Å per atom and the centroid is kept at zero. The best
+    positions seen are returned (no pair closer than 0.9 x min_distance first, then lowest R_wp), so
+    refinement never makes a physically sane fit worse."""
+    single = torch.as_tensor(positions).ndim == 2
+    pos = torch.as_tensor(np.asarray(positions) if not torch.is_tensor(positions) else positions).double()
+    num = torch.as_tensor(np.asarray(numbers) if not torch.is_tensor(numbers) else numbers).long()
+    if single:
+        pos, num = pos[None], num[None]
+    msk = torch.ones(num.shape, dtype=torch.bool) if mask is None else torch.as_tensor(mask).bool().reshape(num.shape)
+    target = torch.as_tensor(np.asarray(target_g) if not torch.is_tensor(target_g) else target_g).double()
+    target = target.reshape(-1, target.shape[-1]).expand(pos.shape[0], -1)
+    if not torch.isfinite(pos[msk]).all():
+        raise ValueError("refine: positions contain NaN or inf")
+    if steps < 0:
+        raise ValueError(f"refine: steps must be >= 0, got {steps}")
+    fmask = msk[..., None].double()
+
+    def centre(p):
+        c = (p * fmask).sum(1, keepdim=True) / fmask.sum(1, keepdim=True).clamp_min(1)
+        return (p - c) * fmask
+
+    pos = centre(pos)
+    with torch.no_grad():
+        g0 = _simulate(pos, num, msk, pdf_cfg)
+        r0 = _masked_rwp(g0, target)
+    best_pos, best_r, best_g = pos.clone(), r0.clone(), g0.clone()
+    floor = 0.9 * min_distance
+    best_ok = _min_dist(pos, msk) >= floor  # a distance-valid structure beats any invalid one
+    x = pos.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=lr)
+    for step in range(steps):
+        g = _simulate(x, num, msk, pdf_cfg)
+        r = _masked_rwp(g, target)
+        loss = (r + penalty * _pair_penalty(x, msk, min_distance)).sum()
+        if not torch.isfinite(loss):
+            from pdfusion.diffusion.guards import NonFiniteError
+
+            raise NonFiniteError(f"refine step {step}: loss is {float(loss)}")
+        with torch.no_grad():
+            ok = _min_dist(x, msk) >= floor
+            better = ok & (~best_ok | (r < best_r))
+            best_ok = best_ok | ok
+            best_r = torch.where(better, r.detach(), best_r)
+            best_pos[better] = x.detach()[better]
+            best_g[better] = g.detach()[better]
+        opt.zero_grad()
+        loss.backward()
+        before = x.detach().clone()
+        opt.step()
+        with torch.no_grad():
+            delta = (x - before).clamp(-max_step, max_step)
+            x.copy_(centre(before + delta))
+    with torch.no_grad():
+        g = _simulate(x, num, msk, pdf_cfg)
+        r = _masked_rwp(g, target)
+        ok = _min_dist(x, msk) >= floor
+        better = ok & (~best_ok | (r < best_r))
+        best_r = torch.where(better, r, best_r)
+        best_pos[better] = x.detach()[better]
+        best_g[better] = g[better]
+    out_pos = best_pos[0] if single else best_pos
+    return Refined(out_pos.numpy(), r0.numpy(), best_r.numpy(), best_g.numpy())
+
+
+def _min_dist(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(pos, pos)
+    pair = mask[:, :, None] & mask[:, None, :]
+    pair = pair & ~torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)[None]
+    return torch.where(pair, d, torch.full_like(d, float("inf"))).amin((1, 2))
+
+
+def refine_candidates(
+    cands: list[Candidate], target_g: torch.Tensor | np.ndarray, pdf_cfg: PDFConfig, steps: int = 100, lr: float = 0.01
+) -> list[Candidate]:
+    """Refine every candidate of one PDF in one batch and re-rank."""
+    if not cands or steps == 0:
+        return cands
+    n_max = max(c.n_atoms for c in cands)
+    pos = np.zeros((len(cands), n_max, 3))
+    num = np.full((len(cands), n_max), OXYGEN, dtype=np.int64)
+    mask = np.zeros((len(cands), n_max), dtype=bool)
+    for i, c in enumerate(cands):
+        pos[i, : c.n_atoms], num[i, : c.n_atoms], mask[i, : c.n_atoms] = c.positions, c.numbers, True
+    res = refine(pos, num * mask, target_g, pdf_cfg, steps=steps, lr=lr, mask=mask)
+    out = []
+    for i, c in enumerate(cands):
+        out.append(
+            Candidate(
+                numbers=c.numbers, positions=res.positions[i, : c.n_atoms], n_atoms=c.n_atoms,
+                rwp=float(res.rwp_after[i]), rwp_before_refine=c.rwp, g_sim=res.g_sim[i].astype(np.float32),
+            )
+        )
+    return sorted(out, key=lambda c: c.rwp)
+
+
+# --------------------------------------------------------------------------------------------------
+# baseline
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def library_lookup(
+    target_pdfs: torch.Tensor | np.ndarray, library_pdfs: torch.Tensor | np.ndarray, chunk_elements: int = 20_000_000
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each target PDF, the index of the library PDF with the lowest R_wp, and that R_wp.
+
+    Batched over (targets x library) in chunks of at most `chunk_elements` values."""
+    t = torch.as_tensor(np.asarray(target_pdfs), dtype=torch.float64)
+    lib = torch.as_tensor(np.asarray(library_pdfs), dtype=torch.float64)
+    t = t[None] if t.ndim == 1 else t
+    if lib.ndim != 2 or lib.shape[0] == 0:
+        raise ValueError(f"library_pdfs: expected a non-empty (L, n_r) array, got shape {tuple(lib.shape)}")
+    if t.shape[-1] != lib.shape[-1]:
+        raise ValueError(f"target_pdfs: {t.shape[-1]} points but library PDFs have {lib.shape[-1]}")
+    per = max(1, chunk_elements // max(1, lib.numel()))
+    idx, best = [], []
+    for s in range(0, t.shape[0], per):
+        tb = t[s : s + per, None, :]
+        shape = (tb.shape[0], lib.shape[0], lib.shape[1])
+        scores = _masked_rwp(lib[None].expand(shape), tb.expand(shape))  # (b, L)
+        val, arg = scores.min(dim=1)
+        idx.append(arg)
+        best.append(val)
+    return torch.cat(idx).numpy(), torch.cat(best).numpy()
