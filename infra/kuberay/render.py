@@ -33,8 +33,9 @@ STORAGE = f"{SHARED}/ray-results"
 JOBS: dict[str, tuple[str, list[str], str]] = {
     "generate": (
         "generate_dataset.py",
-        ["--out", DATA, "--preset", "default"],
-        "Generate the training set of simulated oxide nanoparticles onto the shared volume.",
+        ["--out", DATA, "--radii", "5", "6", "7", "8", "--variants", "8", "--shard-size", "128"],
+        "Generate a training set (4 prototypes x 4 metals x 4 radii x 8 variants, structures + simulated "
+        "PDFs) on the autoscaled CPU group, into the shared volume; a rerun completes missing shards.",
     ),
     "train": (
         "train_egnn.py",

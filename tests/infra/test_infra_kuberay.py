@@ -150,6 +150,10 @@ def test_every_ray_container_gets_the_mlflow_tracking_uri():
             for c in tmpl["spec"]["containers"]:
                 refs = [e["configMapRef"]["name"] for e in c.get("envFrom", []) if "configMapRef" in e]
                 assert "pdfusion-env" in refs, f"{where}/{group}/{c['name']}: no MLFLOW_TRACKING_URI"
+                # S3 credentials only from a Secret, and optional (artifacts are proxied by default).
+                secrets = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+                assert secrets == [{"name": "pdfusion-s3", "optional": True}], f"{where}/{group}: {secrets}"
+                assert not [e for e in c.get("env", []) if e["name"].startswith("AWS_") and "value" in e]
 
 
 def test_job_entrypoints_run_existing_jobs_with_flags_their_parsers_accept():
