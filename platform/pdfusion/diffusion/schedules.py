@@ -22,8 +22,10 @@ __all__ = ["NoiseSchedule", "build_schedule", "linear_alphas_cumprod", "cosine_a
 
 
 def linear_alphas_cumprod(timesteps: int, beta_start: float, beta_end: float) -> torch.Tensor:
-    """DDPM (Ho et al. 2020): β linear from beta_start to beta_end over t = 0..T."""
-    betas = torch.linspace(beta_start, beta_end, timesteps + 1, dtype=torch.float64)
+    """DDPM (Ho et al. 2020): β linear from beta_start to beta_end over t = 0..T, for T = 1000. Other T scale
+    both ends by 1000/T (as improved-DDPM does) so ᾱ_T ≈ 0 for any T and the prior stays N(0, I)."""
+    scale = 1000.0 / timesteps
+    betas = torch.linspace(beta_start * scale, min(beta_end * scale, 0.999), timesteps + 1, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)
 
 

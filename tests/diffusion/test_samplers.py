@@ -1,0 +1,163 @@
+"""Samplers: zero CoM, guidance convention, one batched forward pass, reproducibility, finite guards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny, toy_batch
+
+from pdfusion.config import SampleConfig
+from pdfusion.diffusion import NonFiniteError, guided_epsilon, predict_n_atoms, sample, strided_timesteps
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, d = tiny(seed=2, T=20)
+    with torch.no_grad():  # non-trivial coordinate head so conditional and unconditional differ visibly
+        for blk in model.egnn.blocks:
+            blk.coord_mlp[-1].weight.normal_(0, 0.3)
+    batch = toy_batch([5, 9, 7])
+    return model.eval(), d, batch
+
+
+CFGS = {"ddpm": SampleConfig(guidance=1.0), "ddim": SampleConfig(guidance=2.0, steps=6),
+        "ddim-eta": SampleConfig(guidance=0.5, steps=6, eta=1.0)}
+
+
+@pytest.mark.parametrize("name", list(CFGS))
+def test_samples_have_zero_com_right_shapes_and_types(setup, name):
+    model, d, batch = setup
+    out = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, CFGS[name], return_trajectory=True)
+    assert out.positions.shape == (3, 9, 3) and out.types.shape == (3, 9)
+    assert torch.equal(out.mask, batch.mask)
+    scale = out.positions.abs().max().clamp(min=1.0)
+    assert (out.positions.sum(1).abs() / scale).max() < 1e-5
+    assert out.positions[~out.mask].abs().max() == 0
+    assert set(out.types.unique().tolist()) <= {0, 1}
+    steps = d.T if CFGS[name].steps is None else CFGS[name].steps
+    assert len(out.trajectory) == steps + 1
+    for frame in out.trajectory:
+        assert (frame.sum(1).abs() / frame.abs().max().clamp(min=1.0)).max() < 1e-5
+    z = out.numbers(batch.metal)
+    assert set(z[out.mask].unique().tolist()) <= {8, 22} and z[~out.mask].abs().max() == 0
+
+
+@pytest.mark.parametrize("steps", [None, 5])
+def test_same_seed_reproduces_and_other_seed_differs(setup, steps):
+    model, d, batch = setup
+    cfg = SampleConfig(guidance=1.5, steps=steps, eta=0.3, seed=11)
+    a = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg)
+    b = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg)
+    c = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig(guidance=1.5, steps=steps, eta=0.3, seed=12))
+    assert torch.equal(a.positions, b.positions) and torch.equal(a.types, b.types)
+    assert not torch.equal(a.positions, c.positions)
+
+
+def test_guidance_convention_in_one_batched_pass(setup):
+    model, d, batch = setup
+    x, h = d.encode(batch)
+    t = torch.full((3,), 0.4)
+    b = batch
+    cond = model(x, h, b.mask, t, b.pdf, b.metal, torch.ones(3, dtype=torch.bool))
+    unc = model(x, h, b.mask, t, b.pdf, b.metal, torch.zeros(3, dtype=torch.bool))
+    assert (cond[0] - unc[0]).abs().max() > 1e-4
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        for gamma in (0.0, 1.0, 2.5):
+            calls.clear()
+            ex, eh = guided_epsilon(model, x, h, b.mask, t, b.pdf, b.metal, gamma, shortcut=False)
+            assert calls == [6]  # conditional and unconditional halves in ONE forward of 2B rows
+            torch.testing.assert_close(ex, (1 - gamma) * unc[0] + gamma * cond[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(eh, (1 - gamma) * unc[1] + gamma * cond[1], atol=1e-5, rtol=0)
+        calls.clear()
+        guided_epsilon(model, x, h, b.mask, t, b.pdf, b.metal, 0.0)
+        guided_epsilon(model, x, h, b.mask, t, b.pdf, b.metal, 1.0)
+        assert calls == [3, 3]  # γ = 0 and γ = 1 only run the half they need
+    finally:
+        hook.remove()
+
+
+def test_guidance_zero_is_unconditional_and_one_is_conditional(setup):
+    model, d, batch = setup
+    cfg0, cfg1 = SampleConfig(guidance=0.0, steps=5), SampleConfig(guidance=1.0, steps=5)
+    g0 = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg0)
+    unconditional = sample(model, d, None, None, batch.n_atoms, cfg0)
+    assert torch.equal(g0.positions, unconditional.positions)
+    g1 = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg1)
+    assert not torch.allclose(g1.positions, g0.positions)
+    # γ = 1 through the sampler equals a hand-written DDIM loop with the plain conditional model
+    gen = torch.Generator().manual_seed(cfg1.seed)
+    mask = batch.mask
+    x, h = d.position_noise(mask, gen), d.type_noise(mask, gen)
+    ts = strided_timesteps(d.T, 5)
+    abar = d.schedule.alphas_cumprod
+    for tn, ts_ in zip(ts, ts[1:] + [0], strict=True):
+        ex, eh = model(x, h, mask, torch.full((3,), tn / d.T), batch.pdf, batch.metal, torch.ones(3, dtype=torch.bool))
+        a_t, a_s = float(abar[tn]), float(abar[ts_])
+        x = (a_s / a_t) ** 0.5 * (x - (1 - a_t) ** 0.5 * ex) + (1 - a_s) ** 0.5 * ex
+        h = (a_s / a_t) ** 0.5 * (h - (1 - a_t) ** 0.5 * eh) + (1 - a_s) ** 0.5 * eh
+        x = x - (x * mask[..., None]).sum(1, keepdim=True) / mask.sum(1).view(-1, 1, 1)
+        x, h = x * mask[..., None], h * mask[..., None]
+    torch.testing.assert_close(g1.positions, x * d.model_cfg.position_scale, atol=1e-3, rtol=1e-4)
+
+
+def test_strided_timesteps():
+    assert strided_timesteps(1000, 1) == [1000]
+    ts = strided_timesteps(1000, 100)
+    assert len(ts) == 100 and ts[0] == 1000 and ts[-1] == 1 and all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    assert strided_timesteps(20, 50) == list(range(20, 0, -1))
+
+
+def test_predict_n_atoms_samples_from_the_count_head(setup):
+    model, d, batch = setup
+    g = torch.Generator().manual_seed(0)
+    n = predict_n_atoms(model, batch.pdf, batch.metal, g)
+    assert n.shape == (3,) and n.dtype == torch.long
+    assert (n >= 2).all() and (n <= model.cfg.max_atoms).all()
+    assert torch.equal(n, predict_n_atoms(model, batch.pdf, batch.metal, torch.Generator().manual_seed(0)))
+    # a count head that puts all mass on N = 7 must return 7
+    with torch.no_grad():
+        last = model.count_head[-1]
+        saved = (last.weight.clone(), last.bias.clone())
+        last.weight.zero_()
+        last.bias.fill_(-1e4)
+        last.bias[6] = 1e4
+    try:
+        assert predict_n_atoms(model, batch.pdf, batch.metal, g).tolist() == [7, 7, 7]
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved[0])
+            last.bias.copy_(saved[1])
+
+
+class _ExplodingModel(torch.nn.Module):
+    """Returns inf noise predictions once t drops below one half."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, h, mask, t, pdf, metal, cond_mask):
+        ex, eh = self.inner(x, h, mask, t, pdf, metal, cond_mask)
+        if float(t.max()) < 0.5:
+            ex = ex + float("inf")
+        return ex, eh
+
+
+def test_sampler_raises_on_non_finite_state_naming_the_step(setup):
+    model, d, batch = setup
+    with pytest.raises(NonFiniteError, match=r"sampler\.x: .* at step 9"):
+        sample(_ExplodingModel(model), d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig())
+
+
+def test_bad_sampler_inputs_are_clear_errors(setup):
+    model, d, batch = setup
+    with pytest.raises(ValueError, match="pdf: expected"):
+        sample(model, d, batch.pdf[:2], batch.metal, batch.n_atoms, SampleConfig(steps=2))
+    with pytest.raises(ValueError, match="n_atoms"):
+        sample(model, d, batch.pdf, batch.metal, [3, 0, 2], SampleConfig(steps=2))
+    bad = batch.pdf.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(NonFiniteError, match="^pdf"):
+        sample(model, d, bad, batch.metal, batch.n_atoms, SampleConfig(steps=2))
