@@ -267,7 +267,7 @@ def help_flags(script: Path) -> frozenset[str]:
 
 def check_call(call: JobCall) -> list[str]:
     """Problems with one job invocation: a missing script, or arguments its parser rejects."""
-    rel = call.script.relative_to(ROOT)
+    rel = call.script.relative_to(ROOT) if call.script.is_relative_to(ROOT) else call.script
     if not call.script.is_file():
         return [f"{call.source}: {rel} does not exist (jobs/ has {sorted(p.name for p in (ROOT / 'jobs').glob('*.py'))})"]
     parser = parser_for(call.script)

@@ -169,6 +169,18 @@ def test_flag_checker_is_live():
     assert ic.check_call(ic.JobCall(train, ["--num-wrokers", "2"], "typo"))
     assert ic.check_call(ic.JobCall(train, ["--num-workers", "two"], "type"))
     assert ic.check_call(ic.JobCall(ic.ROOT / "jobs" / "no_such_job.py", [], "missing"))
+    sweep = ic.ROOT / "jobs" / "tune_schedules.py"
+    assert any("--data" in p for p in ic.check_call(ic.JobCall(sweep, ["--preset", "gpu"], "required")))
+
+
+def test_flag_checker_falls_back_to_help_output(tmp_path):
+    """A job that builds its parser inside main() is checked against its `--help` text."""
+    script = tmp_path / "job_without_parser_function.py"
+    script.write_text("import argparse\nif __name__ == '__main__':\n"
+                      "    p = argparse.ArgumentParser()\n    p.add_argument('--epochs', type=int)\n"
+                      "    p.add_argument('--use-gpu', action='store_true')\n    p.parse_args()\n")
+    assert ic.check_call(ic.JobCall(script, ["--epochs", "3", "--use-gpu"], "ok")) == []
+    assert ic.check_call(ic.JobCall(script, ["--epoch", "3"], "typo"))
 
 
 def test_generated_manifests_are_up_to_date():
