@@ -62,7 +62,7 @@ def test_lattice_override_scales_the_particle():
     p2 = make_particle("fluorite", "Ce", 16.0, lattice=(10.0,))
     assert len(p1) == len(p2)
     assert np.allclose(np.sort(np.linalg.norm(p1.positions, axis=1)) * 2, np.sort(np.linalg.norm(p2.positions, axis=1)))
-    assert p1.meta["lattice"]["a"] == 5.0
+    assert p1.meta["lattice_params"]["a"] == 5.0
 
 
 def test_centres_are_deterministic_for_a_seed_and_vary_across_seeds():
@@ -113,3 +113,18 @@ def _atom_at_origin_equivalent(p, na):
         if e < err:
             best, err = m, e
     return best
+
+
+def test_cli_structure_writes_a_readable_file(tmp_path, capsys):
+    from pdfusion.cli import main
+    from pdfusion.structures.io import read_structure
+
+    out = tmp_path / "p.xyz"
+    assert main(["structure", "AntiFlourite", "Ti", "6", "-o", str(out)]) == 0
+    back = read_structure(out)
+    ref = make_particle("antifluorite", "Ti", 6.0)
+    assert np.array_equal(back.numbers, ref.numbers) and np.allclose(back.positions, ref.positions)
+    assert "Ti2O" in capsys.readouterr().out
+    assert main(["structure", "rutile", "Ti", "6", "-o", str(tmp_path / "q.xyz"), "--lattice", "4.6,3.0"]) == 0
+    assert main(["structure", "perovskite", "Ti", "6", "-o", str(tmp_path / "r.xyz")]) == 2
+    assert "structure_type" in capsys.readouterr().err

@@ -101,7 +101,9 @@ def make_particle(
     ``lattice``: the real ``(a,)`` or ``(a, c)`` in Å (else known compound or radius rule).
     ``center``: ``None`` = a metal atom of the prototype's central Wyckoff site (the seed convention,
     deterministic); ``"atom"`` = a random metal atom of the cell (``rng``); ``(x, y, z)`` = a point in
-    fractional cell coordinates. Positions are returned centred on their centroid.
+    fractional cell coordinates. Positions are returned centred on their centroid. ``meta`` holds
+    structure_type, formula, radius, metal, ``lattice_params`` ({a[, c], internal parameters}) and
+    ``center``; not ``lattice``, which pdfusion reserves for the 3x3 cell of a *periodic* structure.
 
     Returns ``None`` (a documented drop, not an error) when two atoms are closer than ``min_distance``
     Å -- unphysical cells that an unlucky radius rule can produce; pass ``min_distance=None`` to keep all.
@@ -127,7 +129,7 @@ def make_particle(
             "formula": proto.formula(sym),
             "radius": float(radius),
             "metal": sym,
-            "lattice": {k: round(float(v), 6) for k, v in cell.parameters.items()},
+            "lattice_params": {k: round(float(v), 6) for k, v in cell.parameters.items()},
             "center": center_kind,
         },
     )
