@@ -83,7 +83,12 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    style = "|" if "\n" in data else None
+    if "\n" in data:
+        style = "|"
+    elif len(data) > 80 and " " in data:
+        style = ">"  # long commands: folded over lines, read back as one line
+    else:
+        style = None
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 

@@ -110,16 +110,30 @@ def test_cluster_autoscales_a_gpu_worker_group_between_min_and_max():
             assert int(limits["nvidia.com/gpu"]) >= 1
 
 
-def test_training_job_fits_its_gpu_group():
-    (_, job), = [(p, d) for p, d in _docs("RayJob") if "train_egnn.py" in d["spec"]["entrypoint"]]
-    (call,) = ic.job_calls(job["spec"]["entrypoint"], "train")
-    args = ic.parser_for(call.script).parse_args(call.argv)
-    assert args.use_gpu
-    gpus = sum(g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
+def _gpu_capacity(spec: dict) -> int:
+    return sum(g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
                                       .get("nvidia.com/gpu", 0))
-               for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"])
-    assert args.num_workers <= gpus, f"{args.num_workers} GPU workers requested, group max {gpus} GPUs"
-    assert job["spec"]["shutdownAfterJobFinishes"] is True
+               for g in spec["workerGroupSpecs"])
+
+
+def test_gpu_jobs_fit_their_autoscaled_gpu_group():
+    """Workers x concurrent trials x GPUs per worker must fit maxReplicas x GPUs per pod, or the
+    job waits forever for resources the autoscaler may not create."""
+    jobs = {d["metadata"]["name"]: d for _, d in _docs("RayJob")}
+    assert "pdfusion-train" in jobs
+    checked = 0
+    for name, job in jobs.items():
+        for call in ic.job_calls(job["spec"]["entrypoint"], name):
+            args = ic.parser_for(call.script).parse_args(call.argv)
+            if not getattr(args, "use_gpu", False):
+                continue
+            per_worker = getattr(args, "gpus_per_worker", None) or 1
+            need = (args.num_workers or 1) * per_worker * (getattr(args, "max_concurrent", None) or 1)
+            have = _gpu_capacity(job["spec"]["rayClusterSpec"])
+            assert need <= have, f"{name}: needs {need} GPUs, its GPU group scales to {have}"
+            checked += 1
+    assert checked >= 1
+    assert all(j["spec"]["shutdownAfterJobFinishes"] is True for j in jobs.values())
 
 
 def test_every_pod_mounts_the_shared_volume_where_jobs_write():
@@ -242,7 +256,4 @@ def test_serve_config_v2_is_a_valid_serve_deployment_for_this_code():
 def test_rayservice_cluster_has_gpus_for_its_replicas():
     (_, svc), = _docs("RayService")
     want = sum(a["args"]["num_gpus"] * a["args"]["max_replicas"] for a in _serve_v2()["applications"])
-    have = sum(g["maxReplicas"] * int(g["template"]["spec"]["containers"][0]["resources"]["limits"]
-                                      .get("nvidia.com/gpu", 0))
-               for g in svc["spec"]["rayClusterConfig"]["workerGroupSpecs"])
-    assert want <= have
+    assert 0 < want <= _gpu_capacity(svc["spec"]["rayClusterConfig"])
