@@ -25,7 +25,7 @@ Pair sum (step 3), two methods giving the same numbers:
   The same idea (cubic spreading onto a distance grid) is what debyecalculator ≥ 1.1 calls ``pair_sum='grid'``.
 
 Element types are local to each structure (a mono-metal oxide has 2), so the per-structure partial sums are
-(B, T², ·) with T the largest number of distinct elements in one structure of the batch.
+(B, T(T+1)/2, ·) with T the largest number of distinct elements in one structure of the batch.
 """
 
 from __future__ import annotations
@@ -331,6 +331,14 @@ def _pair_index_chunks(mask: Tensor, chunk_size: int):
         yield flush()
 
 
+def _fold_type_pairs(x: Tensor) -> Tensor:
+    """(B, T, T, ...) sums over ordered element pairs → (B, T(T+1)/2, ...) over unordered pairs a ≤ c."""
+    n_types = x.shape[1]
+    ta, tc = torch.triu_indices(n_types, n_types, device=x.device)
+    off = (ta != tc).to(x.dtype).view(1, -1, *([1] * (x.dim() - 3)))
+    return x[:, ta, tc] + x[:, tc, ta] * off
+
+
 def _pair_distances(coords: Tensor, fi: Tensor, fj: Tensor, scale: float = 1.0):
     """(scale·d, keep) for pairs (fi, fj) of ``coords`` (3, B·N). Coincident pairs (d ≈ 0, which srreal skips
     via eps_eq(0, d)) get keep = False and a dummy distance, so the gradient there is finite (zero) instead of
@@ -429,7 +437,7 @@ class PDFSimulator(torch.nn.Module):
             if keep is not None:
                 val = val * keep[:, None].to(dtype)
             sums = self._accumulate(sums, atom_row.index_select(0, fi) + atom_col.index_select(0, fj), val)
-        return sums.view(bsz, t2, -1)
+        return _fold_type_pairs(sums.view(bsz, n_types, n_types, -1))
 
     def _pair_sums_grid(self, positions, mask, local, n_types, chunk) -> Tensor:
         """Same sums via cubic-Lagrange spreading of the pairs onto a distance grid (see module docstring).
@@ -461,11 +469,14 @@ class PDFSimulator(torch.nn.Module):
             # (4, P) source along dim 1: ~8x faster on CPU than a (P, 4) source along dim 0
             row = atom_row.index_select(0, fi) + atom_col.index_select(0, fj) + k.long()
             moments = moments.index_add(1, row, mom) if mom.requires_grad else moments.index_add_(1, row, mom)
+        # (a, c) and (c, a) share f_a·f_c: fold to unordered element pairs before the big product
+        moments = _fold_type_pairs(moments.view(4, bsz, n_types, n_types, n_bins).movedim(0, -2))  # (B, S, 4, bins)
+        n_sym = moments.shape[1]
         lagrange = torch.tensor(LAGRANGE_COEFFS, dtype=dtype, device=dev)  # (node offset, moment)
-        bin_w = (lagrange @ moments).view(4, bsz * t2, n_bins)
+        bin_w = (lagrange @ moments).reshape(bsz * n_sym, 4, n_bins)
         # node index of r_{k-1} is k (node 0 sits at r = -dr)
-        node_w = sum(torch.nn.functional.pad(bin_w[o], (o, 3 - o)) for o in range(4))
-        return (node_w @ nodes_full[: n_bins + 3]).view(bsz, t2, -1)
+        node_w = sum(torch.nn.functional.pad(bin_w[:, o], (o, 3 - o)) for o in range(4))
+        return (node_w @ nodes_full[: n_bins + 3]).view(bsz, n_sym, -1)
 
     # public -----------------------------------------------------------------------------------
     def fq(self, positions: Tensor, numbers: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -487,7 +498,8 @@ class PDFSimulator(torch.nn.Module):
             sums = self._pair_sums_direct(positions, mask, local, n_types, chunk)
         else:
             sums = self._pair_sums_grid(positions, mask, local, n_types, chunk)
-        fprod = (ff[:, :, None, :] * ff[:, None, :, :]).reshape(ff.shape[0], n_types * n_types, -1)
+        ta, tc = torch.triu_indices(n_types, n_types, device=dev)
+        fprod = ff[:, ta] * ff[:, tc]  # (B, T(T+1)/2, nq): unordered element pairs, as _fold_type_pairs
         total = (fprod * sums).sum(1)  # (B, nq)
         denom = n_atoms[:, None] * fbar**2
         ok = denom != 0
