@@ -404,13 +404,17 @@ def run_training(
     log_every_steps: int = 10,
     final_artifacts: bool = True,
     bf16: bool = True,
+    callbacks: list | None = None,
+    run_tags: dict[str, str] | None = None,
 ) -> TrainingOutcome:
     """Train `cfg` on `num_workers` Ray Train workers (DDP; gloo on CPU, NCCL on GPU).
 
     Relaunching with the same `name` and `storage_path` resumes from the latest checkpoint (and the
     same MLflow run). With `mlflow`, one run holds params, metrics and artifacts, and the final
     checkpoint is registered as a new version of `register_as` (skip with None). `fail_at_step` +
-    `fail_marker` make rank 0 raise once at that step (testing fault tolerance).
+    `fail_marker` make rank 0 raise once at that step (testing fault tolerance). `callbacks` go to Ray
+    Train's RunConfig (Tune passes its TuneReportCallback); `run_tags` are added to the MLflow run (Tune
+    nests trial runs under a sweep's parent run with `mlflow.parentRunId`).
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -437,7 +441,7 @@ def run_training(
             uri, experiment=experiment, run_name=name, run_id=previous,
             params={**to_dict(cfg), "run": {"num_workers": num_workers, "use_gpu": use_gpu,
                                             "cpus_per_worker": cpus_per_worker, "name": name}},
-            tags={"pdfusion.ray_run_name": name, "pdfusion.storage_path": storage_path},
+            tags={"pdfusion.ray_run_name": name, "pdfusion.storage_path": storage_path, **(run_tags or {})},
         )
         if run_id != previous:
             _atomic_write(id_file, run_id)
@@ -460,6 +464,7 @@ def run_training(
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=max_failures),
+            callbacks=list(callbacks or []),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="min"
             ),
