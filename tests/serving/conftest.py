@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from serving_helpers import MAX_ATOMS, PDF, make_data
+from serving_helpers import MAX_ATOMS, PDF, free_port, make_data, start_ray_serve, stop_ray_serve
 
 from pdfusion.config import DataConfig, preset
 
@@ -27,3 +27,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("serve_model") / "tiny.pt"
     trainer.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 3}, "name": "tiny", "version": "7"})
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_port():
+    """One Ray + Serve session for the serving tests (Ray startup is the slow, fragile part on a shared
+    machine); each test module deploys its own application on it and deletes it afterwards."""
+    port = free_port()
+    try:
+        start_ray_serve(port)
+        yield port
+    finally:
+        stop_ray_serve()

@@ -88,18 +88,19 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
 
 def start_ray_serve(port: int) -> None:
     """One Ray + Serve session (2 CPUs, no dashboard) with HTTP on 127.0.0.1:`port`. Ray's node
-    registration wait is a fixed 30 s, which a saturated shared machine can exceed: retry twice."""
+    registration wait is a fixed 30 s, which a saturated shared machine can exceed: retry."""
     import ray
     from ray import serve
 
-    for attempt in range(3):
+    for attempt in range(4):
         try:
             ray.init(num_cpus=2, include_dashboard=False)
             break
         except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried
             ray.shutdown()
-            if "timed out during startup" not in str(exc) or attempt == 2:
+            if "timed out during startup" not in str(exc) or attempt == 3:
                 raise
+            time.sleep(5)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
 
@@ -110,3 +111,15 @@ def stop_ray_serve() -> None:
     if ray.is_initialized():
         serve.shutdown()
         ray.shutdown()
+
+
+def deploy(cfg: ServeConfig, port: int, name: str) -> str:
+    """Deploy the pdfusion app for `cfg` at /`name` on the running Serve; returns its base URL."""
+    from ray import serve
+
+    from pdfusion.serving.deployments import build_app
+
+    serve.run(build_app(cfg), name=name, route_prefix=f"/{name}")
+    base = f"http://127.0.0.1:{port}/{name}"
+    wait_http(base + "/v1/health")
+    return base

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from serving_helpers import free_port, serve_cfg, start_ray_serve, stop_ray_serve, wait_http
+from serving_helpers import deploy, serve_cfg
 
 pytestmark = pytest.mark.ray
 
@@ -22,26 +22,20 @@ VALID_G = np.sin(2.0 * VALID_R) * np.exp(-VALID_R / 8.0)
 
 
 @pytest.fixture(scope="module")
-def url(tiny_checkpoint):
+def url(tiny_checkpoint, serve_port):
     from ray import serve
 
-    from pdfusion.serving.deployments import build_app
-
-    port = free_port()
-    try:
-        start_ray_serve(port)
-        serve.run(build_app(serve_cfg(tiny_checkpoint, max_batch_size=4, max_ongoing_requests=8)),
-                  name="pdfusion", route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/v1/health")
-        yield base
-    finally:
-        stop_ray_serve()
+    yield deploy(serve_cfg(tiny_checkpoint, max_batch_size=4, max_ongoing_requests=8), serve_port, "fuzz")
+    serve.delete("fuzz")
 
 
-def _with_valid_pdf(case):
+METALS = st.sampled_from(["Ti", "Zn", "Pt", "Co", "Mn", "Fe", "Ce", "W"])
+
+
+def _with_valid_pdf(case_metal):
+    case, metal = case_metal
     if isinstance(case.body, dict):
-        case.body = {**case.body, "r": VALID_R.tolist(), "g": VALID_G.tolist()}
+        case.body = {**case.body, "r": VALID_R.tolist(), "g": VALID_G.tolist(), "metal": metal}
     return case
 
 
@@ -60,8 +54,8 @@ def test_no_5xx_from_openapi_fuzzing(url):
         sample.as_strategy(media_type="multipart/form-data"),
         sample.as_strategy(generation_mode=GenerationMode.NEGATIVE, media_type="multipart/form-data"),
         # schema-generated options (metal, n_atoms, steps, guidance, seed, refine, ...) on a valid PDF
-        sample.as_strategy(media_type="application/json").map(_with_valid_pdf),
-        sample.as_strategy(media_type="application/json").map(_with_valid_pdf),
+        st.tuples(sample.as_strategy(media_type="application/json"), METALS).map(_with_valid_pdf),
+        st.tuples(sample.as_strategy(media_type="application/json"), METALS).map(_with_valid_pdf),
     ]
     seen: list[tuple[str, int]] = []
 
@@ -79,5 +73,6 @@ def test_no_5xx_from_openapi_fuzzing(url):
     run()
     codes = [c for _, c in seen]
     assert len(seen) >= 500, f"only {len(seen)} requests were generated"
-    assert codes.count(200) >= 50 and sum(400 <= c < 500 for c in codes) >= 50, sorted(set(codes))
+    summary = {op: sorted({c for o, c in seen if o == op}) for op, _ in seen}
+    assert codes.count(200) >= 50 and sum(400 <= c < 500 for c in codes) >= 50, (codes.count(200), summary)
     assert httpx.get(url + "/v1/health").status_code == 200

@@ -12,34 +12,17 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serving_helpers import (
-    free_port,
-    rocksalt_cluster,
-    serve_cfg,
-    simulate,
-    start_ray_serve,
-    stop_ray_serve,
-    wait_http,
-)
+from serving_helpers import deploy, rocksalt_cluster, serve_cfg, simulate
 
 pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def url(tiny_checkpoint):
+def url(tiny_checkpoint, serve_port):
     from ray import serve
 
-    from pdfusion.serving.deployments import build_app
-
-    port = free_port()
-    try:
-        start_ray_serve(port)
-        serve.run(build_app(serve_cfg(tiny_checkpoint)), name="pdfusion", route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        wait_http(base + "/v1/health")
-        yield base
-    finally:
-        stop_ray_serve()
+    yield deploy(serve_cfg(tiny_checkpoint), serve_port, "http")
+    serve.delete("http")
 
 
 @pytest.fixture(scope="module")
