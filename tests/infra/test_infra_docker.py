@@ -61,6 +61,16 @@ def test_jobs_and_serve_live_where_manifests_run_them(flavour):
     assert f"PYTHONPATH={ic.IMAGE_ROOT}" in env, "Serve replicas import serve.app from the working dir"
 
 
+def test_gpu_and_cpu_images_differ_only_in_base_tag_and_torch_index():
+    gpu = ic.dockerfile(ic.DOCKER / "Dockerfile.gpu")
+    cpu = ic.dockerfile(ic.DOCKER / "Dockerfile.cpu")
+    diff = [(g.args, c.args) for g, c in zip(gpu, cpu, strict=True) if (g.op, g.args) != (c.op, c.args)]
+    v = ic.versions()
+    assert diff == [(f"rayproject/ray:${{RAY_VERSION}}-{v['PYTHON_TAG']}-gpu",
+                     f"rayproject/ray:${{RAY_VERSION}}-{v['PYTHON_TAG']}-cpu"),
+                    (f"TORCH_INDEX_URL={v['TORCH_CUDA_INDEX_URL']}", f"TORCH_INDEX_URL={v['TORCH_CPU_INDEX_URL']}")]
+
+
 def test_dockerignore_keeps_what_the_image_needs_and_drops_the_rest():
     pats = ic.dockerignore_patterns()
     assert not [p for p in pats if p.startswith("!")], "exceptions are not supported by the checker"

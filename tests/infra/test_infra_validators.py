@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import infra_checks as ic
 import pytest
@@ -49,3 +50,12 @@ def test_compose_validation_is_live(tmp_path):
     res = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(bad)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0 and "depend_on" in res.stdout
+
+
+def test_ruff_passes_on_infra_python():
+    """scripts/test.sh lints platform/tests/jobs/serve; infra/kuberay/render.py is checked here."""
+    files = sorted(str(p) for p in ic.INFRA.rglob("*.py"))
+    assert files
+    res = subprocess.run([sys.executable, "-m", "ruff", "check", *files], capture_output=True, text=True,
+                         timeout=120, cwd=ic.ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
