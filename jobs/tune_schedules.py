@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, default=1, help="ASHA grace period (epochs)")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: cluster CPUs / CPUs per trial")
+    p.add_argument("--metric", default="val_rwp_best_median", choices=["val_rwp_best_median", "val_loss"],
+                   help="validation metric ASHA and Optuna minimise")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run_schedule_sweep(base, space, name=args.name, storage_path=args.storage_path, num_samples=args.num_samples,
                              num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
                              grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                             max_concurrent=args.max_concurrent, seed=args.seed)
+                             max_concurrent=args.max_concurrent, seed=args.seed, metric=args.metric)
     for row in out["rows"]:
         print(json.dumps(row, default=str))
     print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, resumed={out['resumed']})")

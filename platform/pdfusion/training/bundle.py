@@ -93,6 +93,10 @@ def load_bundle(
         from pdfusion.training.tracking import download_checkpoint
 
         path = str(download_checkpoint(source))
+        if source.startswith("models:/"):
+            from pdfusion.training.tracking import model_defaults
+
+            defaults = {**model_defaults(source), **(defaults or {})}  # a guidance sweep's choice, unless overridden
         if name is None and source.startswith("models:/"):
             ref = source[len("models:/") :]
             sep = "@" if "@" in ref else "/"

@@ -285,3 +285,40 @@ def load_config(uri: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
     if not cfg.is_file():
         raise FileNotFoundError(f"{uri!r}: no {CONFIG_FILE} next to {ckpt}")
     return json.loads(cfg.read_text())
+
+
+DEFAULTS_TAGS = {"guidance": "pdfusion.guidance", "steps": "pdfusion.steps"}
+
+
+def _model_version(client, uri: str):
+    """The ModelVersion behind `models:/name/version` or `models:/name@alias`."""
+    if not uri.startswith("models:/"):
+        raise ValueError(f"model uri: {uri!r} is not a models:/name/version or models:/name@alias URI")
+    ref = uri[len("models:/"):].rstrip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = ref.partition("/")
+    if not version:
+        raise ValueError(f"model uri: {uri!r} names no version; use models:/{name}/<version> or models:/{name}@<alias>")
+    return client.get_model_version(name, version)
+
+
+def set_model_defaults(uri: str, *, guidance: float, steps: int, tracking_uri: str | None = None) -> None:
+    """Record sampling defaults (from a guidance sweep) as tags on a registered model version."""
+    client = _client(tracking_uri or default_tracking_uri())
+    mv = _model_version(client, uri)
+    client.set_model_version_tag(mv.name, mv.version, DEFAULTS_TAGS["guidance"], repr(float(guidance)))
+    client.set_model_version_tag(mv.name, mv.version, DEFAULTS_TAGS["steps"], str(int(steps)))
+
+
+def model_defaults(uri: str, *, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Sampling defaults recorded on a registered model version ({} when none were recorded)."""
+    client = _client(tracking_uri or default_tracking_uri())
+    tags = _model_version(client, uri).tags or {}
+    out: dict[str, Any] = {}
+    if DEFAULTS_TAGS["guidance"] in tags:
+        out["guidance"] = float(tags[DEFAULTS_TAGS["guidance"]])
+    if DEFAULTS_TAGS["steps"] in tags:
+        out["steps"] = int(tags[DEFAULTS_TAGS["steps"]])
+    return out

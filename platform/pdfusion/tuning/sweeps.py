@@ -145,7 +145,8 @@ def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: di
     return uri, run_id
 
 
-def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_id: str, plot) -> dict[str, Any]:
+def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_id: str, plot,
+            max_t: int | None = None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from pdfusion.training import tracking
@@ -154,9 +155,15 @@ def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_
     for r in results:
         cfg = {k: v for k, v in (r.config or {}).items() if k != "_pdfusion"}
         m = r.metrics or {}
+        if r.error:
+            status = "ERROR"
+        elif max_t is not None and not m.get("final") and int(m.get("epoch", 0)) < max_t:
+            status = "STOPPED_EARLY"  # ASHA cut it at a rung
+        else:
+            status = "COMPLETED"
         rows.append({"trial_id": m.get("trial_id", ""), **{k: cfg.get(k) for k in keys},
-                     metric: m.get(metric, math.nan), "training_iteration": m.get("training_iteration", 0),
-                     "status": "ERROR" if r.error else ("DONE" if m.get("done") or m.get("final") else "STOPPED")})
+                     metric: float(m.get(metric, math.nan)), "epoch": m.get("epoch"),
+                     "training_iteration": m.get("training_iteration", 0), "status": status})
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
@@ -209,8 +216,11 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
                        num_workers: int = 1, cpus_per_worker: float = 1.0, use_gpu: bool = False,
                        grace_period: int = 1, reduction_factor: int = 2, max_concurrent: int | None = None,
                        tracking_uri: str | None = None, mlflow_experiment: str = "pdfusion-tune",
-                       seed: int = 0, out_dir: str | None = None) -> dict[str, Any]:
-    """Optuna + ASHA over training choices; resumable by `name`. Returns rows, best and the parent run id."""
+                       seed: int = 0, out_dir: str | None = None, metric: str = SCHEDULE_METRIC) -> dict[str, Any]:
+    """Optuna + ASHA over training choices; resumable by `name`. Returns rows, best and the parent run id.
+
+    `metric` (minimised): the validation best-of-K R_wp by default; `val_loss` is cheaper and less noisy
+    for very short trials."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -232,7 +242,7 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
             "tracking_uri": uri, "mlflow_experiment": mlflow_experiment}
     param_space = {**to_tune(space), "_pdfusion": meta}
     tune_config = tune.TuneConfig(
-        metric=SCHEDULE_METRIC, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
+        metric=metric, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
         search_alg=OptunaSearch(seed=seed),
         scheduler=ASHAScheduler(time_attr="epoch", max_t=max(base.epochs, grace_period), grace_period=grace_period,
                                 reduction_factor=reduction_factor),
@@ -240,8 +250,8 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, {"cpu": 0})
     results = tuner.fit()
     keys = list(space)
-    out = _finish(results, SCHEDULE_METRIC, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
-                  lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], SCHEDULE_METRIC, p))
+    out = _finish(results, metric, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
+                  lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], metric, p), max_t=base.epochs)
     out["resumed"] = resumed
     return out
 
