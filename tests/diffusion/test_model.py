@@ -175,3 +175,20 @@ def test_build_edges_matches_brute_force(cutoff):
     assert got == want and len(row) == len(want)
     if cutoff is not None:
         assert len(want) < 5 * 4 + 9 * 8 + 3 * 2  # the cutoff actually removes edges here
+
+
+def test_handles_23_to_511_atoms_with_cutoff():
+    """The largest seed-oxides particle next to the smallest, radius graph: finite, and padding-blind."""
+    from helpers import toy_batch
+
+    m, d = tiny(seed=0, cutoff=6.0)
+    m.eval()
+    batch = toy_batch([511, 23])
+    x, h = d.encode(batch)
+    t = torch.tensor([0.05, 0.05])
+    with torch.no_grad():
+        ex, eh = m(x, h, batch.mask, t, batch.pdf, batch.metal)
+        small = toy_batch([23])
+        alone = m(*d.encode(small), small.mask, t[:1], small.pdf[:1], small.metal[:1])
+    assert torch.isfinite(ex).all() and torch.isfinite(eh).all()
+    torch.testing.assert_close(ex[1:, :23], alone[0], atol=ATOL, rtol=0)

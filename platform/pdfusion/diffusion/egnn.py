@@ -6,7 +6,10 @@ normalisation, and the output for real atoms does not depend on how much padding
 Numerics that the 2023 attempt lacked: coordinate updates bounded by `tanh(·) × coords_range`, coordinate
 differences divided by (√(d² + eps) + norm_constant) so no division can hit zero, sum aggregation divided by a
 constant `normalization_factor` (or a mean over the real neighbour count, clamped ≥ 1), and a finite check
-after every layer (NonFiniteError names the layer).
+after every layer (NonFiniteError names the layer). As in EDM, `coords_range` is the total over the stack:
+each layer's update is bounded by coords_range / layers per edge, so with sum aggregation one atom moves at
+most coords_range · (neighbours / normalization_factor) in all. Small systems (the 8-atom cube) therefore
+need `aggregation="mean"` or a small `normalization_factor`, or the network cannot output ε of unit size.
 
 Cost (measured with `jobs/bench_egnn.py`, 2 shared CPU cores, hidden 64, 4 layers, batch 16 × 511 atoms,
 forward + backward): see the numbers recorded in that script's docstring.
