@@ -20,9 +20,15 @@ Pair sum (step 3), two methods giving the same numbers:
 - ``direct``: sin(Q r)/r for every pair and Q point, chunked over pairs (memory ∝ chunk_size·#Q). Exact.
 - ``grid`` (default): every pair is spread onto a uniform distance grid (spacing a power of two ≈ 0.24/Qmax)
   with cubic Lagrange weights, per element pair, and the grid is contracted with a cached
-  (nodes × Q) matrix DW(r,Q)·sin(Qr)/r. Interpolation error ≲ (Qmax·dr)⁴/24 ≈ 1e-4 relative (R_wp vs direct ~1e-6); cost per pair
-  is independent of #Q, and the weights are smooth in r so autograd gives accurate position gradients.
+  (nodes × Q) matrix DW(r,Q)·sin(Qr)/r. Interpolation error ≲ (Qmax·dr)⁴/24 ≈ 1e-4 relative (R_wp vs direct
+  ~3e-6 on seed-oxides); cost per pair is independent of #Q, and the weights are smooth in r so autograd
+  gives accurate position gradients (float64 gradcheck passes).
   The same idea (cubic spreading onto a distance grid) is what debyecalculator ≥ 1.1 calls ``pair_sum='grid'``.
+
+Measured: R_wp vs the stored srreal curves of all 1,536 seed-oxides files is ≤ 7e-6 (grid); the direct sum
+matches to ~1e-13 (checked on a sample).
+Not reproduced: srreal stops a pair's Q loop once 2·f_i·f_j·DW/r ≤ 1e-6 ("debyeprecision"), a cut that
+changes nothing at these parameters.
 
 Element types are local to each structure (a mono-metal oxide has 2), so the per-structure partial sums are
 (B, T(T+1)/2, ·) with T the largest number of distinct elements in one structure of the batch.
@@ -458,16 +464,22 @@ class PDFSimulator(torch.nn.Module):
         for fi, fj in _pair_index_chunks(mask, chunk):
             u, keep = _pair_distances(coords, fi, fj, 1.0 / dr)  # u = d/dr; dr is a power of two: exact
             keep = self._range_mask(u, keep, 1.0 / dr, check)
-            k = u.detach().floor().clamp_(max=n_bins - 1)
-            s = u - k
-            s2 = s * s
-            if keep is None:
-                mom = torch.stack((torch.ones_like(s), s, s2, s2 * s), 0)
+            k = u.detach().long().clamp_(max=n_bins - 1)  # u >= 0: truncation is floor
+            if keep is None and not u.requires_grad:  # fast path: write the moments in place
+                mom = torch.empty(4, u.numel(), dtype=dtype, device=dev)
+                mom[0].fill_(1.0)
+                torch.sub(u, k, out=mom[1])
+                torch.mul(mom[1], mom[1], out=mom[2])
+                torch.mul(mom[2], mom[1], out=mom[3])
             else:
-                w0 = keep.to(dtype)
-                mom = torch.stack((w0, s, s2, s2 * s), 0) * w0[None, :]
+                s = u - k
+                s2 = s * s
+                w0 = torch.ones_like(s) if keep is None else keep.to(dtype)
+                mom = torch.stack((w0, s, s2, s2 * s), 0)
+                if keep is not None:
+                    mom = mom * w0[None, :]
             # (4, P) source along dim 1: ~8x faster on CPU than a (P, 4) source along dim 0
-            row = atom_row.index_select(0, fi) + atom_col.index_select(0, fj) + k.long()
+            row = atom_row.index_select(0, fi).add_(atom_col.index_select(0, fj)).add_(k)
             moments = moments.index_add(1, row, mom) if mom.requires_grad else moments.index_add_(1, row, mom)
         # (a, c) and (c, a) share f_a·f_c: fold to unordered element pairs before the big product
         moments = _fold_type_pairs(moments.view(4, bsz, n_types, n_types, n_bins).movedim(0, -2))  # (B, S, 4, bins)
@@ -475,7 +487,9 @@ class PDFSimulator(torch.nn.Module):
         lagrange = torch.tensor(LAGRANGE_COEFFS, dtype=dtype, device=dev)  # (node offset, moment)
         bin_w = (lagrange @ moments).reshape(bsz * n_sym, 4, n_bins)
         # node index of r_{k-1} is k (node 0 sits at r = -dr)
-        node_w = sum(torch.nn.functional.pad(bin_w[:, o], (o, 3 - o)) for o in range(4))
+        node_w = bin_w.new_zeros(bsz * n_sym, n_bins + 3)
+        for o in range(4):
+            node_w[:, o:o + n_bins] += bin_w[:, o]
         return (node_w @ nodes_full[: n_bins + 3]).view(bsz, n_sym, -1)
 
     # public -----------------------------------------------------------------------------------
