@@ -70,10 +70,12 @@ def test_mlflow_uris_go_through_tracking(checkpoint, monkeypatch):
     from pdfusion.training import tracking
 
     monkeypatch.setattr(tracking, "download_checkpoint", fake_download)
+    monkeypatch.setattr(tracking, "model_defaults", lambda uri, **kw: {"steps": 7} if "@" in uri else {})
     b = load_bundle("models:/pdfusion-oxides/5")
     assert seen == ["models:/pdfusion-oxides/5"] and (b.name, b.version) == ("pdfusion-oxides", "5")
     b = load_bundle("models:/pdfusion-oxides@production")
     assert (b.name, b.version) == ("pdfusion-oxides", "production")
+    assert b.defaults["steps"] == 7  # recorded on the registered version (e.g. by a guidance sweep)
     load_bundle("runs:/abc123/model")
     assert seen[-1] == "runs:/abc123/model"
 
