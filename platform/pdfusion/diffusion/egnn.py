@@ -151,6 +151,7 @@ class EGNN(nn.Module):
             check_finite(f"egnn.layer{i}.h", hs)
             check_finite(f"egnn.layer{i}.x", xs)
         hs = self.out(hs)
-        x_out = x.new_zeros(b * n, 3).index_copy(0, flat, xs).reshape(b, n, 3)
-        h_out = h.new_zeros(b * n, hs.shape[-1]).index_copy(0, flat, hs).reshape(b, n, -1)
+        # (casts: under CUDA autocast the MLP outputs are bf16 while x/h stay float32)
+        x_out = x.new_zeros(b * n, 3).index_copy(0, flat, xs.to(x.dtype)).reshape(b, n, 3)
+        h_out = h.new_zeros(b * n, hs.shape[-1]).index_copy(0, flat, hs.to(h.dtype)).reshape(b, n, -1)
         return x_out, h_out
