@@ -82,7 +82,7 @@ def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None
     n_items = sum(len(u.items) for u in units)
     print(f"generate: {len(units)} shards ({n_items} structures), {len(units) - len(todo)} already done, "
           f"{len(todo)} to go -> {cfg.out_dir}", flush=True)
-    reports, t0 = [], time.perf_counter()
+    reports, t0, cpu0 = [], time.perf_counter(), time.process_time()
     bar = tqdm(total=sum(len(u.items) for u in todo), unit="struct", desc="generate")
     if local or not todo:
         for unit in todo:
@@ -116,13 +116,15 @@ def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None
                 bar.update(len(unit.items))
     bar.close()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0  # this process only: meaningful for --local
     written = sum(r["written"] for r in reports)
     dropped = [k for r in reports for k in r["dropped"]]
     summary = write_summary(cfg.out_dir)
     print(f"generate: wrote {written} structures in {len(reports)} shards in {wall:.1f} s "
-          f"({written / wall if wall > 0 else 0:.2f} structures/s); dropped {len(dropped)} (min distance); "
+          f"({written / wall if wall > 0 else 0:.2f} structures/s"
+          + (f", {written / cpu if cpu > 0 else 0:.2f} per CPU-second" if local else "") + f"); dropped {len(dropped)} (min distance); "
           f"store holds {summary['n_structures']}: {summary['per_type']}", flush=True)
-    return {"written": written, "dropped": dropped, "wall_s": wall, "summary": summary, "shards": len(reports)}
+    return {"written": written, "dropped": dropped, "wall_s": wall, "cpu_s": cpu, "summary": summary, "shards": len(reports)}
 
 
 def main(argv: list[str] | None = None) -> int:
