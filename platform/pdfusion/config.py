@@ -184,6 +184,7 @@ class ModelConfig:
     n_metals: int = 100  # metal embedding table size (indexed by Z)
     max_atoms: int = 512  # atom-count predictor classes: 1..max_atoms
     position_scale: float = 3.5  # positions / this (A) before diffusion; seed-oxides coordinate std is 3.4-3.6 A
+    grad_checkpoint: bool = False  # recompute EGNN blocks in backward (less memory for large particles)
 
     def __post_init__(self) -> None:
         _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")

@@ -192,3 +192,16 @@ def test_handles_23_to_511_atoms_with_cutoff():
         alone = m(*d.encode(small), small.mask, t[:1], small.pdf[:1], small.metal[:1])
     assert torch.isfinite(ex).all() and torch.isfinite(eh).all()
     torch.testing.assert_close(ex[1:, :23], alone[0], atol=ATOL, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    a, d = tiny(seed=4, cutoff=5.0)
+    b, _ = tiny(seed=4, cutoff=5.0, grad_checkpoint=True)
+    b.load_state_dict(a.state_dict())
+    x, h, mask, t, pdf, metal, cm = inputs([9, 14])
+    for m in (a, b):
+        ex, eh = m(x, h, mask, t, pdf, metal, cm)
+        (ex.square().sum() + eh.square().sum()).backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        if pa.grad is not None:
+            torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from pdfusion.diffusion.guards import check_finite
@@ -75,6 +76,21 @@ def _aggregate(src: torch.Tensor, index: torch.Tensor, n_nodes: int, aggregation
     return out / degree.clamp(min=1.0)[:, None]
 
 
+class PairLinear(nn.Module):
+    """Linear(cat[h_i, h_j, e_ij]) without materialising the (E, 2H + D) concatenation: project the nodes
+    first (N ≪ E) and gather, which cuts the edge-sized activations kept for backward."""
+
+    def __init__(self, hidden: int, edge_dim: int, out: int) -> None:
+        super().__init__()
+        self.node = nn.Linear(hidden, 2 * out)
+        self.edge = nn.Linear(edge_dim, out, bias=False)
+        self.out = out
+
+    def forward(self, h: torch.Tensor, row: torch.Tensor, col: torch.Tensor, ea: torch.Tensor) -> torch.Tensor:
+        p = self.node(h)
+        return p[row, : self.out] + p[col, self.out:] + self.edge(ea)
+
+
 class EquivariantBlock(nn.Module):
     """One GCL (invariant message passing with sigmoid edge gates) + one equivariant coordinate update."""
 
@@ -83,12 +99,14 @@ class EquivariantBlock(nn.Module):
                  normalization_factor: float = 100.0, eps: float = 1e-8) -> None:
         super().__init__()
         act = nn.SiLU()
-        self.edge_mlp = nn.Sequential(nn.Linear(2 * hidden + edge_dim, hidden), act, nn.Linear(hidden, hidden), act)
+        self.edge_in = PairLinear(hidden, edge_dim, hidden)
+        self.edge_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act)
         self.att_mlp = nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()) if attention else None
         self.node_mlp = nn.Sequential(nn.Linear(2 * hidden, hidden), act, nn.Linear(hidden, hidden))
         last = nn.Linear(hidden, 1, bias=False)
         nn.init.xavier_uniform_(last.weight, gain=0.001)  # EDM: start with tiny coordinate updates
-        self.coord_mlp = nn.Sequential(nn.Linear(2 * hidden + edge_dim, hidden), act, nn.Linear(hidden, hidden), act, last)
+        self.coord_in = PairLinear(hidden, edge_dim, hidden)
+        self.coord_mlp = nn.Sequential(act, nn.Linear(hidden, hidden), act, last)
         self.tanh, self.coords_range, self.norm_constant = tanh, coords_range, norm_constant
         self.aggregation, self.normalization_factor, self.eps = aggregation, normalization_factor, eps
 
@@ -99,7 +117,7 @@ class EquivariantBlock(nn.Module):
         d2 = diff.pow(2).sum(-1, keepdim=True)
         ea = torch.cat([d2, edge_attr], dim=-1)
         # invariant message passing
-        m = self.edge_mlp(torch.cat([h[row], h[col], ea], dim=-1))
+        m = self.edge_mlp(self.edge_in(h, row, col, ea))
         if self.att_mlp is not None:
             m = m * self.att_mlp(m)
         agg = _aggregate(m, row, n, self.aggregation, self.normalization_factor, degree)
@@ -107,7 +125,7 @@ class EquivariantBlock(nn.Module):
         # equivariant coordinate update, bounded and division-safe
         dist = torch.sqrt(d2 + self.eps)
         unit = diff / (dist + self.norm_constant)
-        phi = self.coord_mlp(torch.cat([h[row], h[col], ea], dim=-1))
+        phi = self.coord_mlp(self.coord_in(h, row, col, ea))
         if self.tanh:
             phi = torch.tanh(phi) * self.coords_range
         x = x + _aggregate(unit * phi, row, n, self.aggregation, self.normalization_factor, degree)
@@ -123,8 +141,9 @@ class EGNN(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: int = 64, layers: int = 4, *,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
                  aggregation: str = "sum", normalization_factor: float = 100.0, cutoff: float | None = None,
-                 n_dist_freq: int = 6) -> None:
+                 n_dist_freq: int = 6, checkpoint: bool = False) -> None:
         super().__init__()
+        self.checkpoint = checkpoint  # recompute each block in backward: edge activations of one block at a time
         if aggregation not in ("sum", "mean"):
             raise ValueError(f"aggregation: must be 'sum' or 'mean', got {aggregation!r}")
         self.cutoff, self.n_dist_freq = cutoff, n_dist_freq
@@ -147,7 +166,11 @@ class EGNN(nn.Module):
         d0 = torch.sqrt((xs[row] - xs[col]).pow(2).sum(-1) + 1e-8)
         edge_attr = sinusoidal_distance(d0, self.n_dist_freq) if self.n_dist_freq else d0.new_zeros(d0.shape[0], 0)
         for i, block in enumerate(self.blocks):
-            hs, xs = block(hs, xs, row, col, edge_attr, degree)
+            if self.checkpoint and torch.is_grad_enabled():
+                hs, xs = torch.utils.checkpoint.checkpoint(block, hs, xs, row, col, edge_attr, degree,
+                                                           use_reentrant=False)
+            else:
+                hs, xs = block(hs, xs, row, col, edge_attr, degree)
             check_finite(f"egnn.layer{i}.h", hs)
             check_finite(f"egnn.layer{i}.x", xs)
         hs = self.out(hs)

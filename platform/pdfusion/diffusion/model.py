@@ -85,7 +85,8 @@ class PDFusionDenoiser(nn.Module):
         self.egnn = EGNN(cfg.n_types + 1 + e, cfg.n_types, hidden=cfg.hidden, layers=cfg.layers,
                          attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
                          norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
-                         normalization_factor=cfg.normalization_factor, cutoff=cutoff)
+                         normalization_factor=cfg.normalization_factor, cutoff=cutoff,
+                         checkpoint=cfg.grad_checkpoint)
         self.count_head = nn.Sequential(nn.Linear(e, 2 * e), nn.SiLU(), nn.Linear(2 * e, cfg.max_atoms))
 
     # ------------------------------------------------------------------------------------------
