@@ -150,20 +150,23 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
 
 
 def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, generator):
-    """x_{t-1} = posterior mean with x̂_0 from ε̂, plus √β̃_t noise (none on the last step, t = 1)."""
+    """x_{t-1} = posterior mean with x̂_0 from ε̂, plus √β̃_t noise. The last step (t = 1) returns x̂_0
+    itself: the state at t = 0 still carries √(1-ᾱ_0) of noise, the data do not (as EDM's p(x | z_0))."""
     t_now = int(tt[0])
     out = []
     for z, e, noise_fn in ((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise)):
         x0 = diffusion.predict_x0(z, tt, e)
+        if t_now == 1:
+            out.append(x0)
+            continue
         mean, var = diffusion.posterior_mean_var(x0, z, tt)
-        if t_now > 1:
-            mean = mean + var.sqrt() * noise_fn(mask, generator)
-        out.append(mean)
+        out.append(mean + var.sqrt() * noise_fn(mask, generator))
     return out[0], out[1]
 
 
 def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: int, eta: float, mask, generator):
-    """DDIM (Song et al. 2021) from t_now to t_next < t_now; eta = 0 deterministic, 1 ≈ ancestral."""
+    """DDIM (Song et al. 2021) from t_now to t_next < t_now; eta = 0 deterministic, 1 ≈ ancestral.
+    The last step (t_next = 0) returns x̂_0, as the ancestral sampler does."""
     s = diffusion.schedule
     a_t = float(s.alphas_cumprod[t_now])
     a_s = float(s.alphas_cumprod[t_next])
@@ -174,6 +177,9 @@ def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: i
     out = []
     for z, e, noise_fn in ((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise)):
         x0 = (z - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+        if t_next == 0:
+            out.append(x0)
+            continue
         z_next = a_s ** 0.5 * x0 + dir_coef * e
         if sigma > 0:
             z_next = z_next + sigma * noise_fn(mask, generator)
