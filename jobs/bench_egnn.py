@@ -40,7 +40,8 @@ def run_case(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = ModelConfig(hidden=args.hidden, layers=args.layers, pdf_embed=64, cutoff=args.case_cutoff)
+    cfg = ModelConfig(hidden=args.hidden, layers=args.layers, pdf_embed=64, cutoff=args.case_cutoff,
+                      grad_checkpoint=args.case_ckpt)
     model = PDFusionDenoiser(cfg)
     diffusion = GaussianDiffusion(None, cfg, None)
     pos, z = _particle(args.atoms)
@@ -52,9 +53,9 @@ def run_case(args: argparse.Namespace) -> dict:
     t = torch.full((b,), 0.01)
     row, _ = build_edges(x, mask, None if cfg.cutoff is None else cfg.cutoff / cfg.position_scale)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    times, cpu = [], []
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if args.backward:
             ex, eh = model(x, h, mask, t, batch.pdf, batch.metal)
             (ex.square().mean() + eh.square().mean()).backward()
@@ -63,8 +64,10 @@ def run_case(args: argparse.Namespace) -> dict:
             with torch.no_grad():
                 model(x, h, mask, t, batch.pdf, batch.metal)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"edges": int(row.numel()), "seconds": min(times), "peak_mib_above_setup": (peak - base) / 1024}
+    return {"edges": int(row.numel()), "seconds": min(times), "cpu_seconds": min(cpu),
+            "peak_mib_above_setup": (peak - base) / 1024}
 
 
 def main() -> None:
@@ -77,16 +80,17 @@ def main() -> None:
     p.add_argument("--fc-batch", type=int, default=1, help="batch for fully connected forward+backward")
     p.add_argument("--fc-fwd-batch", type=int, default=4, help="batch for fully connected forward")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--_case", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._case:
-        args.case_batch, cut, args.backward = json.loads(args._case)
+        args.case_batch, cut, args.backward, args.case_ckpt = json.loads(args._case)
         args.case_cutoff = cut
         print(json.dumps(run_case(args)))
         return
     cases = [
         ("cutoff fwd+bwd", args.batch, args.cutoff, True, 1),
+        ("cutoff fwd+bwd, grad_checkpoint", args.batch, args.cutoff, True, 1, True),
         ("cutoff fwd", args.batch, args.cutoff, False, 1),
         (f"full fwd (B={args.fc_fwd_batch}, x{args.batch / args.fc_fwd_batch:g})", args.fc_fwd_batch, None, False,
          args.batch / args.fc_fwd_batch),
@@ -94,10 +98,10 @@ def main() -> None:
          args.batch / args.fc_batch),
     ]
     results = {}
-    for name, b, cut, bwd, scale in cases:
+    for name, b, cut, bwd, scale, *ckpt in cases:
         cmd = [sys.executable, __file__, "--atoms", str(args.atoms), "--hidden", str(args.hidden), "--layers",
                str(args.layers), "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--_case", json.dumps([b, cut, bwd])]
+               "--_case", json.dumps([b, cut, bwd, bool(ckpt)])]
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             print(f"{name}: failed (rc {out.returncode}): {out.stderr.strip().splitlines()[-1:]}")
@@ -105,13 +109,15 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         r = {k: v * scale for k, v in r.items()}  # edges, time and memory are linear in the batch
         results[name] = r
-        print(f"{name:38s} edges {r['edges']:>10.0f}  time {r['seconds']:7.2f} s  "
+        print(f"{name:38s} edges {r['edges']:>10.0f}  wall {r['seconds']:7.2f} s  cpu {r['cpu_seconds']:7.2f} s  "
               f"peak {r['peak_mib_above_setup']:8.0f} MiB  (B={args.batch} equivalent)", flush=True)
     keys = list(results)
-    if len(keys) == 4:
-        cb, cf, ff, fb = (results[k] for k in keys)
-        print(f"ratios full/cutoff: edges {ff['edges'] / cf['edges']:.1f}x, forward time {ff['seconds'] / cf['seconds']:.1f}x, "
-              f"fwd+bwd time {fb['seconds'] / cb['seconds']:.1f}x, fwd+bwd memory "
+    if len(keys) == 5:
+        cb, ck, cf, ff, fb = (results[k] for k in keys)
+        print(f"grad_checkpoint: memory {ck['peak_mib_above_setup'] / cb['peak_mib_above_setup']:.2f}x, "
+              f"cpu time {ck['cpu_seconds'] / cb['cpu_seconds']:.2f}x of plain cutoff fwd+bwd")
+        print(f"ratios full/cutoff: edges {ff['edges'] / cf['edges']:.1f}x, forward cpu time {ff['cpu_seconds'] / cf['cpu_seconds']:.1f}x, "
+              f"fwd+bwd cpu time {fb['cpu_seconds'] / cb['cpu_seconds']:.1f}x, fwd+bwd memory "
               f"{fb['peak_mib_above_setup'] / cb['peak_mib_above_setup']:.1f}x")
 
 

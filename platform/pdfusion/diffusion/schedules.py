@@ -70,6 +70,7 @@ class NoiseSchedule:
             raise ValueError(f"alphas_cumprod: schedule {cfg.name!r} is not strictly decreasing; "
                              "use fewer timesteps or a larger precision")
         self.cfg = cfg
+        self._cache: dict[tuple[str, torch.device], torch.Tensor] = {}
         self.name = cfg.name
         self.timesteps = cfg.timesteps
         self.alphas_cumprod = abar
@@ -94,7 +95,13 @@ class NoiseSchedule:
     # ------------------------------------------------------------------------------------------
     def gather(self, table: str | torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table values at integer times t (B,), shaped (B, 1, ..., 1) to broadcast against `like`."""
-        tab = getattr(self, table) if isinstance(table, str) else table
+        if isinstance(table, str):
+            key = (table, like.device)
+            tab = self._cache.get(key)
+            if tab is None:  # one host→device copy per table and device, not one per call
+                tab = self._cache[key] = getattr(self, table).to(like.device)
+        else:
+            tab = table
         t = t.long()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.timesteps):
             raise ValueError(f"t: integer times must lie in 0..{self.timesteps}, got {int(t.min())}..{int(t.max())}")
