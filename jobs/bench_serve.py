@@ -60,6 +60,31 @@ def tiny_checkpoint(folder: Path, steps: int) -> Path:
     return path
 
 
+def sampler_only(ckpt: Path, n_samples: int, n_atoms: int, steps: int, batch: int, rounds: int = 4) -> tuple[float, float]:
+    """ms per request of `SamplerService.run_batch` in-process (no HTTP, no Ray): `batch` requests one
+    call at a time vs all in one call, alternated `rounds` times. Shows the sampler's own batching gain."""
+    from pdfusion.config import ServeConfig, ServeLimits
+    from pdfusion.serving.service import SampleJob, SamplerService
+
+    svc = SamplerService(ServeConfig(model=str(ckpt), limits=ServeLimits(max_samples=max(8, n_samples)),
+                                     default_samples=n_samples))
+    grid = np.asarray(svc.bundle.r_grid)
+    g = (np.sin(2 * grid) * np.exp(-grid / 8)).astype(np.float32)
+    jobs = [SampleJob(pdf=g, metal_z=22, n_samples=n_samples, guidance=1.0, steps=steps, n_atoms=n_atoms)
+            for _ in range(batch)]
+    svc.run_batch(jobs[:2])  # warm-up
+    one, many = 0.0, 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for j in jobs:
+            svc.run_batch([j])
+        t1 = time.perf_counter()
+        svc.run_batch(jobs)
+        t2 = time.perf_counter()
+        one, many = one + t1 - t0, many + t2 - t1
+    return one / rounds / batch * 1e3, many / rounds / batch * 1e3
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -67,9 +92,14 @@ def free_port() -> int:
 
 
 async def load(url: str, payload: dict, concurrency: int, duration: float, max_requests: int) -> dict:
-    """`concurrency` closed-loop clients; stops at `duration` s or `max_requests` sent."""
+    """`concurrency` closed-loop clients; stops at `duration` s or `max_requests` sent. The body is
+    encoded once so the client's own JSON work does not compete with the server for the CPU."""
+    import json
+
     import httpx
 
+    body = json.dumps(payload).encode()
+    headers = {"content-type": "application/json"}
     latencies: list[float] = []
     errors = 0
     sent = 0
@@ -80,7 +110,7 @@ async def load(url: str, payload: dict, concurrency: int, duration: float, max_r
         while time.perf_counter() < stop_at and sent < max_requests:
             sent += 1
             t0 = time.perf_counter()
-            resp = await http.post(url, json=payload)
+            resp = await http.post(url, content=body, headers=headers)
             if resp.status_code == 200:
                 latencies.append(time.perf_counter() - t0)
             else:
@@ -96,11 +126,12 @@ async def load(url: str, payload: dict, concurrency: int, duration: float, max_r
     return {"n": int(lat.size), "errors": errors, "p50": pct[0], "p95": pct[1], "p99": pct[2], "rps": lat.size / wall}
 
 
-def replicas(app: str, deployment: str) -> int:
+def replicas(app: str, deployment: str) -> tuple[int, str]:
+    """(running replicas, all replica states) of one deployment."""
     from ray import serve
 
-    st = serve.status().applications[app].deployments[deployment]
-    return int(st.replica_states.get("RUNNING", 0))
+    states = dict(serve.status().applications[app].deployments[deployment].replica_states)
+    return int(states.get("RUNNING", 0)), " ".join(f"{k}:{v}" for k, v in sorted(states.items()))
 
 
 async def autoscale_timeline(url: str, payload: dict, app: str, load_s: float, idle_s: float, clients: int) -> list:
@@ -108,17 +139,17 @@ async def autoscale_timeline(url: str, payload: dict, app: str, load_s: float, i
     (ends early once back to one replica after having reached two)."""
     from pdfusion.serving.deployments import SAMPLER_NAME
 
-    timeline: list[tuple[float, int, str]] = []
+    timeline: list[tuple[float, int, str, str]] = []
     t0 = time.perf_counter()
     task = asyncio.create_task(load(url, payload, clients, load_s, 10**9))
     peak = 1
     while True:
         await asyncio.sleep(0.5)
         now = time.perf_counter() - t0
-        n = replicas(app, SAMPLER_NAME)
+        n, states = replicas(app, SAMPLER_NAME)
         peak = max(peak, n)
         phase = "load" if not task.done() else "idle"
-        timeline.append((now, n, phase))
+        timeline.append((now, n, phase, states))
         if task.done() and (now > load_s + idle_s or (peak >= 2 and n == 1)):
             break
     await task
@@ -136,7 +167,7 @@ def main() -> None:
     ap.add_argument("--n-atoms", type=int, default=12)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--autoscale-load-s", type=float, default=20.0)
+    ap.add_argument("--autoscale-load-s", type=float, default=40.0)
     ap.add_argument("--autoscale-idle-s", type=float, default=30.0)
     ap.add_argument("--cpus", type=int, default=4, help="logical CPUs for the local Ray (replicas take 1 each)")
     args = ap.parse_args()
@@ -151,6 +182,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
     ckpt = Path(args.checkpoint) if args.checkpoint else tiny_checkpoint(tmp, args.train_steps)
+    solo_ms, batch_ms = sampler_only(ckpt, args.n_samples, args.n_atoms, args.steps, args.batch_size)
     for attempt in range(3):  # Ray's fixed 30 s node-registration wait can expire on a saturated machine
         try:
             ray.init(num_cpus=args.cpus, include_dashboard=False)
@@ -198,6 +230,8 @@ def main() -> None:
         for c in sorted({c for _, c, _ in rows}):
             b, u = by[("batched", c)], by[("unbatched", c)]
             print(f"throughput ratio batched/unbatched at {c:2d} clients: {b['rps'] / max(u['rps'], 1e-9):.2f}x")
+        print(f"sampler alone (in-process, no HTTP): {solo_ms:.1f} ms/request one at a time, {batch_ms:.1f} ms/request "
+              f"in batches of {args.batch_size}: {solo_ms / batch_ms:.2f}x")
 
         cfg = ServeConfig(**common, min_replicas=1, max_replicas=2, max_batch_size=args.batch_size,
                           max_ongoing_requests=32, target_ongoing_requests=2, upscale_delay_s=1.0,
@@ -205,13 +239,13 @@ def main() -> None:
         serve.run(build_app(cfg), name="autoscale", route_prefix="/autoscale")
         timeline = asyncio.run(autoscale_timeline(f"http://127.0.0.1:{port}/autoscale/v1/sample", payload,
                                                   "autoscale", args.autoscale_load_s, args.autoscale_idle_s, 16))
-        print("\nautoscaling (16 clients, then idle): t_s replicas phase")
+        print("\nautoscaling (16 clients, then idle): t_s running phase replica-states")
         last = None
-        for t, n, phase in timeline:
-            if (n, phase) != last:
-                print(f"  {t:6.1f} {n:3d} {phase}")
-                last = (n, phase)
-        counts = [n for _, n, _ in timeline]
+        for t, n, phase, states in timeline:
+            if (states, phase) != last:
+                print(f"  {t:6.1f} {n:3d} {phase:4s} {states}")
+                last = (states, phase)
+        counts = [n for _, n, _, _ in timeline]
         went_up = max(counts) >= 2
         came_down = went_up and counts[-1] == 1 and counts.index(max(counts)) < len(counts) - 1
         print(f"replicas went 1 -> {max(counts)}: {went_up}; back to 1 after load: {came_down}")

@@ -86,6 +86,8 @@ def build_app(cfg: ServeConfig):
         "upscale_delay_s": cfg.upscale_delay_s,
         "downscale_delay_s": cfg.downscale_delay_s,
         "look_back_period_s": cfg.look_back_period_s,
+        # replicas report load at least twice per look-back window (Serve's default is every 10 s)
+        "metrics_interval_s": min(10.0, cfg.look_back_period_s / 2),
     }
     if cfg.initial_replicas is not None:
         autoscaling["initial_replicas"] = cfg.initial_replicas
