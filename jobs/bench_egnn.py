@@ -4,6 +4,15 @@ post-setup baseline) is measured per case; the ratios are printed side by side.
 
     nice -n 10 python jobs/bench_egnn.py --batch 16 --atoms 511 --hidden 64 --layers 4 --cutoff 6.0
 
+Measured (2026-11-21, 1 thread, shared 2-core box at load ~20, so compare CPU seconds, not wall):
+    cutoff fwd+bwd                   edges 514528   cpu 12.99 s  peak  4925 MiB
+    cutoff fwd+bwd, grad_checkpoint  edges 514528   cpu 19.96 s  peak  1455 MiB
+    cutoff fwd                       edges 514528   cpu  6.51 s  peak   573 MiB
+    full fwd (B=4, x4)               edges 4169760  cpu 51.70 s  peak  4607 MiB
+    full fwd+bwd (B=1, x16)          edges 4169760  cpu 98.72 s  peak 39858 MiB
+    grad_checkpoint: memory 0.30x, cpu time 1.54x of plain cutoff fwd+bwd
+    full/cutoff: edges 8.1x, forward cpu 7.9x, fwd+bwd cpu 7.6x, fwd+bwd memory 8.1x
+
 Fully connected forward+backward at 16 × 511 needs far more memory than a 24 GiB shared CPU box allows
 (4.2 M directed edges per layer, each holding several hidden-width activations for backward), so the script
 measures it at `--fc-batch` (and the forward at `--fc-fwd-batch`) particles and scales linearly in the batch (edges, and memory, are linear in B).
