@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         max_steps=args.steps, epochs=10**6, checkpoint_every_steps=10**9, val_every_epochs=0, val_pdfs=1,
         val_samples=1, val_steps=2,
     )
-    ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False)
     rates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.workers:

@@ -66,7 +66,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def ray_session():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a shared head
     yield
     ray.shutdown()
 
