@@ -65,7 +65,7 @@ def sample_cubes(trainer, n: int, steps: int | None, seed: int = 0) -> np.ndarra
 
 
 def run(steps: int, n_samples: int, sample_steps: int | None, seed: int = 0, threads: int = 1,
-        progress: bool = True, timesteps: int = 500, out: str | None = None) -> dict:
+        progress: bool = True, timesteps: int = 500, out: str | None = None, resume: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
     from pdfusion.training.trainer import Trainer
@@ -75,7 +75,12 @@ def run(steps: int, n_samples: int, sample_steps: int | None, seed: int = 0, thr
     import dataclasses
 
     cfg = dataclasses.replace(cfg, seed=seed, max_steps=steps)
-    trainer = Trainer(cfg)
+    if resume:  # continue a saved run for `steps` more steps, LR schedule stretched to the new end
+        trainer = Trainer.from_checkpoint(resume)
+        trainer.total_steps = trainer.step + steps
+        cfg = trainer.cfg
+    else:
+        trainer = Trainer(cfg)
     gen = torch.Generator().manual_seed(seed + 1)
     t0 = time.time()
     losses = []
@@ -91,7 +96,7 @@ def run(steps: int, n_samples: int, sample_steps: int | None, seed: int = 0, thr
     sample_s = time.time() - t0
     checks = [is_cube(p) for p in pos]
     return {
-        "train_steps": steps, "timesteps": timesteps, "sampler_steps": sample_steps or timesteps,
+        "train_steps": trainer.step, "timesteps": timesteps, "sampler_steps": sample_steps or timesteps,
         "final_loss_mean_last100": float(np.mean(losses[-100:])),
         "n_samples": n_samples,
         "frac_cubes_edges": float(np.mean([c[0] for c in checks])),
@@ -109,11 +114,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/exp_cube")
+    ap.add_argument("--resume", default=None, help="continue this checkpoint for --steps more steps")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = run(args.steps, args.samples, args.sample_steps, args.seed, args.threads, timesteps=args.timesteps,
-                 out=str(out))
+                 out=str(out), resume=args.resume)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
     print("PASS" if result["frac_cubes_edges"] >= 0.9 else "FAIL", "(bar: >= 90% of samples are cubes)")

@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--sample-steps", type=int, default=None, help="strided sampler steps (default: ancestral)")
     ap.add_argument("--refine-steps", type=int, default=150)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--resume", default=None, help="continue training this checkpoint for --steps more steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/exp_overfit_one")
     args = ap.parse_args()
@@ -68,7 +69,12 @@ def main() -> None:
 
     data, rec = load_one(Path(args.file))
     cfg = overfit_config(int(data.num_nodes), args.timesteps, args.seed, args.batch_size)
-    trainer = Trainer(cfg, total_steps=args.steps)
+    if args.resume:
+        trainer = Trainer.from_checkpoint(args.resume)
+        cfg = trainer.cfg
+        trainer.total_steps = trainer.step + args.steps
+    else:
+        trainer = Trainer(cfg, total_steps=args.steps)
     batch = Trainer.collate([data] * cfg.data.batch_size)
     t0 = time.time()
     losses = []
@@ -94,7 +100,7 @@ def main() -> None:
     result = {
         "file": Path(args.file).name, "n_atoms_true": int(data.num_nodes),
         "n_atoms_sampled": sorted(c.n_atoms for c in cands),
-        "train_steps": args.steps, "timesteps": args.timesteps, "sampler": args.sample_steps or "ancestral",
+        "train_steps": trainer.step, "timesteps": args.timesteps, "sampler": args.sample_steps or "ancestral",
         "final_loss_mean_last50": float(np.mean(losses[-50:])),
         "k": args.k, "nan_candidates": int(sum(not np.isfinite(c.rwp) for c in cands)),
         "best_rwp": float(rwps.min()), "median_rwp": float(np.median(rwps)),
