@@ -103,7 +103,8 @@ def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None
 
                 kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pdfusion.__file__)]}
             if not os.environ.get("RAY_ADDRESS"):
-                kwargs["num_cpus"] = num_cpus
+                # a fresh local cluster, even if another `ray start` cluster runs on this machine
+                kwargs.update(address="local", num_cpus=num_cpus)
             ray.init(**kwargs)
         task = ray.remote(num_cpus=1, max_retries=2)(_unit_task)
         cfg_ref = ray.put(cfg)
