@@ -218,8 +218,13 @@ class SampleConfig:
     refine: bool = False
     refine_steps: int = 100
     seed: int = 0
+    # Largest distance (A) of any atom from the particle centre that a predicted clean structure x0 may
+    # have; predictions beyond it are pulled back radially (rotation-equivariant "clip_denoised"). Without
+    # it, a poor epsilon at high noise is amplified by 1/sqrt(alpha_bar_T) and atoms fly thousands of A away.
+    clip_x0: float | None = 25.0
 
     def __post_init__(self) -> None:
+        _check(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", f"must be None or positive, got {self.clip_x0}")
         _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance", f"must be finite and >= 0, got {self.guidance}")
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
         _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")

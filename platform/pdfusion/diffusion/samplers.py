@@ -74,6 +74,18 @@ def strided_timesteps(T: int, steps: int) -> list[int]:
     return out
 
 
+def clip_positions(x0: torch.Tensor, mask: torch.Tensor, radius: float | None) -> torch.Tensor:
+    """Pull every atom of a predicted clean structure back inside a sphere of `radius` (scaled units)
+    around the particle centre: per-atom radial clipping, so the operation commutes with rotations,
+    reflections and permutations; zero CoM is restored afterwards."""
+    if radius is None:
+        return x0
+    x0 = remove_mean(x0, mask)
+    norm = x0.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x0 = x0 * torch.clamp(radius / norm, max=1.0)
+    return remove_mean(x0, mask)
+
+
 @torch.no_grad()
 def predict_n_atoms(model: torch.nn.Module, pdf: torch.Tensor, metal: torch.Tensor,
                     generator: torch.Generator | None = None, *, min_atoms: int = 2) -> torch.Tensor:
@@ -124,6 +136,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         T = s.timesteps
         traj = [diffusion.decode(x, h, mask)[0].cpu()] if return_trajectory else None
         m3 = mask.unsqueeze(-1).float()
+        clip = None if cfg.clip_x0 is None else cfg.clip_x0 / diffusion.model_cfg.position_scale
         if cfg.steps is None:
             times = list(range(T, 0, -1))
             pairs = [(t, t - 1) for t in times]
@@ -134,9 +147,9 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance)
             if cfg.steps is None:
-                x, h = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator)
+                x, h = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip)
             else:
-                x, h = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator)
+                x, h = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip)
             x = remove_mean(x, mask)
             h = h * m3
             check_finite("sampler.x", x, step=t_now)
@@ -149,13 +162,15 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         model.train(was_training)
 
 
-def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, generator):
+def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, generator, clip=None):
     """x_{t-1} = posterior mean with x̂_0 from ε̂, plus √β̃_t noise. The last step (t = 1) returns x̂_0
     itself: the state at t = 0 still carries √(1-ᾱ_0) of noise, the data do not (as EDM's p(x | z_0))."""
     t_now = int(tt[0])
     out = []
-    for z, e, noise_fn in ((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise)):
+    for i, (z, e, noise_fn) in enumerate(((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise))):
         x0 = diffusion.predict_x0(z, tt, e)
+        if i == 0:
+            x0 = clip_positions(x0, mask, clip)
         if t_now == 1:
             out.append(x0)
             continue
@@ -164,7 +179,8 @@ def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, genera
     return out[0], out[1]
 
 
-def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: int, eta: float, mask, generator):
+def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: int, eta: float, mask, generator,
+               clip=None):
     """DDIM (Song et al. 2021) from t_now to t_next < t_now; eta = 0 deterministic, 1 ≈ ancestral.
     The last step (t_next = 0) returns x̂_0, as the ancestral sampler does."""
     s = diffusion.schedule
@@ -175,8 +191,11 @@ def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: i
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
     dir_coef = max(1 - a_s - sigma ** 2, 0.0) ** 0.5
     out = []
-    for z, e, noise_fn in ((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise)):
+    for i, (z, e, noise_fn) in enumerate(((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise))):
         x0 = (z - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
+        if i == 0 and clip is not None:
+            x0 = clip_positions(x0, mask, clip)
+            e = (z - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5  # the noise consistent with the clipped x0
         if t_next == 0:
             out.append(x0)
             continue
