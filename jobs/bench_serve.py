@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--autoscale-load-s", type=float, default=40.0)
     ap.add_argument("--autoscale-idle-s", type=float, default=30.0)
     ap.add_argument("--cpus", type=int, default=4, help="logical CPUs for the local Ray (replicas take 1 each)")
+    ap.add_argument("--address", help="connect to a running Ray cluster (e.g. one from `ray start --head`) instead "
+                                      "of starting one; it needs >= 3 CPUs")
     args = ap.parse_args()
 
     import ray
@@ -185,7 +187,10 @@ def main() -> None:
     solo_ms, batch_ms = sampler_only(ckpt, args.n_samples, args.n_atoms, args.steps, args.batch_size)
     for attempt in range(3):  # Ray's fixed 30 s node-registration wait can expire on a saturated machine
         try:
-            ray.init(num_cpus=args.cpus, include_dashboard=False)
+            if args.address:
+                ray.init(address=args.address)
+            else:
+                ray.init(num_cpus=args.cpus, include_dashboard=False)
             break
         except Exception as exc:  # noqa: BLE001 - only the startup timeout is retried
             ray.shutdown()
