@@ -94,7 +94,7 @@ def start_ray_serve(port: int) -> None:
 
     for attempt in range(4):
         try:
-            ray.init(num_cpus=2, include_dashboard=False)
+            ray.init(address="local", num_cpus=2, include_dashboard=False)
             break
         except Exception as exc:  # noqa: BLE001 - only Ray's startup timeout is retried
             ray.shutdown()
