@@ -234,7 +234,7 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
     per_trial = num_workers * cpus_per_worker
     if max_concurrent is None:
-        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // max(per_trial, 1e-9)))
+        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // (per_trial + 0.1)))
     uri, parent = _parent_run(tracking_uri, mlflow_experiment, name,
                               {"space": space, "num_samples": num_samples, "base": to_dict(base)}, storage_path)
     meta = {"base": to_dict(base), "num_workers": num_workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu,
@@ -243,11 +243,13 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     param_space = {**to_tune(space), "_pdfusion": meta}
     tune_config = tune.TuneConfig(
         metric=metric, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
+        reuse_actors=False,  # a finished trial's driver must exit so its Train worker group is released
         search_alg=OptunaSearch(seed=seed),
         scheduler=ASHAScheduler(time_attr="epoch", max_t=max(base.epochs, grace_period), grace_period=grace_period,
                                 reduction_factor=reduction_factor),
     )
-    tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, {"cpu": 0})
+    # the trial driver only launches a TorchTrainer; its workers hold the real resources
+    tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, {"cpu": 0.1})
     results = tuner.fit()
     keys = list(space)
     out = _finish(results, metric, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
