@@ -47,7 +47,7 @@ class Particle:
     def formula(self) -> str:
         from pymatgen.core import Composition, Element
 
-        comp = Composition({Element.from_Z(int(z)): int(c) for z, c in zip(*np.unique(self.numbers, return_counts=True))})
+        comp = Composition({Element.from_Z(int(z)): int(c) for z, c in zip(*np.unique(self.numbers, return_counts=True), strict=True)})
         return comp.reduced_formula
 
     def centered(self) -> Particle:
