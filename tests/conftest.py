@@ -43,63 +43,24 @@ def measured_gr() -> Path:
     return _need(MEASURED_GR)
 
 
-# --------------------------------------------------------------------------------------------------
-# A small synthetic dataset built by the project itself (no ../shared needed)
-# --------------------------------------------------------------------------------------------------
-SYNTHETIC_METALS = {"Ti": 22, "Fe": 26, "Ni": 28, "Zn": 30}
+@pytest.fixture(autouse=True, scope="module")
+def _no_ray_across_modules(request):
+    """Each test module starts its own Ray session; never let one leak into the next module.
+    (tests/serving shares one Ray + Serve session across its modules and stops it itself.)"""
+    yield
+    import sys
 
+    if "serving" in request.node.path.parts:
+        return
 
-def rocksalt_particle(z: int, a: float, radius: float):
-    """A rock-salt MO sphere (numbers, positions) — deliberately independent of pdfusion.structures."""
-    import numpy as np
-
-    from pdfusion.structures.particle import Particle
-
-    n = int(np.ceil(radius / (a / 2))) + 1
-    g = np.arange(-n, n + 1)
-    ijk = np.array(np.meshgrid(g, g, g, indexing="ij")).reshape(3, -1).T
-    pos = ijk * a / 2
-    keep = np.linalg.norm(pos, axis=1) <= radius
-    return Particle(np.where(ijk.sum(axis=1) % 2 == 0, z, 8)[keep], pos[keep])
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
 def synthetic_store(tmp_path_factory):
     """(store root, PDFConfig): 16 rock-salt particles of 4 metals, PDFs on a short 0–10 Å grid."""
-    import numpy as np
+    from pdfusion_testdata import build_synthetic_store
 
-    from pdfusion.config import PDFConfig
-    from pdfusion.data.store import StoreRecord, write_shard
-    from pdfusion.evaluation.harness import simulate_many
-    from pdfusion.pdf import r_grid
-
-    cfg = PDFConfig(rmax=10.0, rstep=0.05)
-    root = tmp_path_factory.mktemp("synthetic_store")
-    parts, meta = [], []
-    for sym, z in SYNTHETIC_METALS.items():
-        for a in (4.0, 4.3):
-            for radius in (3.2, 3.8):
-                parts.append(rocksalt_particle(z, a, radius))
-                meta.append({"structure_type": "NaCl", "formula": f"{sym}O", "metal": sym, "radius": radius,
-                             "source": f"rs_{sym}_{a}_{radius}"})
-    pdfs = simulate_many(parts, cfg)
-    records = []
-    for p, m, g in zip(parts, meta, pdfs, strict=True):
-        attrs = np.zeros((len(p), 7))
-        attrs[:, 0], attrs[:, 4:] = p.numbers, p.positions
-        records.append(StoreRecord(p.numbers, p.positions, attrs, g.astype(np.float32), m))
-    write_shard(root, "shard-00000.h5", records, r_grid(cfg).numpy())
-    return root, cfg
-
-
-def tiny_config(store_root, pdf_cfg, **overrides):
-    """The `tiny` preset adapted to a synthetic store's r grid (a T=20 schedule keeps sampling cheap)."""
-    from dataclasses import replace
-
-    from pdfusion.config import DataConfig, ScheduleConfig, preset
-
-    base = preset("tiny")
-    cfg = replace(base, pdf=pdf_cfg, model=replace(base.model, pdf_points=pdf_cfg.n_r),
-                  diffusion=replace(base.diffusion, schedule=ScheduleConfig(timesteps=20)),
-                  data=DataConfig(path=str(store_root), split_by="metal", val_fraction=0.25, batch_size=4))
-    return replace(cfg, **overrides)
+    return build_synthetic_store(tmp_path_factory.mktemp("synthetic_store"))

@@ -25,9 +25,9 @@ def store(synthetic_store):
 
 @pytest.fixture(scope="module")
 def tiny_model(synthetic_store, tmp_path_factory):
-    from conftest import tiny_config
     from pdfusion.data.dataset import open_dataset
     from pdfusion.training.trainer import Trainer
+    from pdfusion_testdata import tiny_config
 
     store, pdf_cfg = synthetic_store
     cfg = tiny_config(store, pdf_cfg)
@@ -42,6 +42,9 @@ def tiny_model(synthetic_store, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_session():
     import ray
+
+    if ray.is_initialized():  # a previous module may have left its session running
+        ray.shutdown()
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield

@@ -34,6 +34,8 @@ def _job():
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
+    if ray.is_initialized():  # a previous module may have left its session running
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -29,7 +29,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serve_port():
     """One Ray + Serve session for the serving tests (Ray startup is the slow, fragile part on a shared
     machine); each test module deploys its own application on it and deletes it afterwards."""

@@ -66,6 +66,9 @@ def tiny_data(tmp_path_factory) -> Path:
 def ray_session():
     import ray
 
+    if ray.is_initialized():  # a previous module may have left its session running
+        ray.shutdown()
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never join a shared head
     yield
     ray.shutdown()

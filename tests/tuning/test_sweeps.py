@@ -16,6 +16,8 @@ def ray_session(tmp_path_factory):
     import ray
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    if ray.is_initialized():  # a previous module may have left its session running
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
@@ -23,7 +25,7 @@ def ray_session(tmp_path_factory):
 
 
 def test_apply_overrides_changes_only_the_sampled_fields(synthetic_store):
-    from conftest import tiny_config
+    from pdfusion_testdata import tiny_config
 
     base = tiny_config(*synthetic_store)
     cfg = apply_overrides(base, {"schedule": "cosine", "timesteps": 50, "lr": 1e-3, "hidden": 8, "p_uncond": 0.3})
@@ -35,12 +37,12 @@ def test_apply_overrides_changes_only_the_sampled_fields(synthetic_store):
 def test_guidance_sweep_records_best_on_registered_model(synthetic_store, ray_session, tmp_path):
     from mlflow import MlflowClient
 
-    from conftest import tiny_config
     from pdfusion.data.dataset import open_dataset
     from pdfusion.training import tracking
     from pdfusion.training.bundle import load_bundle
     from pdfusion.training.trainer import Trainer
     from pdfusion.tuning.sweeps import run_guidance_sweep
+    from pdfusion_testdata import tiny_config
 
     store, pdf_cfg = synthetic_store
     cfg = tiny_config(store, pdf_cfg)
