@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="demo_out", help="output directory")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget on CPU")
-    p.add_argument("--radii", nargs="+", type=float, default=[4.0, 5.0], help="particle radii (Å)")
+    p.add_argument("--radii", nargs="+", type=float, default=[5.0], help="particle radii (Å), >= one metal-metal distance")
     p.add_argument("--variants", type=int, default=2, help="particles per (type, metal, radius)")
     p.add_argument("-k", type=int, default=8, help="candidates per held-out PDF")
     p.add_argument("--targets", type=int, default=4, help="held-out PDFs to sample for")
