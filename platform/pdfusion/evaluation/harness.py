@@ -127,7 +127,8 @@ def random_method() -> Method:
 # --------------------------------------------------------------------------------------------------
 def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16) -> np.ndarray:
     """(K, n_r) simulated PDFs of a list of particles (padded batches of similar size)."""
-    from pdfusion.evaluation.ranking import _simulate  # scores flung-apart candidates as G = 0, not an error
+    # flung-apart candidates score G = 0, not an error
+    from pdfusion.evaluation.ranking import simulate_candidates
 
     out = np.zeros((len(particles), cfg.n_r))
     order = np.argsort([len(p) for p in particles])
@@ -143,7 +144,7 @@ def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16
             num[j, :n] = torch.as_tensor(particles[i].numbers)
             mask[j, :n] = True
         with torch.no_grad():
-            out[idx] = _simulate(pos, num, mask, cfg).numpy()
+            out[idx] = simulate_candidates(pos, num, mask, cfg).numpy()
     return out
 
 

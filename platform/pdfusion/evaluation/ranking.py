@@ -76,7 +76,7 @@ def _masked_rwp(g_sim: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return rwp(g_sim, target)
 
 
-def _simulate(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
+def simulate_candidates(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
     """simulate_pdf with `cfg`, except that a candidate whose G(r) has no positive maximum (atoms flung
     apart beyond rmax) gets G = 0 on the grid, i.e. R_wp = 1 (fits nothing), instead of aborting the batch."""
     from pdfusion.pdf import simulate_pdf
@@ -148,7 +148,7 @@ def sample_and_score(
 
             raise NonFiniteError("sample_and_score: sampler returned non-finite positions")
         numbers = types_to_numbers(res.types.long(), rep_metal[idx]) * mask
-        g_sim = _simulate(pos, numbers, mask, pdf_cfg)
+        g_sim = simulate_candidates(pos, numbers, mask, pdf_cfg)
         scores = _masked_rwp(g_sim, rep_pdf[idx])
         for j, flat in enumerate(idx.tolist()):
             m = mask[j]
@@ -271,7 +271,7 @@ def refine(
 
     pos = centre(pos)
     with torch.no_grad():
-        g0 = _simulate(pos, num, msk, pdf_cfg)
+        g0 = simulate_candidates(pos, num, msk, pdf_cfg)
         r0 = _masked_rwp(g0, target)
     best_pos, best_r, best_g = pos.clone(), r0.clone(), g0.clone()
     floor = 0.9 * min_distance
@@ -279,7 +279,7 @@ def refine(
     x = pos.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     for step in range(steps):
-        g = _simulate(x, num, msk, pdf_cfg)
+        g = simulate_candidates(x, num, msk, pdf_cfg)
         r = _masked_rwp(g, target)
         loss = (r + penalty * _pair_penalty(x, msk, min_distance)).sum()
         if not torch.isfinite(loss):
@@ -301,7 +301,7 @@ def refine(
             delta = (x - before).clamp(-max_step, max_step)
             x.copy_(centre(before + delta))
     with torch.no_grad():
-        g = _simulate(x, num, msk, pdf_cfg)
+        g = simulate_candidates(x, num, msk, pdf_cfg)
         r = _masked_rwp(g, target)
         ok = _min_dist(x, msk) >= floor
         better = ok & (~best_ok | (r < best_r))
