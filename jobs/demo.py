@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     from pdfusion.config import DataConfig, GenerateConfig, SampleConfig, preset
     from pdfusion.data.dataset import open_dataset
     from pdfusion.data.generate import generate, write_summary
+    from pdfusion.data.splits import split_indices
     from pdfusion.evaluation.ranking import generate_candidates
-    from pdfusion.evaluation.run import heldout_split
     from pdfusion.training import tracking
     from pdfusion.training.bundle import load_bundle
     from pdfusion.training.ray_train import run_training
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. sample for held-out PDFs ----------------------------------------------------------------
     uri = f"models:/{outcome.model_name}/{outcome.model_version}" if outcome.model_version else outcome.checkpoint_path
     bundle = load_bundle(uri)
-    _, val_idx = heldout_split(ds, cfg.data)
+    _, val_idx = split_indices(ds, cfg.data, max_atoms=cfg.model.max_atoms)
     pick = val_idx[np.linspace(0, len(val_idx) - 1, min(args.targets, len(val_idx))).round().astype(int)]
     print(f"[3/4] sampling {args.k} candidates for each of {len(pick)} held-out PDFs (metals unseen in training)")
     xyz_dir = out / "candidates"

@@ -62,3 +62,17 @@ def group_split(groups: Sequence[str], val_fraction: float, seed: int = 0) -> tu
         in_val[order[-1]] = False
     mask = in_val[gid]
     return np.flatnonzero(~mask).astype(np.int64), np.flatnonzero(mask).astype(np.int64)
+
+
+def split_indices(ds, data_cfg, max_atoms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, val_idx) of a `StructureDataset` for a `DataConfig`: grouped by `data_cfg.split_by`,
+    then structures larger than `data_cfg.max_atoms` (and `max_atoms`, e.g. the model's limit) dropped.
+
+    Training, evaluation and sweeps all call this, so a model's held-out groups are the same everywhere."""
+    n = len(ds)
+    groups = [str(i) for i in range(n)] if data_cfg.split_by == "random" else ds.groups(data_cfg.split_by)
+    train_idx, val_idx = group_split(groups, data_cfg.val_fraction, data_cfg.split_seed)
+    cap = data_cfg.max_atoms if max_atoms is None else min(data_cfg.max_atoms, max_atoms)
+    sizes = ds.sizes()
+    keep = lambda idx: np.asarray([i for i in idx if sizes[i] <= cap], dtype=np.int64)  # noqa: E731
+    return keep(train_idx), keep(val_idx)

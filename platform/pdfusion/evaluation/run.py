@@ -20,17 +20,6 @@ from pdfusion.config import DataConfig, EvalConfig, PDFConfig, to_dict
 from pdfusion.evaluation import harness, plots
 
 
-def heldout_split(ds, data_cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, val_idx) exactly as training splits `ds` with `data_cfg`."""
-    from pdfusion.data.splits import group_split
-
-    groups = [str(i) for i in range(len(ds))] if data_cfg.split_by == "random" else ds.groups(data_cfg.split_by)
-    train_idx, val_idx = group_split(groups, data_cfg.val_fraction, data_cfg.split_seed)
-    sizes = ds.sizes()
-    keep = lambda idx: np.asarray([i for i in idx if sizes[i] <= data_cfg.max_atoms], dtype=np.int64)  # noqa: E731
-    return keep(train_idx), keep(val_idx)
-
-
 def _method(name: str, cfg: EvalConfig, bundle, library):
     if name == "model":
         return harness.model_method(bundle, guidance=cfg.guidance, steps=cfg.steps, refine=cfg.refine)
@@ -58,14 +47,16 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = Fa
     from tqdm.auto import tqdm
 
     from pdfusion.data.dataset import open_dataset
+    from pdfusion.data.splits import split_indices
 
     t_start = time.perf_counter()
-    data_cfg, pdf_cfg, model_info = DataConfig(path=cfg.data), PDFConfig(), {}
+    data_cfg, pdf_cfg, model_info, max_atoms = DataConfig(path=cfg.data), PDFConfig(), {}, None
     if cfg.model:
         from pdfusion.training.bundle import load_bundle
 
         bundle = load_bundle(cfg.model)
         data_cfg, pdf_cfg = replace(bundle.config.data, path=cfg.data), bundle.pdf_config
+        max_atoms = bundle.config.model.max_atoms
         model_info = {"name": bundle.name, "version": bundle.version, "defaults": bundle.defaults}
     overrides = {k: v for k, v in (("split_by", cfg.split_by), ("val_fraction", cfg.val_fraction),
                                    ("split_seed", cfg.split_seed)) if v is not None}
@@ -73,7 +64,7 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = Fa
     ds = open_dataset(cfg.data, max_structures=data_cfg.max_structures)
     if len(ds.r_grid) != pdf_cfg.n_r:
         raise ValueError(f"data: {cfg.data!r} has {len(ds.r_grid)} r points but the model expects {pdf_cfg.n_r}")
-    train_idx, val_idx = heldout_split(ds, data_cfg)
+    train_idx, val_idx = split_indices(ds, data_cfg, max_atoms=max_atoms)
     if cfg.max_targets is not None:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, min(cfg.max_targets, len(val_idx))).round().astype(int)]
     targets = harness.targets_from_dataset(ds, val_idx)

@@ -62,7 +62,7 @@ class TrainingOutcome:
 def load_split(cfg: TrainConfig) -> tuple[list, list]:
     """(train, val) lists of PyG `Data` from `cfg.data.path`, split by group, capped at `max_atoms`."""
     from pdfusion.data.dataset import open_dataset
-    from pdfusion.data.splits import group_split
+    from pdfusion.data.splits import split_indices
 
     if not cfg.data.path:
         raise ConfigError("data.path: no training data given; pass --data <store dir or seed-oxides folder>")
@@ -70,18 +70,11 @@ def load_split(cfg: TrainConfig) -> tuple[list, list]:
         raise ConfigError(f"data.path: {cfg.data.path!r} does not exist")
     ds = open_dataset(cfg.data.path, max_structures=cfg.data.max_structures)
     n = len(ds)
-    if cfg.data.split_by == "random":
-        groups = [str(i) for i in range(n)]
-    else:
-        groups = ds.groups(cfg.data.split_by)
-    train_idx, val_idx = group_split(groups, cfg.data.val_fraction, cfg.data.split_seed)
-    sizes = ds.sizes()
-    keep = [i for i in train_idx if sizes[i] <= cfg.data.max_atoms and sizes[i] <= cfg.model.max_atoms]
-    keep_val = [i for i in val_idx if sizes[i] <= cfg.data.max_atoms and sizes[i] <= cfg.model.max_atoms]
+    keep, keep_val = (idx.tolist() for idx in split_indices(ds, cfg.data, max_atoms=cfg.model.max_atoms))
     if not keep:
         raise ConfigError(
             f"data: no training structures with <= {cfg.data.max_atoms} atoms in {cfg.data.path!r} "
-            f"({n} structures, {len(train_idx)} in the training split); raise data.max_atoms or add data"
+            f"({n} structures); raise data.max_atoms or add data"
         )
     if not keep_val:
         raise ConfigError(f"data: the validation split of {cfg.data.path!r} is empty; raise data.val_fraction")

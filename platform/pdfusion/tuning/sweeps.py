@@ -267,7 +267,7 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     from ray import tune
 
     from pdfusion.data.dataset import open_dataset
-    from pdfusion.evaluation.run import heldout_split
+    from pdfusion.data.splits import split_indices
     from pdfusion.training.bundle import load_bundle
 
     space = validate_space(space, GUIDANCE_KEYS)
@@ -282,7 +282,7 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     storage_path = str(Path(storage_path).expanduser().resolve())
     bundle = load_bundle(model)
     ds = open_dataset(data, max_structures=bundle.config.data.max_structures)
-    _, val_idx = heldout_split(ds, replace(bundle.config.data, path=data))
+    _, val_idx = split_indices(ds, replace(bundle.config.data, path=data), max_atoms=bundle.config.model.max_atoms)
     val_idx = val_idx[np.linspace(0, len(val_idx) - 1, min(max_pdfs, len(val_idx))).round().astype(int)]
     pdfs = np.stack([ds.record(int(i)).pdf for i in val_idx]).astype(np.float32)
     metals = [ds[int(i)].metal.item() for i in val_idx]
