@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pdfusion.config import ConfigError, TrainConfig, from_dict, preset, to_dict
+from pdfusion.training.storage import normalize_storage_path
 
 
 def _load_file(path: str) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_bf16:
         run["bf16"] = False
     if run.get("storage_path"):
-        run["storage_path"] = str(Path(run["storage_path"]).expanduser().resolve())
+        run["storage_path"] = normalize_storage_path(run["storage_path"])
 
     import inspect
 

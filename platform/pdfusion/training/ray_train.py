@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pdfusion.config import ConfigError, TrainConfig, from_dict, to_dict
-from pdfusion.training import tracking
+from pdfusion.training import storage, tracking
 
 SCORE_METRIC = "val_rwp_best_median"
 # Score of checkpoints taken before the first validation: worse than any real R_wp, and finite because
@@ -364,16 +364,8 @@ def default_storage_path() -> str:
     return str(Path.home() / "ray_results")
 
 
-def _run_id_file(storage_path: str, name: str) -> Path:
-    return Path(storage_path) / name / "mlflow_run_id.txt"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def _run_id_file(storage_path: str, name: str) -> str:
+    return storage.join(storage_path, name, "mlflow_run_id.txt")
 
 
 def run_training(
@@ -421,7 +413,7 @@ def run_training(
         raise ConfigError("fail_marker: fail_at_step needs a marker file so the failure fires only once")
     if use_gpu:
         os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    storage_path = str(Path(storage_path or default_storage_path()).expanduser().resolve())
+    storage_path = storage.normalize_storage_path(storage_path or default_storage_path())
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=True)
 
@@ -429,7 +421,7 @@ def run_training(
     if mlflow:
         uri = tracking_uri or tracking.default_tracking_uri()
         id_file = _run_id_file(storage_path, name)
-        previous = id_file.read_text().strip() if id_file.is_file() else None
+        previous = (storage.read_text(id_file) or "").strip() or None
         run_id = tracking.start_run(
             uri, experiment=experiment, run_name=name, run_id=previous,
             params={**to_dict(cfg), "run": {"num_workers": num_workers, "use_gpu": use_gpu,
@@ -437,7 +429,7 @@ def run_training(
             tags={"pdfusion.ray_run_name": name, "pdfusion.storage_path": storage_path, **(run_tags or {})},
         )
         if run_id != previous:
-            _atomic_write(id_file, run_id)
+            storage.write_text(id_file, run_id)
             tracking.RunLogger(uri, run_id, 0).log_dict(to_dict(cfg), "config.json")
 
     resources: dict[str, float] = {"CPU": float(cpus_per_worker)}
