@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from pdfusion.config import ConfigError, preset
 from pdfusion.tuning.space import DEFAULT_SCHEDULE_SPACE, SCHEDULE_KEYS, load_space, validate_space
@@ -38,17 +39,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="val_rwp_best_median", choices=["val_rwp_best_median", "val_loss"],
                    help="validation metric ASHA and Optuna minimise")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                   help="any base config field, e.g. --set val_pdfs=8 --set model.cutoff=6.0")
+    p.add_argument("--evaluate-first", action="append", metavar="JSON", default=[],
+                   help='a configuration Optuna runs first, e.g. \'{"schedule": "cosine", "lr": 5e-4, "p_uncond": 0.1}\'')
     return p
+
+
+def _apply_sets(cfg, items: list[str]):
+    """`--set a.b=value` on a TrainConfig (value parsed as JSON, else kept as a string)."""
+    from pdfusion.config import TrainConfig, from_dict, to_dict
+
+    data = to_dict(cfg)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set val_pdfs=8")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node, parts = data, key.split(".")
+        for k in parts[:-1]:
+            if not isinstance(node.get(k), dict):
+                raise ConfigError(f"--set {key}: {k!r} is not a config section")
+            node = node[k]
+        if parts[-1] not in node:
+            raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
+        node[parts[-1]] = value
+    return from_dict(TrainConfig, data)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         space = validate_space(load_space(args.space) if args.space else DEFAULT_SCHEDULE_SPACE, SCHEDULE_KEYS)
+        if not Path(args.data).expanduser().exists():
+            raise ConfigError(f"--data: {args.data!r} does not exist")
         base = preset(args.preset)
-        data = replace(base.data, path=args.data, max_structures=args.max_structures,
+        # absolute: Tune trial actors and Train workers run in their own directories
+        data = replace(base.data, path=str(Path(args.data).expanduser().resolve()), max_structures=args.max_structures,
                        batch_size=args.batch_size or base.data.batch_size)
-        base = replace(base, data=data, epochs=args.epochs or base.epochs)
+        base = _apply_sets(replace(base, data=data, epochs=args.epochs or base.epochs), args.set)
+        try:
+            first = [json.loads(p) for p in args.evaluate_first]
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--evaluate-first: not valid JSON ({exc})") from exc
     except ConfigError as exc:
         print(f"tune_schedules: error: {exc}", file=sys.stderr)
         return 2
@@ -57,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     out = run_schedule_sweep(base, space, name=args.name, storage_path=args.storage_path, num_samples=args.num_samples,
                              num_workers=args.num_workers, cpus_per_worker=args.cpus_per_worker, use_gpu=args.use_gpu,
                              grace_period=args.grace_period, reduction_factor=args.reduction_factor,
-                             max_concurrent=args.max_concurrent, seed=args.seed, metric=args.metric)
+                             max_concurrent=args.max_concurrent, seed=args.seed, metric=args.metric,
+                             points_to_evaluate=first)
     for row in out["rows"]:
         print(json.dumps(row, default=str))
-    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, resumed={out['resumed']})")
+    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, resumed={out['resumed']}, "
+          f"placement groups of stopped trials released: {len(out['reaped_placement_groups'])})")
     return 0
 
 

@@ -62,18 +62,21 @@ def schedule_trial(config: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pdfusion.training.ray_train import run_training
+    from pdfusion.tuning.trial_cleanup import RegisterWithReaper
 
     meta = config["_pdfusion"]
     params = {k: v for k, v in config.items() if k != "_pdfusion"}
     cfg = apply_overrides(from_dict(TrainConfig, meta["base"]), params)
     trial_id = ray.tune.get_context().get_trial_id()
     tags = {"mlflow.parentRunId": meta["parent_run_id"], "pdfusion.trial_id": trial_id} if meta.get("parent_run_id") else None
+    # RegisterWithReaper: if Tune stops this trial mid-run, its Train placement group is removed
+    callbacks = [TuneReportCallback(), RegisterWithReaper()]
     run_training(
         cfg, num_workers=meta["num_workers"], cpus_per_worker=meta["cpus_per_worker"], use_gpu=meta["use_gpu"],
         name=f"{meta['experiment']}-{trial_id}", storage_path=meta["storage_path"], max_failures=0,
         mlflow=meta.get("parent_run_id") is not None, tracking_uri=meta.get("tracking_uri"),
         experiment=meta.get("mlflow_experiment", "pdfusion-tune"), register_as=None, final_artifacts=False,
-        callbacks=[TuneReportCallback()], run_tags=tags,
+        callbacks=callbacks, run_tags=tags,
     )
 
 
@@ -116,7 +119,8 @@ def guidance_trial(config: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------------
 # drivers
 # --------------------------------------------------------------------------------------------------
-def _tuner(trainable, param_space, tune_config, name: str, storage_path: str, resources: dict[str, float]):
+def _tuner(trainable, param_space, tune_config, name: str, storage_path: str, resources: dict[str, float],
+           callbacks: list | None = None):
     from ray import tune
 
     path = str(Path(storage_path) / name)
@@ -125,7 +129,31 @@ def _tuner(trainable, param_space, tune_config, name: str, storage_path: str, re
         return tune.Tuner.restore(path, trainable=wrapped, resume_errored=True, restart_errored=False,
                                   param_space=param_space), True
     return tune.Tuner(wrapped, param_space=param_space, tune_config=tune_config,
-                      run_config=tune.RunConfig(name=name, storage_path=storage_path)), False
+                      run_config=tune.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks)), False
+
+
+def _driver_resources() -> dict[str, float]:
+    """What one schedule-trial driver reserves: a sliver of the head node's marker resource and no CPU.
+
+    The driver only launches and watches a TorchTrainer; Ray's Tune+Train guide puts such drivers on a
+    safe node with a resource the Train workers never ask for, and bounds the number of in-flight
+    Train runs with `max_concurrent_trials`. With no CPU held by drivers, `CPUs // CPUs per trial`
+    Train runs fit exactly (0.1 CPU per driver made two 1-CPU trials not fit on 2 CPUs)."""
+    from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+
+    return {HEAD_NODE_RESOURCE_NAME: 0.001}
+
+
+def concurrent_trials(cluster: dict[str, float], num_workers: int, cpus_per_worker: float, use_gpu: bool = False,
+                      gpus_per_worker: float = 1.0) -> int:
+    """How many Train runs of `num_workers` workers fit in `cluster` (ray.cluster_resources()) at once."""
+    fits = int(cluster.get("CPU", 0) // (num_workers * cpus_per_worker)) if cpus_per_worker > 0 else 10**6
+    if use_gpu:
+        fits = min(fits, int(cluster.get("GPU", 0) // (num_workers * gpus_per_worker)))
+    if fits < 1:
+        need = f"{num_workers} x {cpus_per_worker} CPU" + (f" + {num_workers} x {gpus_per_worker} GPU" if use_gpu else "")
+        raise ConfigError(f"num_workers/cpus_per_worker: one trial needs {need}, the Ray cluster has {cluster}")
+    return fits
 
 
 def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any], storage_path: str) -> tuple[str, str]:
@@ -161,12 +189,13 @@ def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_
             status = "STOPPED_EARLY"  # ASHA cut it at a rung
         else:
             status = "COMPLETED"
+        extra = {k: m[k] for k in ("rwp_best_mean", "nan_pdfs") if k in m}  # guidance-trial metrics
         rows.append({"trial_id": m.get("trial_id", ""), **{k: cfg.get(k) for k in keys},
-                     metric: float(m.get(metric, math.nan)), "epoch": m.get("epoch"),
+                     metric: float(m.get(metric, math.nan)), **extra, "epoch": m.get("epoch"),
                      "training_iteration": m.get("training_iteration", 0), "status": status})
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial_id"])
+        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["trial_id"])
         w.writeheader()
         w.writerows(rows)
     finite = [r for r in rows if isinstance(r[metric], float) and math.isfinite(r[metric])]
@@ -181,6 +210,50 @@ def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_
             client.set_tag(run_id, f"best.{k}", str(best[k]))
     tracking.finish_run(uri, run_id)
     return {"rows": rows, "best": best, "mlflow_run_id": run_id}
+
+
+def _mark_stopped_runs(rows: list[dict], uri: str, parent_run_id: str) -> None:
+    """The nested MLflow run of a trial ASHA stopped ends as KILLED, tagged `pdfusion.stopped_by=asha`.
+
+    Done after `fit()` returns: when Tune stops a trial, its `run_training` sees the Train controller die
+    and closes the run as FAILED; only the sweep knows the scheduler stopped it on purpose."""
+    from mlflow import MlflowClient
+
+    stopped = {r["trial_id"]: r for r in rows if r["status"] == "STOPPED_EARLY"}
+    if not stopped:
+        return
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_run_id)
+    for run in client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+        row = stopped.get(run.data.tags.get("pdfusion.trial_id"))
+        if row is not None:
+            client.set_tag(run.info.run_id, "pdfusion.stopped_by", "asha")
+            client.set_tag(run.info.run_id, "pdfusion.stopped_at_epoch", str(row["epoch"]))
+            client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def _log_trial_runs(rows: list[dict], keys: list[str], metric: str, uri: str, parent_run_id: str) -> None:
+    """One nested MLflow run per trial of a sweep whose trials do not log themselves (the guidance sweep):
+    params, metrics and status, tagged with the trial id; trials already logged (a resumed sweep) are skipped."""
+    from mlflow import MlflowClient
+
+    from pdfusion.training import tracking
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_run_id)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    logged = {r.data.tags.get("pdfusion.trial_id") for r in client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")}
+    for row in rows:
+        if row["trial_id"] in logged:
+            continue
+        run_id = tracking.start_run(uri, experiment=experiment, run_name=f"{parent.info.run_name}-{row['trial_id']}",
+                                    params={k: row[k] for k in keys},
+                                    tags={"mlflow.parentRunId": parent_run_id, "pdfusion.trial_id": row["trial_id"]})
+        for k in (metric, "rwp_best_mean", "nan_pdfs"):
+            if isinstance(row.get(k), (int, float)) and math.isfinite(row[k]):
+                client.log_metric(run_id, k, float(row[k]))
+        tracking.finish_run(uri, run_id, status="FAILED" if row["status"] == "ERROR" else "FINISHED")
 
 
 def _plot_by(rows: list[dict], key: str, metric: str, path: Path) -> None:
@@ -212,15 +285,28 @@ def _plot_by(rows: list[dict], key: str, metric: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _check_points(points: list[dict[str, Any]], space: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each point names exactly the space's keys with valid values (errors name the point and key)."""
+    out = []
+    for i, point in enumerate(points):
+        if set(point) != set(space):
+            raise ConfigError(f"points_to_evaluate[{i}]: keys {sorted(point)} must be the space keys {sorted(space)}")
+        validate_space({k: {"choice": [v]} for k, v in point.items()}, SCHEDULE_KEYS)
+        out.append(dict(point))
+    return out
+
+
 def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, storage_path: str, num_samples: int,
                        num_workers: int = 1, cpus_per_worker: float = 1.0, use_gpu: bool = False,
                        grace_period: int = 1, reduction_factor: int = 2, max_concurrent: int | None = None,
                        tracking_uri: str | None = None, mlflow_experiment: str = "pdfusion-tune",
-                       seed: int = 0, out_dir: str | None = None, metric: str = SCHEDULE_METRIC) -> dict[str, Any]:
+                       seed: int = 0, out_dir: str | None = None, metric: str = SCHEDULE_METRIC,
+                       points_to_evaluate: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Optuna + ASHA over training choices; resumable by `name`. Returns rows, best and the parent run id.
 
     `metric` (minimised): the validation best-of-K R_wp by default; `val_loss` is cheaper and less noisy
-    for very short trials."""
+    for very short trials. `points_to_evaluate`: configurations (one value per space key) Optuna runs
+    first, in order, e.g. the preset's own values as a baseline."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -229,12 +315,18 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     space = validate_space(space, SCHEDULE_KEYS)
     if num_samples < 1:
         raise ConfigError(f"num_samples: must be >= 1, got {num_samples}")
+    points = _check_points(points_to_evaluate or [], space)
     storage_path = str(Path(storage_path).expanduser().resolve())
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    per_trial = num_workers * cpus_per_worker
+    from pdfusion.tuning.trial_cleanup import start_reaper
+
     if max_concurrent is None:
-        max_concurrent = max(1, int(ray.cluster_resources().get("CPU", 1) // (per_trial + 0.1)))
+        max_concurrent = concurrent_trials(ray.cluster_resources(), num_workers, cpus_per_worker, use_gpu)
+    # removes the Train placement group of every trial Tune stops mid-run; a named actor lives only
+    # while a handle does, so this one is held until the sweep returns
+    reaper = start_reaper()
+    reaped_before = set(ray.get(reaper.reaped.remote()))
     uri, parent = _parent_run(tracking_uri, mlflow_experiment, name,
                               {"space": space, "num_samples": num_samples, "base": to_dict(base)}, storage_path)
     meta = {"base": to_dict(base), "num_workers": num_workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu,
@@ -244,17 +336,20 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     tune_config = tune.TuneConfig(
         metric=metric, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
         reuse_actors=False,  # a finished trial's driver must exit so its Train worker group is released
-        search_alg=OptunaSearch(seed=seed),
+        search_alg=OptunaSearch(seed=seed, points_to_evaluate=points or None),
+        # stop_last_trials=False: a trial reaching max_t ends by itself (final validation, MLflow run
+        # closed); only ASHA's rung decisions stop trials from outside
         scheduler=ASHAScheduler(time_attr="epoch", max_t=max(base.epochs, grace_period), grace_period=grace_period,
-                                reduction_factor=reduction_factor),
+                                reduction_factor=reduction_factor, stop_last_trials=False),
     )
-    # the trial driver only launches a TorchTrainer; its workers hold the real resources
-    tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, {"cpu": 0.1})
+    tuner, resumed = _tuner(schedule_trial, param_space, tune_config, name, storage_path, _driver_resources())
     results = tuner.fit()
     keys = list(space)
     out = _finish(results, metric, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
                   lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], metric, p), max_t=base.epochs)
+    _mark_stopped_runs(out["rows"], uri, parent)
     out["resumed"] = resumed
+    out["reaped_placement_groups"] = [pg for pg in ray.get(reaper.reaped.remote()) if pg not in reaped_before]
     return out
 
 
@@ -306,6 +401,7 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     results = tuner.fit()
     out = _finish(results, GUIDANCE_METRIC, list(space), Path(out_dir or Path(storage_path) / name / "report"), uri,
                   parent, lambda rows, p: _plot_by(rows, "guidance", GUIDANCE_METRIC, p))
+    _log_trial_runs(out["rows"], list(space), GUIDANCE_METRIC, uri, parent)
     out["resumed"] = resumed
     best = out["best"]
     if record and best and model.startswith("models:/"):
