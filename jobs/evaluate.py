@@ -23,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=16, help="candidates per PDF")
     p.add_argument("--guidance", type=float, default=None, help="guidance weight γ (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    p.add_argument("--refine", action="store_true", help="refine candidates on R_wp before scoring")
+    p.add_argument("--refine", action="store_true",
+                   help="refine every method's candidates on R_wp before scoring (baselines too)")
+    p.add_argument("--refine-steps", type=int, default=300)
     p.add_argument("--max-targets", type=int, default=None, help="evaluate an evenly spaced subset of held-out PDFs")
     p.add_argument("--split-by", choices=["metal", "formula", "type", "random"], default=None,
                    help="group split (default: the model's training split)")
@@ -39,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = EvalConfig(model=args.model, data=args.data, out_dir=args.out, methods=tuple(args.methods), k=args.k,
-                         guidance=args.guidance, steps=args.steps, refine=args.refine, max_targets=args.max_targets,
+                         guidance=args.guidance, steps=args.steps, refine=args.refine, refine_steps=args.refine_steps,
+                         max_targets=args.max_targets,
                          split_by=args.split_by, val_fraction=args.val_fraction, split_seed=args.split_seed,
                          seed=args.seed, num_tasks=args.num_tasks)
     except ConfigError as exc:

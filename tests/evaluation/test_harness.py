@@ -82,3 +82,16 @@ def test_missing_candidates_count_as_nan_not_zero(library):
     rows, _ = harness.score_targets(broken, _targets(parts, pdfs, [2]), CFG, k=5)
     summary = harness.summarise(rows)
     assert summary["nan_total"] == 5 and np.isnan(summary["rwp_best_median"])
+
+
+def test_refined_wrapper_refines_any_method_and_never_scores_worse(library):
+    parts, pdfs = library
+    targets = _targets(parts, pdfs, [0, 7])
+    raw_rows, raw_props = harness.score_targets(harness.random_method(), targets, CFG, k=3)
+    ref_rows, _ = harness.score_targets(harness.refined(harness.random_method(), CFG, steps=40), targets, CFG, k=3)
+    for raw, ref in zip(raw_rows, ref_rows, strict=True):
+        assert ref["rwp_best"] <= raw["rwp_best"] + 1e-9 and ref["rwp_median"] < raw["rwp_median"]
+        assert ref["n_atoms_error"] == raw["n_atoms_error"] and ref["nan_count"] == 0
+    # steps=0 is the identity
+    same_rows, _ = harness.score_targets(harness.refined(harness.random_method(), CFG, steps=0), targets, CFG, k=3)
+    assert [r["rwp_best"] for r in same_rows] == [r["rwp_best"] for r in raw_rows]

@@ -156,3 +156,19 @@ def test_candidate_to_xyz_roundtrip(tmp_path):
     p = read_structure(path)
     np.testing.assert_array_equal(p.numbers, numbers)
     np.testing.assert_allclose(p.positions, pos, atol=1e-6)
+
+
+def test_blur_is_a_normalised_gaussian_and_keeps_constants():
+    from pdfusion.evaluation.ranking import _blur
+
+    dr, sigma = 0.01, 0.3
+    delta = torch.zeros(1, 2001, dtype=torch.float64)
+    delta[0, 1000] = 1.0
+    out = _blur(delta, sigma, dr)[0]
+    r = (torch.arange(2001, dtype=torch.float64) - 1000) * dr
+    expect = torch.exp(-0.5 * (r / sigma) ** 2) * (r.abs() <= 3 * sigma + 1e-9)
+    torch.testing.assert_close(out, expect / expect.sum(), rtol=1e-9, atol=1e-12)
+    const = torch.full((2, 500), 0.7, dtype=torch.float64)
+    torch.testing.assert_close(_blur(const, sigma, dr), const)
+    assert _blur(const, 0.5 * dr, dr) is const  # below the grid step: no blur
+

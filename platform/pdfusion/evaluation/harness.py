@@ -122,6 +122,34 @@ def random_method() -> Method:
     return run
 
 
+def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
+    """Any method followed by the same R_wp refinement of each candidate against the target PDF, so
+    refinement's share can be compared fairly (random particles refined too, not only model samples)."""
+    from pdfusion.evaluation.ranking import refine
+
+    def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
+        out = []
+        for t, prop in zip(targets, method(targets, k, seed), strict=True):
+            if not prop.candidates or steps == 0:
+                out.append(prop)
+                continue
+            t0 = time.perf_counter()
+            n_max = max(len(p) for p in prop.candidates)
+            pos = np.zeros((len(prop.candidates), n_max, 3))
+            num = np.full((len(prop.candidates), n_max), OXYGEN, dtype=np.int64)
+            mask = np.zeros((len(prop.candidates), n_max), dtype=bool)
+            for i, p in enumerate(prop.candidates):
+                pos[i, : len(p)], num[i, : len(p)], mask[i, : len(p)] = p.positions, p.numbers, True
+            res = refine(pos, num * mask, t.pdf, pdf_cfg, steps=steps, mask=mask)
+            parts = [Particle(p.numbers, res.positions[i, : len(p)], {**p.meta, "rwp_before_refine": float(res.rwp_before[i])})
+                     for i, p in enumerate(prop.candidates)]
+            per = (time.perf_counter() - t0) / len(parts)
+            out.append(Proposal(parts, prop.nan_count, prop.wall_s + per))
+        return out
+
+    return run
+
+
 # --------------------------------------------------------------------------------------------------
 # scoring
 # --------------------------------------------------------------------------------------------------

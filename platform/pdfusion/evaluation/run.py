@@ -20,14 +20,16 @@ from pdfusion.config import DataConfig, EvalConfig, PDFConfig, to_dict
 from pdfusion.evaluation import harness, plots
 
 
-def _method(name: str, cfg: EvalConfig, bundle, library):
+def _method(name: str, cfg: EvalConfig, bundle, library, pdf_cfg: PDFConfig):
     if name == "model":
-        return harness.model_method(bundle, guidance=cfg.guidance, steps=cfg.steps, refine=cfg.refine)
-    if name == "unconditional":
-        return harness.model_method(bundle, guidance=0.0, steps=cfg.steps, refine=cfg.refine)
-    if name == "library":
-        return harness.library_method(*library)
-    return harness.random_method()
+        method = harness.model_method(bundle, guidance=cfg.guidance, steps=cfg.steps)
+    elif name == "unconditional":
+        method = harness.model_method(bundle, guidance=0.0, steps=cfg.steps)
+    elif name == "library":
+        method = harness.library_method(*library)
+    else:
+        method = harness.random_method()
+    return harness.refined(method, pdf_cfg, cfg.refine_steps) if cfg.refine else method
 
 
 def _evaluate_chunk(cfg: EvalConfig, name: str, targets, library, pdf_cfg: PDFConfig, keep: int):
@@ -40,7 +42,7 @@ def _evaluate_chunk(cfg: EvalConfig, name: str, targets, library, pdf_cfg: PDFCo
         from pdfusion.training.bundle import load_bundle
 
         bundle = load_bundle(cfg.model)
-    return harness.score_targets(_method(name, cfg, bundle, library), targets, pdf_cfg, cfg.k, cfg.seed, keep)
+    return harness.score_targets(_method(name, cfg, bundle, library, pdf_cfg), targets, pdf_cfg, cfg.k, cfg.seed, keep)
 
 
 def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = False) -> dict[str, Any]:
