@@ -347,6 +347,8 @@ class ServeConfig:
     look_back_period_s: float = 30.0  # window over which ongoing requests are averaged for autoscaling
     max_batch_size: int = 16  # requests per sampler call; 1 disables batching
     max_batch_candidates: int = 256  # candidates (sum of n_samples) per sampler call
+    max_batch_atoms: int = 32768  # candidate atoms (n_samples x n_atoms, free n_atoms counts as the model's max) per call
+    access_log: bool = False  # Serve's per-request INFO log lines (CPU on every request)
     batch_wait_timeout_s: float = 0.05
     num_cpus: float = 1.0  # per sampler replica
     num_gpus: float = 0.0  # per sampler replica; fractions share a GPU
@@ -370,6 +372,9 @@ class ServeConfig:
                f"must be >= max_batch_size={self.max_batch_size} or batches can never fill")
         _check(self.max_batch_candidates >= self.limits.max_samples, "max_batch_candidates",
                f"must be >= limits.max_samples={self.limits.max_samples} so any single request fits a batch")
+        _check(self.max_batch_atoms >= self.limits.max_samples * self.limits.max_atoms, "max_batch_atoms",
+               f"must be >= limits.max_samples x limits.max_atoms = {self.limits.max_samples * self.limits.max_atoms} "
+               "so any single request fits a batch")
         _check(self.batch_wait_timeout_s >= 0, "batch_wait_timeout_s", "must be >= 0")
         _check(self.num_cpus >= 0 and self.num_gpus >= 0 and self.ingress_num_cpus >= 0, "num_gpus",
                "resources must be >= 0")
@@ -396,7 +401,8 @@ class EvalConfig:
     k: int = 16
     guidance: float | None = None  # None: the model's default
     steps: int | None = None  # None: the model's default
-    refine: bool = False
+    refine: bool = False  # refine every method's candidates on R_wp (the baselines too, for a fair comparison)
+    refine_steps: int = 300
     max_targets: int | None = None
     split_by: str | None = None  # None: the model's training split (so held-out metals stay unseen)
     val_fraction: float | None = None
@@ -411,6 +417,7 @@ class EvalConfig:
         _check(not bad, "methods", f"unknown method(s) {bad}; choose from {EVAL_METHODS}")
         needs_model = {"model", "unconditional"} & set(self.methods)
         _check(bool(self.model) or not needs_model, "model", f"methods {sorted(needs_model)} need --model (checkpoint or models:/ URI)")
+        _check(self.refine_steps >= 0, "refine_steps", f"must be >= 0, got {self.refine_steps}")
         _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         _check(self.num_tasks >= 1, "num_tasks", f"must be >= 1, got {self.num_tasks}")
         _check(self.guidance is None or self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
