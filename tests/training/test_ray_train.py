@@ -195,8 +195,11 @@ def test_relaunch_resume_and_fault_tolerance(ray_session, tiny_data, tmp_path):
     # every step logged exactly once: the relaunch did not redo steps 1-3, the restart not step 5
     loss_steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
     assert loss_steps == [1, 2, 3, 4, 5, 6]
-    rwp = [m.value for m in client.get_metric_history(run.info.run_id, "val_rwp_best_median")]
+    hist = client.get_metric_history(run.info.run_id, "val_rwp_best_median")
+    rwp = [m.value for m in hist]
     assert len(rwp) >= 2 and all(np.isfinite(rwp)) and all(v >= 0 for v in rwp)
+    # the curve starts with the untrained model (step 0), once: the relaunch did not re-validate at its start
+    assert sorted(m.step for m in hist)[0] == 0 and sum(m.step == 0 for m in hist) == 1
     names = {f.path for f in client.list_artifacts(run.info.run_id)}
     assert {"config.json", "checkpoint", "model", "samples", "plots"} <= names
     assert any(f.path.endswith(".xyz") for f in client.list_artifacts(run.info.run_id, "samples"))

@@ -193,6 +193,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 else _nullcontext())
     out: dict[str, float] = {}
     val_step = -1
+    if trainer.step == 0 and cfg.val_every_epochs and rank == 0:
+        # the untrained model's score, so every validation curve in MLflow starts from its own baseline
+        # (logged only: checkpoints are ranked by scores measured on their own weights)
+        logger.log_metrics(_validate(trainer, val_data), step=0)
     while trainer.epoch < cfg.epochs and trainer.step < planned:
         if not (mid_epoch and sampler.epoch == trainer.epoch):
             sampler.set_epoch(trainer.epoch)
