@@ -20,12 +20,15 @@ def ray_session(tmp_path_factory):
     import ray
 
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    # one actor process fewer per trial on 2 shared cores (a local cluster has no preemption to watch)
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     if ray.is_initialized():  # a previous module may have left its session running
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", None)
 
 
 def test_apply_overrides_changes_only_the_sampled_fields(synthetic_store):

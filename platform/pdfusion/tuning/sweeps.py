@@ -5,7 +5,9 @@ Schedule sweep: the pattern Ray documents for Tune around Train V2 — each tria
 that launches a `TorchTrainer` (through `pdfusion.training.ray_train.run_training`) with Tune's
 `TuneReportCallback`, so every report of the training workers reaches Tune and ASHA can stop a trial
 early. OptunaSearch proposes configurations. Rerunning with the same experiment name restores the sweep
-(`Tuner.restore`) instead of restarting it.
+(`Tuner.restore`) instead of restarting it. Trial drivers reserve no CPU (see `_driver_resources`), and
+`pdfusion.tuning.trial_cleanup` releases the Train placement group of a trial ASHA stops mid-run (without
+it the next trial's worker group waits forever for the CPUs the dead trial still holds).
 
 Guidance sweep: sampling only. Each trial loads the trained model and scores median best-of-K R_wp on
 validation PDFs for one (γ, steps); the best pair is written to the registered model (MLflow tags) so
@@ -335,7 +337,7 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     param_space = {**to_tune(space), "_pdfusion": meta}
     tune_config = tune.TuneConfig(
         metric=metric, mode="min", num_samples=num_samples, max_concurrent_trials=max_concurrent,
-        reuse_actors=False,  # a finished trial's driver must exit so its Train worker group is released
+        reuse_actors=False,  # a stopped trial's fit() cannot be interrupted: its actor must exit, not be reused
         search_alg=OptunaSearch(seed=seed, points_to_evaluate=points or None),
         # stop_last_trials=False: a trial reaching max_t ends by itself (final validation, MLflow run
         # closed); only ASHA's rung decisions stop trials from outside
