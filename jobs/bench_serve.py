@@ -1,11 +1,11 @@
 """Benchmark the HTTP sampling service on loopback: latency p50/p95/p99 and throughput at several
 client concurrencies with dynamic batching on (max_batch_size=16) and off (1), measured side by side
-in one run on one sampler replica, then the sampler's replica count over time while autoscaling
+in one run on one sampler replica (cells interleaved), with the mean batch size each cell saw, then the sampler's replica count over time while autoscaling
 (short delays) goes 1 -> 2 under load and back to 1 when idle. Bounded: every cell stops after
 --duration seconds or --max-requests requests; the whole run stops by itself.
 
     nice -n 10 python jobs/bench_serve.py                       # trains a tiny model for a few steps
-    python jobs/bench_serve.py --checkpoint runs/x/model.pt --n-samples 4 --steps 20
+    python jobs/bench_serve.py --checkpoint runs/x/model.pt --n-samples 4 --steps 100
 """
 
 from __future__ import annotations
@@ -126,6 +126,15 @@ async def load(url: str, payload: dict, concurrency: int, duration: float, max_r
     return {"n": int(lat.size), "errors": errors, "p50": pct[0], "p95": pct[1], "p99": pct[2], "rps": lat.size / wall}
 
 
+def batch_stats(app: str) -> dict[str, int]:
+    """The (single) sampler replica's counters: batches, jobs, sampler loops, largest batch."""
+    from ray import serve
+
+    from pdfusion.serving.deployments import SAMPLER_NAME
+
+    return serve.get_deployment_handle(SAMPLER_NAME, app_name=app).stats.remote().result()
+
+
 def replicas(app: str, deployment: str) -> tuple[int, str]:
     """(running replicas, all replica states) of one deployment."""
     from ray import serve
@@ -165,7 +174,8 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=400, help="requests per cell at most")
     ap.add_argument("--n-samples", type=int, default=2)
     ap.add_argument("--n-atoms", type=int, default=12)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=50, help="sampler steps per request (the demo samples with 50)")
+    ap.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s of the batched service")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--autoscale-load-s", type=float, default=40.0)
     ap.add_argument("--autoscale-idle-s", type=float, default=30.0)
@@ -190,7 +200,9 @@ def main() -> None:
             if args.address:
                 ray.init(address=args.address)
             else:
-                ray.init(num_cpus=args.cpus, include_dashboard=False)
+                # log_to_driver off: this process is also the load generator; printing every replica's
+                # log lines here would compete with the server for the same 2 cores
+                ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
             break
         except Exception as exc:  # noqa: BLE001 - only the startup timeout is retried
             ray.shutdown()
@@ -200,37 +212,46 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     limits = ServeLimits(max_samples=max(8, args.n_samples), request_timeout_s=300)
     common = dict(model=str(ckpt.resolve()), limits=limits, default_samples=args.n_samples, torch_threads=1,
-                  num_cpus=1, batch_wait_timeout_s=0.01)
+                  num_cpus=1, batch_wait_timeout_s=args.batch_wait)
 
     rows = []
     try:
-        info = None
-        for mode, bs in (("batched", args.batch_size), ("unbatched", 1)):
+        import httpx
+
+        modes = (("batched", args.batch_size), ("unbatched", 1))
+        for mode, bs in modes:
             cfg = ServeConfig(**common, min_replicas=1, max_replicas=1, max_batch_size=bs,
                               max_ongoing_requests=max(32, bs), max_batch_candidates=max(256, args.n_samples))
             serve.run(build_app(cfg), name=mode, route_prefix=f"/{mode}")
-            app_url = f"http://127.0.0.1:{port}/{mode}/v1/sample"
-            if info is None:
-                import httpx
-
-                info = httpx.get(f"http://127.0.0.1:{port}/{mode}/v1/model", timeout=60).json()
-            grid = np.linspace(info["r_min"], info["r_max"], info["n_r"])
-            payload = {"r": grid.round(6).tolist(), "g": (np.sin(2 * grid) * np.exp(-grid / 8)).round(6).tolist(),
-                       "metal": "Ti", "n_samples": args.n_samples, "n_atoms": args.n_atoms, "steps": args.steps}
-            asyncio.run(load(app_url, payload, 2, 3.0, 20))  # warm-up
-            for c in (int(x) for x in args.concurrency.split(",")):
-                res = asyncio.run(load(app_url, payload, c, args.duration, args.max_requests))
+        info = httpx.get(f"http://127.0.0.1:{port}/batched/v1/model", timeout=60).json()
+        grid = np.linspace(info["r_min"], info["r_max"], info["n_r"])
+        payload = {"r": grid.round(6).tolist(), "g": (np.sin(2 * grid) * np.exp(-grid / 8)).round(6).tolist(),
+                   "metal": "Ti", "n_samples": args.n_samples, "n_atoms": args.n_atoms, "steps": args.steps}
+        for mode, _ in modes:
+            asyncio.run(load(f"http://127.0.0.1:{port}/{mode}/v1/sample", payload, 2, 3.0, 20))  # warm-up
+        # Interleaved (batched then unbatched at each concurrency) so drifting load from other work on
+        # the machine hits both modes alike.
+        for c in (int(x) for x in args.concurrency.split(",")):
+            for mode, _ in modes:
+                before = batch_stats(mode)
+                res = asyncio.run(load(f"http://127.0.0.1:{port}/{mode}/v1/sample", payload, c, args.duration,
+                                       args.max_requests))
+                after = batch_stats(mode)
+                res["batch"] = (after["jobs"] - before["jobs"]) / max(1, after["batches"] - before["batches"])
                 rows.append((mode, c, res))
-                print(f"  {mode:9s} c={c:<3d} n={res['n']:<4d} p50={res['p50']:.0f} ms  rps={res['rps']:.1f}", flush=True)
+                print(f"  {mode:9s} c={c:<3d} n={res['n']:<4d} p50={res['p50']:.0f} ms  rps={res['rps']:.1f} "
+                      f"mean batch {res['batch']:.1f}", flush=True)
+        for mode, _ in modes:
             serve.delete(mode)
 
         print(f"\nmodel {info['name']} v{info['version']}, n_samples={args.n_samples}, n_atoms={args.n_atoms}, "
-              f"steps={args.steps}, 1 sampler replica, torch threads 1, {os.cpu_count()} cores visible")
+              f"steps={args.steps}, batch_wait_timeout_s={args.batch_wait}, 1 sampler replica, torch threads 1, "
+              f"{os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.1f}")
         print(f"{'mode':10s} {'clients':>7s} {'requests':>8s} {'errors':>6s} {'p50 ms':>8s} {'p95 ms':>8s} "
-              f"{'p99 ms':>8s} {'req/s':>7s}")
+              f"{'p99 ms':>8s} {'req/s':>7s} {'batch':>6s}")
         for mode, c, r in rows:
             print(f"{mode:10s} {c:7d} {r['n']:8d} {r['errors']:6d} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} "
-                  f"{r['rps']:7.2f}")
+                  f"{r['rps']:7.2f} {r['batch']:6.1f}")
         by = {(m, c): r for m, c, r in rows}
         for c in sorted({c for _, c, _ in rows}):
             b, u = by[("batched", c)], by[("unbatched", c)]

@@ -1,8 +1,10 @@
 """The sampler behind the HTTP API, free of Ray and HTTP so it can be used and tested directly.
 
-A batch of validated jobs becomes *one* `generate_candidates` call. That call samples together the
-PDFs whose `SampleConfig`s are equal, so unseeded jobs share one server-drawn seed (and are batched),
-while a job with its own seed keeps its own generator: same seed and inputs, same answer.
+A batch of validated jobs becomes as few sampler loops as possible (`mixed_batch.sample_mixed`): all
+jobs that share `steps` and `guidance` are sampled, simulated and ranked together whatever their
+`n_atoms` and `n_samples`. Unseeded jobs share one server-drawn seed (and so one loop), while a job
+with its own seed keeps its own generator: same seed and inputs, same answer, whatever else was in
+the batch.
 """
 
 from __future__ import annotations
@@ -32,10 +34,19 @@ class SampleJob:
     return_pdf: bool = False
 
 
-def batch_cost(jobs: list[SampleJob], max_requests: int, max_candidates: int) -> int:
-    """`serve.batch` size key: the request count while the batch's candidates fit `max_candidates`,
-    otherwise more than `max_requests` so Serve closes the batch. Bounds both work and memory."""
+def job_atoms(job: SampleJob, model_max_atoms: int) -> int:
+    """Atoms the job will sample: n_samples x n_atoms (the model's largest size when n_atoms is free)."""
+    return job.n_samples * (job.n_atoms if job.n_atoms is not None else model_max_atoms)
+
+
+def batch_cost(jobs: list[SampleJob], max_requests: int, max_candidates: int, max_atoms: int | None = None,
+               model_max_atoms: int = 0) -> int:
+    """`serve.batch` size key (batching by atom count): the request count while the batch's
+    candidates fit `max_candidates` and its candidate atoms fit `max_atoms`, otherwise more than
+    `max_requests` so Serve closes the batch before it. Bounds the work (and latency) of one call."""
     if sum(j.n_samples for j in jobs) > max_candidates:
+        return max_requests + 1
+    if max_atoms is not None and sum(job_atoms(j, model_max_atoms) for j in jobs) > max_atoms:
         return max_requests + 1
     return len(jobs)
 
@@ -53,6 +64,7 @@ class SamplerService:
 
             bundle = load_bundle(cfg.model, device=cfg.device)
         self.bundle = bundle
+        self.stats = {"batches": 0, "jobs": 0, "loops": 0, "largest_batch": 0}
 
     def info(self) -> dict[str, Any]:
         """What the HTTP layer needs to validate requests and describe the model (plain data)."""
@@ -82,29 +94,48 @@ class SamplerService:
     def run_batch(self, jobs: list[SampleJob]) -> list[dict[str, Any]]:
         """One result per job: `{"candidates": [...], "seed": ...}` or `{"error": message}`.
 
-        The whole batch is one library call; if it fails, jobs are retried one by one so a single
+        Jobs are grouped by what one sampler loop must share (steps, guidance, seed); each group is
+        one `sample_mixed` call. If a group fails, its jobs are retried one by one so a single
         failing job cannot take the others down with it."""
-        from pdfusion.evaluation.ranking import generate_candidates
-
         if not jobs:
             return []
         shared_seed = random.SystemRandom().randrange(2**31)
-        cfgs = [
-            SampleConfig(
-                guidance=j.guidance, steps=j.steps, n_samples=j.n_samples, n_atoms=j.n_atoms, refine=j.refine,
-                refine_steps=self.cfg.refine_steps, seed=j.seed if j.seed is not None else shared_seed,
-            )
-            for j in jobs
-        ]
-        pdfs = np.stack([j.pdf for j in jobs]).astype(np.float32)
-        metals = [j.metal_z for j in jobs]
+        groups: dict[tuple, list[int]] = {}
+        for i, j in enumerate(jobs):
+            # a seeded job's random stream must not depend on its batch-mates: it is a loop of its own
+            key = (j.steps, j.guidance, "shared") if j.seed is None else ("own", i)
+            groups.setdefault(key, []).append(i)
+        out: list[dict[str, Any] | None] = [None] * len(jobs)
+        for members in groups.values():
+            seed = jobs[members[0]].seed
+            seed = shared_seed if seed is None else seed
+            for i, res in zip(members, self._run_group([jobs[i] for i in members], seed), strict=True):
+                out[i] = res
+        st = self.stats
+        st["batches"] += 1
+        st["jobs"] += len(jobs)
+        st["loops"] += len(groups)
+        st["largest_batch"] = max(st["largest_batch"], len(jobs))
+        return out  # type: ignore[return-value]
+
+    def _run_group(self, jobs: list[SampleJob], seed: int) -> list[dict[str, Any]]:
+        from pdfusion.evaluation.ranking import refine_candidates
+        from pdfusion.serving.mixed_batch import sample_mixed
+
+        j0 = jobs[0]
+        cfg = SampleConfig(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed)
         try:
-            ranked = generate_candidates(self.bundle, pdfs, metals, cfgs)
+            ranked = sample_mixed(self.bundle, np.stack([j.pdf for j in jobs]).astype(np.float32),
+                                  [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs], cfg)
+            ranked = [
+                refine_candidates(c, j.pdf, self.bundle.pdf_config, steps=self.cfg.refine_steps) if j.refine else c
+                for j, c in zip(jobs, ranked, strict=True)
+            ]
             return [self._result(j, c) for j, c in zip(jobs, ranked, strict=True)]
         except Exception as exc:  # noqa: BLE001 - isolated below, reported per job
             if len(jobs) == 1:
                 return [{"error": f"sampling failed: {type(exc).__name__}: {exc}"}]
-        return [self.run_batch([j])[0] for j in jobs]
+        return [self._run_group([j], seed)[0] for j in jobs]
 
     def _result(self, job: SampleJob, cands: list[Any]) -> dict[str, Any]:
         from pymatgen.core import Composition, Element
