@@ -177,7 +177,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="sampler steps per request (the demo samples with 50)")
     ap.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s of the batched service")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--autoscale-load-s", type=float, default=40.0)
+    ap.add_argument("--autoscale-load-s", type=float, default=60.0, help="long enough for a second replica to start on a loaded machine")
     ap.add_argument("--autoscale-idle-s", type=float, default=30.0)
     ap.add_argument("--cpus", type=int, default=4, help="logical CPUs for the local Ray (replicas take 1 each)")
     ap.add_argument("--address", help="connect to a running Ray cluster (e.g. one from `ray start --head`) instead "
@@ -198,7 +198,7 @@ def main() -> None:
     for attempt in range(3):  # Ray's fixed 30 s node-registration wait can expire on a saturated machine
         try:
             if args.address:
-                ray.init(address=args.address)
+                ray.init(address=args.address, log_to_driver=False)
             else:
                 # log_to_driver off: this process is also the load generator; printing every replica's
                 # log lines here would compete with the server for the same 2 cores
