@@ -213,8 +213,8 @@ def test_unknown_routes_and_methods(url):
 
 
 def test_concurrent_requests_get_their_own_answers(url, target):
-    """Requests differing in metal, sample count and size are batched together; each answer must match
-    its own request."""
+    """Requests differing in metal, sample count and size are batched together (fewer batches than
+    requests, one sampler loop per batch); each answer must match its own request."""
     r, g = target
     specs = [("Ti" if i % 2 else "Zn", 1 + i % 3, 4 + i % 5) for i in range(16)]
 
@@ -222,8 +222,19 @@ def test_concurrent_requests_get_their_own_answers(url, target):
         metal, k, n = spec
         return post(url, json={"r": r.tolist(), "g": g.tolist(), "metal": metal, "n_samples": k, "n_atoms": n})
 
+    from ray import serve
+
+    from pdfusion.serving.deployments import SAMPLER_NAME
+
+    sampler = serve.get_deployment_handle(SAMPLER_NAME, app_name="http")
+    before = sampler.stats.remote().result()
     with ThreadPoolExecutor(16) as pool:
         responses = list(pool.map(one, specs))
+    after = sampler.stats.remote().result()
+    batches, loops = after["batches"] - before["batches"], after["loops"] - before["loops"]
+    assert after["jobs"] - before["jobs"] == 16
+    assert batches < 16  # requests that arrived while a batch ran were sampled together
+    assert loops == batches  # mixed n_atoms / n_samples, same steps and guidance: one sampler loop per batch
     for (metal, k, n), resp in zip(specs, responses, strict=True):
         assert resp.status_code == 200, resp.text
         body = resp.json()
