@@ -172,10 +172,15 @@ def test_asha_stops_the_hopeless_trials_at_the_first_rung(schedule_sweep):
     for r in by_lr[1e-9]:
         assert stopped[r["trial_id"]].info.status == "KILLED"
         assert stopped[r["trial_id"]].data.tags["pdfusion.stopped_by"] == "asha"
-    # the stopped trials' Train placement groups were released by the reaper, none is left holding CPUs
-    assert len(out["reaped_placement_groups"]) == 2
+    # the stopped trials' Train placement groups were released, none is left holding CPUs. The reaper
+    # released at least the first one (the next trial could not start otherwise); the last one may still be
+    # in its polling interval when the sweep returns, so wait for it rather than count at return time.
+    assert 1 <= len(out["reaped_placement_groups"]) <= 2
     _wait_for(lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"],
               "every CPU to be free again")
+    _wait_for(lambda: not [pg for pg, info in ray.util.placement_group_table().items()
+                           if info["state"] in ("CREATED", "PENDING", "RESCHEDULING")],
+              "no placement group left reserved")
 
 
 def test_rerunning_the_same_sweep_reruns_no_finished_trial(schedule_sweep):
