@@ -17,6 +17,11 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Every test session starts Ray explicitly. Without this, a Serve router's background metrics thread left
+# over from tests/serving calls ray.wait after Ray was shut down, which silently ray.init()s a fresh local
+# instance; the next module's ray.init then fails with "called ray.init twice" (seen in a CI run).
+# Read by ray at import time, so it must be set before anything imports ray.
+os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
 
 
 def _need(path: Path) -> Path:
