@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pdfusion.config import ConfigError, TrainConfig, from_dict, preset, to_dict
+from pdfusion.config import ConfigError, TrainConfig, apply_set, from_dict, preset, to_dict
 from pdfusion.training.storage import normalize_storage_path
 
 
@@ -70,20 +70,7 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
                 node = node[k]
             node[keys[-1]] = value
     for item in args.set or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.hidden=32")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for k in parts[:-1]:
-            if k not in node or not isinstance(node[k], dict):
-                raise ConfigError(f"--set {key}: {k!r} is not a config section")
-            node = node[k]
-        node[parts[-1]] = value
+        apply_set(data, item)
     if data["data"]["path"]:
         data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
     args._run_opts = run_opts

@@ -47,26 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _apply_sets(cfg, items: list[str]):
-    """`--set a.b=value` on a TrainConfig (value parsed as JSON, else kept as a string)."""
-    from pdfusion.config import TrainConfig, from_dict, to_dict
+    """`--set a.b=value` on a TrainConfig."""
+    from pdfusion.config import TrainConfig, apply_set, from_dict, to_dict
 
     data = to_dict(cfg)
     for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set val_pdfs=8")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node, parts = data, key.split(".")
-        for k in parts[:-1]:
-            if not isinstance(node.get(k), dict):
-                raise ConfigError(f"--set {key}: {k!r} is not a config section")
-            node = node[k]
-        if parts[-1] not in node:
-            raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
-        node[parts[-1]] = value
+        apply_set(data, item)
     return from_dict(TrainConfig, data)
 
 

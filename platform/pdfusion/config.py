@@ -66,6 +66,26 @@ def load_json(cls: type[T], path: str | Path) -> T:
     return from_dict(cls, json.loads(Path(path).read_text()))
 
 
+def apply_set(data: dict[str, Any], item: str) -> None:
+    """Apply one command-line `--set a.b=value` to a config dict in place (value parsed as JSON, else kept
+    as a string); the key must name an existing field. `from_dict` validates the value afterwards."""
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.hidden=32")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    node, parts = data, key.split(".")
+    for k in parts[:-1]:
+        if not isinstance(node.get(k), dict):
+            raise ConfigError(f"--set {key}: {k!r} is not a config section")
+        node = node[k]
+    if parts[-1] not in node:
+        raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
+    node[parts[-1]] = value
+
+
 # --------------------------------------------------------------------------------------------------
 # PDF simulation
 # --------------------------------------------------------------------------------------------------
