@@ -125,7 +125,7 @@ def random_method() -> Method:
 def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
     """Any method followed by the same R_wp refinement of each candidate against the target PDF, so
     refinement's share can be compared fairly (random particles refined too, not only model samples)."""
-    from pdfusion.evaluation.ranking import refine
+    from pdfusion.evaluation.ranking import refine_ragged
 
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
         out = []
@@ -134,13 +134,8 @@ def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
                 out.append(prop)
                 continue
             t0 = time.perf_counter()
-            n_max = max(len(p) for p in prop.candidates)
-            pos = np.zeros((len(prop.candidates), n_max, 3))
-            num = np.full((len(prop.candidates), n_max), OXYGEN, dtype=np.int64)
-            mask = np.zeros((len(prop.candidates), n_max), dtype=bool)
-            for i, p in enumerate(prop.candidates):
-                pos[i, : len(p)], num[i, : len(p)], mask[i, : len(p)] = p.positions, p.numbers, True
-            res = refine(pos, num * mask, t.pdf, pdf_cfg, steps=steps, mask=mask)
+            res = refine_ragged([p.positions for p in prop.candidates], [p.numbers for p in prop.candidates],
+                                t.pdf, pdf_cfg, steps=steps)
             parts = [Particle(p.numbers, res.positions[i, : len(p)], {**p.meta, "rwp_before_refine": float(res.rwp_before[i])})
                      for i, p in enumerate(prop.candidates)]
             per = (time.perf_counter() - t0) / len(parts)

@@ -352,6 +352,19 @@ def _min_dist(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(pair, d, torch.full_like(d, float("inf"))).amin((1, 2))
 
 
+def refine_ragged(positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray], target_g: torch.Tensor | np.ndarray,
+                  pdf_cfg: PDFConfig, **kwargs) -> Refined:
+    """`refine` for structures of different sizes against one target: padded into one batch (row i of
+    the result holds structure i in its first len(numbers[i]) atoms)."""
+    n_max = max(len(n) for n in numbers)
+    pos = np.zeros((len(numbers), n_max, 3))
+    num = np.full((len(numbers), n_max), OXYGEN, dtype=np.int64)
+    mask = np.zeros((len(numbers), n_max), dtype=bool)
+    for i, (p, n) in enumerate(zip(positions, numbers, strict=True)):
+        pos[i, : len(n)], num[i, : len(n)], mask[i, : len(n)] = p, n, True
+    return refine(pos, num * mask, target_g, pdf_cfg, mask=mask, **kwargs)
+
+
 def refine_candidates(
     cands: list[Candidate], target_g: torch.Tensor | np.ndarray, pdf_cfg: PDFConfig, steps: int = 100,
     lr: float = REFINE_LR, smooth: float = REFINE_SMOOTH,
@@ -359,13 +372,8 @@ def refine_candidates(
     """Refine every candidate of one PDF in one batch and re-rank."""
     if not cands or steps == 0:
         return cands
-    n_max = max(c.n_atoms for c in cands)
-    pos = np.zeros((len(cands), n_max, 3))
-    num = np.full((len(cands), n_max), OXYGEN, dtype=np.int64)
-    mask = np.zeros((len(cands), n_max), dtype=bool)
-    for i, c in enumerate(cands):
-        pos[i, : c.n_atoms], num[i, : c.n_atoms], mask[i, : c.n_atoms] = c.positions, c.numbers, True
-    res = refine(pos, num * mask, target_g, pdf_cfg, steps=steps, lr=lr, mask=mask, smooth=smooth)
+    res = refine_ragged([c.positions for c in cands], [c.numbers for c in cands], target_g, pdf_cfg,
+                        steps=steps, lr=lr, smooth=smooth)
     out = []
     for i, c in enumerate(cands):
         out.append(
