@@ -58,25 +58,6 @@ def _plot_pdfs(ds, idx, path: Path) -> None:
     plt.close(fig)
 
 
-def _overlay(r, target, cands, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(r, target, "k", lw=1.4, label="target (held out)")
-    for c in cands[:3]:
-        ax.plot(r, c.g_sim, lw=1, alpha=0.8, label=f"candidate N={c.n_atoms} R_wp={c.rwp:.3f}")
-    ax.set_xlabel("r (Å)")
-    ax.set_ylabel("G(r)")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.out).resolve()
@@ -89,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from pdfusion.data.dataset import open_dataset
     from pdfusion.data.generate import generate, write_summary
     from pdfusion.data.splits import split_indices
+    from pdfusion.evaluation.plots import candidate_overlay
     from pdfusion.evaluation.ranking import generate_candidates
     from pdfusion.training import tracking
     from pdfusion.training.bundle import load_bundle
@@ -144,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         tag = f"{meta.get('structure_type')}_{meta.get('formula')}_r{meta.get('radius')}"
         for rank, c in enumerate(cands[:3], 1):
             (xyz_dir / f"{tag}_rank{rank}_rwp{c.rwp:.3f}.xyz").write_text(c.to_xyz())
-        _overlay(ds.r_grid, rec.pdf, cands, f"held-out {tag} ({len(rec.numbers)} atoms)", out / f"overlay_{tag}.png")
+        candidate_overlay(ds.r_grid, rec.pdf, cands, f"held-out {tag} ({len(rec.numbers)} atoms)",
+                          out / f"overlay_{tag}.png")
         print(f"      {tag:32s} true N={len(rec.numbers):4d}  best R_wp={cands[0].rwp:.3f} (N={cands[0].n_atoms})  "
               f"median R_wp={np.median([c.rwp for c in cands]):.3f}")
 

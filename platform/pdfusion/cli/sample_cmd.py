@@ -66,28 +66,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _plot(path: Path, r: np.ndarray, target: np.ndarray, cands, title: str, n_best: int = 3) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    ax.plot(r, target, color="k", lw=1.5, label="target")
-    for i, c in enumerate(cands[:n_best]):
-        ax.plot(r, c.g_sim, lw=1.0, alpha=0.8, label=f"rank {i + 1}: R_wp {c.rwp:.4f} ({c.n_atoms} atoms)")
-    ax.set_xlabel("r (Å)")
-    ax.set_ylabel("G(r) / max")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -125,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
     }
     _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     if not args.no_plot:
-        _plot(out / "overlay.png", bundle.r_grid, target, cands, f"{Path(args.pdf_file).name} ({args.metal})")
+        from pdfusion.evaluation.plots import candidate_overlay
+
+        candidate_overlay(bundle.r_grid, target, cands, f"{Path(args.pdf_file).name} ({args.metal})",
+                          out / "overlay.png")
     best = cands[0]
     print(f"{len(cands)} candidates in {out}; best R_wp {best.rwp:.4f} ({best.n_atoms} atoms) -> {files[0]}")
     return 0

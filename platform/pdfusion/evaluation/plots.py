@@ -44,6 +44,20 @@ def rwp_histograms(rows_by_method: Mapping[str, Sequence[dict[str, Any]]], path:
     return _save(fig, Path(path))
 
 
+def candidate_overlay(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], title: str, path: str | Path,
+                      n_best: int = 3) -> Path:
+    """Target G(r) vs the simulated G(r) of the best-ranked candidates (`ranking.Candidate`), one panel."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(r, target, color="k", lw=1.5, label="target")
+    for i, c in enumerate(cands[:n_best]):
+        ax.plot(r, c.g_sim, lw=1.0, alpha=0.8, label=f"rank {i + 1}: R_wp {c.rwp:.4f} ({c.n_atoms} atoms)")
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("G(r) / max")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, Path(path))
+
+
 def pdf_overlays(kept: Sequence[dict[str, Any]], r: np.ndarray, cfg, path: str | Path) -> Path:
     """Target G(r) vs the best and the median candidate's simulated G(r), one panel per target."""
     from pdfusion.evaluation.harness import simulate_many
