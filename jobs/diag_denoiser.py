@@ -17,6 +17,38 @@ from pathlib import Path
 import torch
 
 
+def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000), copies: int = 32,
+              seed: int = 0) -> list[dict]:
+    """Per noise level t: mean noise per atom (Å), ε-loss, and mean ‖x̂0 − x0‖ per atom (Å), EMA model."""
+    from pdfusion.training.trainer import Trainer
+
+    d, model, scale = trainer.diffusion, trainer.ema.eval(), trainer.cfg.model.position_scale
+    batch = Trainer.collate([data] * copies)
+    x0, h0 = d.encode(batch)
+    mask = batch.mask.bool()
+    gen = torch.Generator().manual_seed(seed)
+    keep = torch.ones(copies, dtype=torch.bool)
+    rows = []
+    with torch.no_grad():
+        for t in sorted({int(t) for t in ts if int(t) <= d.T} | {d.T}):
+            tt = torch.full((copies,), t)
+            ex, eh = d.position_noise(mask, gen), d.type_noise(mask, gen)
+            xt, ht = d.q_sample(x0, tt, ex), d.q_sample(h0, tt, eh)
+            px, _ = model(xt, ht, mask, tt.float() / d.T, batch.pdf, batch.metal, keep)
+            loss = float(((px - ex) ** 2).sum() / (mask.sum() * 3))
+            err = float((d.predict_x0(xt, tt, px) - x0).norm(dim=-1)[mask].mean() * scale)
+            sigma = float(d.schedule.gather("sqrt_one_minus_alphas_cumprod", tt[:1], x0[:1]).flatten()[0])
+            noise = float((ex * sigma).norm(dim=-1)[mask].mean() * scale)
+            rows.append({"t": t, "sigma": sigma, "noise_A": noise, "loss_x": loss, "x0_error_A": err})
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}")
+    for r in rows:
+        print(f"{r['t']:5d} {r['noise_A']:15.3f} {r['loss_x']:8.4f} {r['x0_error_A']:18.3f}   (sigma_t {r['sigma']:.4f})")
+
+
 def main() -> None:
     from exp_overfit_one import DEFAULT_FILE, load_one
     from pdfusion.training.trainer import Trainer
@@ -29,27 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, _ = load_one(Path(args.file))
-    trainer = Trainer.from_checkpoint(args.checkpoint)
-    d, model, scale = trainer.diffusion, trainer.ema.eval(), trainer.cfg.model.position_scale
-    batch = Trainer.collate([data] * args.copies)
-    x0, h0 = d.encode(batch)
-    mask = batch.mask.bool()
-    gen = torch.Generator().manual_seed(args.seed)
-    keep = torch.ones(args.copies, dtype=torch.bool)
-    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}")
-    with torch.no_grad():
-        for t in sorted({1, 5, 10, 25, 50, 100, 200, 300, 400, d.T}):
-            if t > d.T:
-                continue
-            tt = torch.full((args.copies,), t)
-            ex, eh = d.position_noise(mask, gen), d.type_noise(mask, gen)
-            xt, ht = d.q_sample(x0, tt, ex), d.q_sample(h0, tt, eh)
-            px, _ = model(xt, ht, mask, tt.float() / d.T, batch.pdf, batch.metal, keep)
-            loss = float(((px - ex) ** 2).sum() / (mask.sum() * 3))
-            err = (d.predict_x0(xt, tt, px) - x0).norm(dim=-1)[mask].mean() * scale
-            sigma = float(d.schedule.gather("sqrt_one_minus_alphas_cumprod", tt[:1], x0[:1]).flatten()[0])
-            noise = float((ex * d.schedule.gather("sqrt_one_minus_alphas_cumprod", tt, x0)).norm(dim=-1)[mask].mean())
-            print(f"{t:5d} {noise * scale:15.3f} {loss:8.4f} {float(err):18.3f}   (sigma_t {sigma:.4f})")
+    print_table(x0_errors(Trainer.from_checkpoint(args.checkpoint), data, copies=args.copies, seed=args.seed))
 
 
 if __name__ == "__main__":

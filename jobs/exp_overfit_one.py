@@ -36,13 +36,16 @@ def load_one(path: Path):
     return data, rec
 
 
-def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8):
+def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8, hidden: int = 64, layers: int = 4,
+                   lr: float = 1e-3, loss_weighting: str = "uniform"):
     from pdfusion.config import DataConfig, DiffusionConfig, ModelConfig, ScheduleConfig, TrainConfig
 
     return TrainConfig(
-        model=ModelConfig(hidden=64, layers=4, pdf_embed=64, max_atoms=max(64, n_atoms + 8), normalization_factor=1.0),
-        diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=timesteps), p_uncond=0.1),
-        data=DataConfig(batch_size=batch_size), lr=1e-3, warmup_steps=50, ema_decay=0.995, seed=seed,
+        model=ModelConfig(hidden=hidden, layers=layers, pdf_embed=64, max_atoms=max(64, n_atoms + 8),
+                          normalization_factor=1.0),
+        diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=timesteps), p_uncond=0.1,
+                                  loss_weighting=loss_weighting),
+        data=DataConfig(batch_size=batch_size), lr=lr, warmup_steps=50, ema_decay=0.995, seed=seed,
     )
 
 
@@ -71,6 +74,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--timesteps", type=int, default=500)
     ap.add_argument("--batch-size", type=int, default=8, help="noisy copies of the particle per step")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--loss-weighting", default="uniform", choices=["uniform", "min_snr"])
+    ap.add_argument("--diag-only", action="store_true",
+                    help="after training, print the x̂0-error table (jobs/diag_denoiser.py) instead of sampling")
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--sample-steps", type=int, default=None, help="strided sampler steps (default: ancestral)")
     ap.add_argument("--refine-steps", type=int, default=600)
@@ -82,7 +91,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     data, rec = load_one(Path(args.file))
-    cfg = overfit_config(int(data.num_nodes), args.timesteps, args.seed, args.batch_size)
+    cfg = overfit_config(int(data.num_nodes), args.timesteps, args.seed, args.batch_size, args.hidden, args.layers,
+                         args.lr, args.loss_weighting)
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume)
         cfg = trainer.cfg
@@ -100,6 +110,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(out / "checkpoint.pt", extra={"defaults": {"guidance": 1.0, "steps": args.sample_steps or 100}})
+    from diag_denoiser import print_table, x0_errors
+
+    diag = x0_errors(trainer, data)
+    (out / "diag.json").write_text(json.dumps({"train_steps": trainer.step, "train_seconds": train_s,
+                                               "loss_last50": float(np.mean(losses[-50:])) if losses else None,
+                                               "rows": diag}, indent=2))
+    print(f"{trainer.step} steps in {train_s:.0f} s")
+    print_table(diag)
+    if args.diag_only:
+        return
 
     t0 = time.time()
     scfg = SampleConfig(guidance=1.0, steps=args.sample_steps, n_samples=args.k, seed=args.seed)

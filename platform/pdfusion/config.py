@@ -220,9 +220,16 @@ class DiffusionConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     p_uncond: float = 0.1  # classifier-free guidance: probability of dropping the condition in training
     type_loss_weight: float = 1.0
+    # "uniform": plain ε-MSE (EDM's L_simple); "min_snr": ε-MSE × min(SNR_t, γ)/SNR_t (Hang et al. 2023), which
+    # stops the many nearly-clean steps from dominating the gradient and shifts effort to mid noise.
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.p_uncond <= 1.0, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
+        _check(self.loss_weighting in ("uniform", "min_snr"), "diffusion.loss_weighting",
+               f"must be 'uniform' or 'min_snr', got {self.loss_weighting!r}")
+        _check(self.min_snr_gamma > 0, "diffusion.min_snr_gamma", f"must be positive, got {self.min_snr_gamma}")
 
 
 @dataclass(frozen=True)
@@ -242,9 +249,18 @@ class SampleConfig:
     # have; predictions beyond it are pulled back radially (rotation-equivariant "clip_denoised"). Without
     # it, a poor epsilon at high noise is amplified by 1/sqrt(alpha_bar_T) and atoms fly thousands of A away.
     clip_x0: float | None = 25.0
+    # PDF guidance (diffusion.pdf_guidance): every step moves x0 down R_wp to the target G(r) through the
+    # simulator; the value is the RMS step per atom in A at full noise (0 = off). Needs the PDFConfig.
+    pdf_guidance: float = 0.0
+    pdf_guidance_iters: int = 1  # gradient steps per sampler step
+    pdf_guidance_blur: float = 0.8  # A, largest blur of both G(r) curves (at high noise)
 
     def __post_init__(self) -> None:
         _check(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", f"must be None or positive, got {self.clip_x0}")
+        _check(self.pdf_guidance >= 0 and math.isfinite(self.pdf_guidance), "pdf_guidance",
+               f"must be finite and >= 0 (A per step; 0 = off), got {self.pdf_guidance}")
+        _check(self.pdf_guidance_iters >= 1, "pdf_guidance_iters", f"must be >= 1, got {self.pdf_guidance_iters}")
+        _check(self.pdf_guidance_blur >= 0, "pdf_guidance_blur", f"must be >= 0, got {self.pdf_guidance_blur}")
         _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance", f"must be finite and >= 0, got {self.guidance}")
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
         _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")

@@ -93,6 +93,14 @@ class GaussianDiffusion:
         return mean, s.gather("posterior_variance", t, xt)
 
     # ------------------------------------------------------------------ loss
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight of the ε-MSE at integer times t (B,): 1, or min(SNR, γ)/SNR for "min_snr"."""
+        if self.diffusion_cfg.loss_weighting == "uniform":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        abar = self.schedule.alphas_cumprod.to(t.device)[t]
+        snr = abar / (1.0 - abar)
+        return (snr.clamp(max=self.diffusion_cfg.min_snr_gamma) / snr).float()
+
     def training_loss(self, model: torch.nn.Module, batch: DenseBatch, generator: torch.Generator | None = None,
                       *, count_loss_weight: float = 0.1, step: int | None = None
                       ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -122,8 +130,9 @@ class GaussianDiffusion:
         pred_x, pred_h = out[0], out[1]
         m = mask.unsqueeze(-1).float()
         n_real = m.sum().clamp(min=1.0)
-        loss_x = ((pred_x - eps_x) ** 2 * m).sum() / (n_real * 3)
-        loss_h = ((pred_h - eps_h) ** 2 * m).sum() / (n_real * self.model_cfg.n_types)
+        w = m * self.loss_weights(t)[:, None, None] if self.diffusion_cfg.loss_weighting != "uniform" else m
+        loss_x = ((pred_x - eps_x) ** 2 * w).sum() / (n_real * 3)
+        loss_h = ((pred_h - eps_h) ** 2 * w).sum() / (n_real * self.model_cfg.n_types)
         loss = loss_x + self.diffusion_cfg.type_loss_weight * loss_h
         loss_count = torch.zeros((), device=dev)
         if with_count:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from pdfusion.config import SampleConfig
+from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import GaussianDiffusion
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
@@ -101,11 +101,12 @@ def predict_n_atoms(model: torch.nn.Module, pdf: torch.Tensor, metal: torch.Tens
 def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tensor | None,
            metal: torch.Tensor | None, n_atoms: torch.Tensor | list[int], cfg: SampleConfig | None = None, *,
            generator: torch.Generator | None = None, return_trajectory: bool = False,
-           progress: bool = False) -> SampleResult:
+           progress: bool = False, pdf_cfg: PDFConfig | None = None) -> SampleResult:
     """Generate one structure per row. pdf (B,n_r) and metal (B,) condition the model (both None: an
     unconditional model); n_atoms (B,) fixes each particle's size (use `predict_n_atoms` to draw it).
     `cfg.steps` None → ancestral DDPM over all T steps; else DDIM-style over `cfg.steps` strided steps with
-    stochasticity `cfg.eta`. Without a generator, one seeded with `cfg.seed` is used."""
+    stochasticity `cfg.eta`. Without a generator, one seeded with `cfg.seed` is used. `cfg.pdf_guidance` > 0
+    also steers every x̂0 toward `pdf` through the simulator configured by `pdf_cfg` (diffusion.pdf_guidance)."""
     cfg = cfg or SampleConfig()
     dev = _model_device(model)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long).reshape(-1).to(dev)
@@ -123,6 +124,15 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         metal = torch.as_tensor(metal, dtype=torch.long).reshape(-1).to(dev)
         if metal.shape[0] != b:
             raise ValueError(f"metal: expected ({b},) to match n_atoms, got {tuple(metal.shape)}")
+    guide = None
+    if cfg.pdf_guidance > 0:
+        if pdf is None or metal is None or pdf_cfg is None:
+            raise ValueError("pdf_guidance: steering toward the target needs pdf, metal and pdf_cfg (the PDFConfig "
+                             "the target was simulated with); pass them or set pdf_guidance=0")
+        from pdfusion.diffusion.pdf_guidance import PDFGuide
+
+        guide = PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=cfg.pdf_guidance, iters=cfg.pdf_guidance_iters,
+                         blur_max=cfg.pdf_guidance_blur)
     if generator is None:
         generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     was_training = model.training
@@ -147,9 +157,9 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance)
             if cfg.steps is None:
-                x, h = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip)
+                x, h = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, guide)
             else:
-                x, h = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip)
+                x, h = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip, guide)
             x = remove_mean(x, mask)
             h = h * m3
             check_finite("sampler.x", x, step=t_now)
@@ -162,25 +172,32 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         model.train(was_training)
 
 
-def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, generator, clip=None):
+def _clean_estimate(x0, h0, t_now: int, mask, clip, guide):
+    """x̂0 of the positions after clipping and (optionally) PDF guidance."""
+    x0 = clip_positions(x0, mask, clip)
+    if guide is not None:
+        x0 = remove_mean(guide(x0, h0, t_now, mask), mask)
+    return x0
+
+
+def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, generator, clip=None, guide=None):
     """x_{t-1} = posterior mean with x̂_0 from ε̂, plus √β̃_t noise. The last step (t = 1) returns x̂_0
     itself: the state at t = 0 still carries √(1-ᾱ_0) of noise, the data do not (as EDM's p(x | z_0))."""
     t_now = int(tt[0])
+    h0 = diffusion.predict_x0(h, tt, eh)
+    x0 = _clean_estimate(diffusion.predict_x0(x, tt, ex), h0, t_now, mask, clip, guide)
     out = []
-    for i, (z, e, noise_fn) in enumerate(((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise))):
-        x0 = diffusion.predict_x0(z, tt, e)
-        if i == 0:
-            x0 = clip_positions(x0, mask, clip)
+    for z, z0, noise_fn in ((x, x0, diffusion.position_noise), (h, h0, diffusion.type_noise)):
         if t_now == 1:
-            out.append(x0)
+            out.append(z0)
             continue
-        mean, var = diffusion.posterior_mean_var(x0, z, tt)
+        mean, var = diffusion.posterior_mean_var(z0, z, tt)
         out.append(mean + var.sqrt() * noise_fn(mask, generator))
     return out[0], out[1]
 
 
 def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: int, eta: float, mask, generator,
-               clip=None):
+               clip=None, guide=None):
     """DDIM (Song et al. 2021) from t_now to t_next < t_now; eta = 0 deterministic, 1 ≈ ancestral.
     The last step (t_next = 0) returns x̂_0, as the ancestral sampler does."""
     s = diffusion.schedule
@@ -190,16 +207,17 @@ def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: i
     if eta > 0 and t_next > 0:
         sigma = eta * ((1 - a_s) / (1 - a_t) * (1 - a_t / a_s)) ** 0.5
     dir_coef = max(1 - a_s - sigma ** 2, 0.0) ** 0.5
+    h0 = (h - (1 - a_t) ** 0.5 * eh) / a_t ** 0.5
+    x0 = (x - (1 - a_t) ** 0.5 * ex) / a_t ** 0.5
+    if clip is not None or guide is not None:
+        x0 = _clean_estimate(x0, h0, t_now, mask, clip, guide)
+        ex = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5  # the noise consistent with the adjusted x0
     out = []
-    for i, (z, e, noise_fn) in enumerate(((x, ex, diffusion.position_noise), (h, eh, diffusion.type_noise))):
-        x0 = (z - (1 - a_t) ** 0.5 * e) / a_t ** 0.5
-        if i == 0 and clip is not None:
-            x0 = clip_positions(x0, mask, clip)
-            e = (z - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5  # the noise consistent with the clipped x0
+    for z0, e, noise_fn in ((x0, ex, diffusion.position_noise), (h0, eh, diffusion.type_noise)):
         if t_next == 0:
-            out.append(x0)
+            out.append(z0)
             continue
-        z_next = a_s ** 0.5 * x0 + dir_coef * e
+        z_next = a_s ** 0.5 * z0 + dir_coef * e
         if sigma > 0:
             z_next = z_next + sigma * noise_fn(mask, generator)
         out.append(z_next)

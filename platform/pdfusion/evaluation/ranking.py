@@ -10,13 +10,17 @@ differentiable Debye simulator, with a short-distance penalty so atoms cannot co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pdfusion.config import PDFConfig, SampleConfig
+from pdfusion.pdf.fitting import blur as _blur
+from pdfusion.pdf.fitting import min_pair_distance as _min_dist
+from pdfusion.pdf.fitting import pair_penalty as _pair_penalty
+from pdfusion.pdf.fitting import simulate_safe as simulate_candidates
 
 if TYPE_CHECKING:
     from pdfusion.training.bundle import ModelBundle
@@ -80,19 +84,6 @@ def _masked_rwp(g_sim: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return rwp(g_sim, target)
 
 
-def simulate_candidates(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
-    """simulate_pdf with `cfg`, except that a candidate whose G(r) has no positive maximum (atoms flung
-    apart beyond rmax) gets G = 0 on the grid, i.e. R_wp = 1 (fits nothing), instead of aborting the batch."""
-    from pdfusion.pdf import simulate_pdf
-
-    if not cfg.normalize:
-        return simulate_pdf(positions, numbers, mask, cfg)
-    raw = simulate_pdf(positions, numbers, mask, replace(cfg, normalize=False))
-    peak = raw.amax(dim=-1, keepdim=True)
-    ok = peak > 0
-    return torch.where(ok, raw / torch.where(ok, peak, torch.ones_like(peak)), torch.zeros_like(raw))
-
-
 def _chunks(n_total: int, n_max_atoms: int, max_batch: int | None) -> int:
     size = max(1, PAIR_BUDGET // max(1, n_max_atoms * n_max_atoms))
     return min(size, max_batch) if max_batch else size
@@ -145,7 +136,7 @@ def sample_and_score(
         n_max = int(n_atoms[order[start:]].max()) if start < order.numel() else 0
         size = _chunks(order.numel() - start, n_max, max_batch)
         idx = order[start : start + size].to(device)
-        res = sample(model, diffusion, rep_pdf[idx], rep_metal[idx], n_atoms[idx], cfg, generator=gen)
+        res = sample(model, diffusion, rep_pdf[idx], rep_metal[idx], n_atoms[idx], cfg, generator=gen, pdf_cfg=pdf_cfg)
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             from pdfusion.diffusion.guards import NonFiniteError
@@ -226,15 +217,6 @@ class Refined:
     rwp_before: np.ndarray  # (B,)
     rwp_after: np.ndarray  # (B,)
     g_sim: np.ndarray  # (B, n_r) after refinement
-
-
-def _pair_penalty(pos: torch.Tensor, mask: torch.Tensor, min_distance: float) -> torch.Tensor:
-    """sum over masked pairs of relu(min_distance - d)^2, per structure."""
-    diff = pos[:, :, None, :] - pos[:, None, :, :]
-    d = torch.sqrt((diff * diff).sum(-1) + 1e-12)
-    pair = mask[:, :, None] & mask[:, None, :]
-    pair = pair & ~torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)[None]
-    return (torch.relu(min_distance - d) ** 2 * pair).sum((1, 2)) / 2
 
 
 def refine(
@@ -327,29 +309,6 @@ def refine(
         best_g[better] = g[better]
     out_pos = best_pos[0] if single else best_pos
     return Refined(out_pos.numpy(), r0.numpy(), best_r.numpy(), best_g.numpy())
-
-
-def _blur(g: torch.Tensor, sigma: float, dr: float) -> torch.Tensor:
-    """(B, n_r) curves convolved with a normalised Gaussian of width `sigma` Å cut at ±3σ (edges
-    reflected). Via FFT: the kernel is hundreds of points wide, which made a direct conv1d 3.5× slower."""
-    if sigma <= dr:
-        return g
-    n = g.shape[-1]
-    half = min(round(3 * sigma / dr), n - 1)
-    k = torch.arange(-half, half + 1, dtype=g.dtype, device=g.device) * dr
-    k = torch.exp(-0.5 * (k / sigma) ** 2)
-    k = k / k.sum()
-    padded = torch.nn.functional.pad(g.reshape(-1, 1, n), (half, half), mode="reflect").reshape(-1, n + 2 * half)
-    size = n + 4 * half  # linear (not circular) convolution
-    out = torch.fft.irfft(torch.fft.rfft(padded, size) * torch.fft.rfft(k, size), size)
-    return out[:, 2 * half : 2 * half + n].reshape(g.shape)
-
-
-def _min_dist(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    d = torch.cdist(pos, pos)
-    pair = mask[:, :, None] & mask[:, None, :]
-    pair = pair & ~torch.eye(pos.shape[1], dtype=torch.bool, device=pos.device)[None]
-    return torch.where(pair, d, torch.full_like(d, float("inf"))).amin((1, 2))
 
 
 def refine_ragged(positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray], target_g: torch.Tensor | np.ndarray,

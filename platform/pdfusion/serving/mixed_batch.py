@@ -75,7 +75,8 @@ def sample_mixed(
     start = 0
     while start < order.numel():
         idx = order[start : start + _chunk_size(int(sizes[order[start:]].max()))].to(device)
-        res = sample(model, bundle.diffusion, rep_pdf[idx], rep_metal[idx], sizes[idx], cfg, generator=gen)
+        res = sample(model, bundle.diffusion, rep_pdf[idx], rep_metal[idx], sizes[idx], cfg, generator=gen,
+                     pdf_cfg=bundle.pdf_config)
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_mixed: sampler returned non-finite positions")
