@@ -37,12 +37,12 @@ def load_one(path: Path):
 
 
 def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8, hidden: int = 64, layers: int = 4,
-                   lr: float = 1e-3, loss_weighting: str = "uniform"):
+                   lr: float = 1e-3, loss_weighting: str = "uniform", type_scale: float = 0.25):
     from pdfusion.config import DataConfig, DiffusionConfig, ModelConfig, ScheduleConfig, TrainConfig
 
     return TrainConfig(
         model=ModelConfig(hidden=hidden, layers=layers, pdf_embed=64, max_atoms=max(64, n_atoms + 8),
-                          normalization_factor=1.0),
+                          normalization_factor=1.0, type_scale=type_scale),
         diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=timesteps), p_uncond=0.1,
                                   loss_weighting=loss_weighting),
         data=DataConfig(batch_size=batch_size), lr=lr, warmup_steps=50, ema_decay=0.995, seed=seed,
@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--loss-weighting", default="uniform", choices=["uniform", "min_snr"])
+    ap.add_argument("--type-scale", type=float, default=0.25, help="one-hot atom-type scale (EDM: 0.25)")
     ap.add_argument("--diag-only", action="store_true",
                     help="after training, print the x̂0-error table (jobs/diag_denoiser.py) instead of sampling")
     ap.add_argument("-k", type=int, default=16)
@@ -92,7 +93,7 @@ def main() -> None:
 
     data, rec = load_one(Path(args.file))
     cfg = overfit_config(int(data.num_nodes), args.timesteps, args.seed, args.batch_size, args.hidden, args.layers,
-                         args.lr, args.loss_weighting)
+                         args.lr, args.loss_weighting, args.type_scale)
     if args.resume:
         trainer = Trainer.from_checkpoint(args.resume)
         cfg = trainer.cfg

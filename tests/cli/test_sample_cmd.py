@@ -118,6 +118,17 @@ def test_sample_refine_and_predicted_size(checkpoint, target_gr, tmp_path):
         assert 2 <= c["n_atoms"] <= 48
 
 
+def test_sample_with_pdf_guidance(checkpoint, target_gr, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12",
+               "--pdf-guidance", "0.2", "--pdf-guidance-iters", "2", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary, _ = _check_outputs(out, 2)
+    assert summary["sample_config"]["pdf_guidance"] == 0.2 and summary["sample_config"]["pdf_guidance_iters"] == 2
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "--pdf-guidance", "-1", "-o", str(out)])
+    assert rc == 2 and "pdf_guidance" in capsys.readouterr().err
+
+
 def test_pdf_not_covering_the_grid_is_a_clear_error(checkpoint, tmp_path, capsys):
     r = np.arange(0, 5, 0.01)
     short = write_gr(tmp_path / "short.gr", r, np.sin(r))

@@ -26,6 +26,10 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pdf-guidance", type=float, default=0.0,
+                   help="steer sampling toward the PDF through the simulator: RMS step per atom in Å at full noise "
+                        "(default 0 = off; 0.2 is a good start)")
+    p.add_argument("--pdf-guidance-iters", type=int, default=1, help="fit steps per sampler step (default 1)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
@@ -81,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
         steps=bundle.defaults["steps"] if args.steps is None else args.steps,
         n_samples=args.n_samples, n_atoms=args.n_atoms, refine=args.refine,
-        refine_steps=args.refine_steps, seed=args.seed,
+        refine_steps=args.refine_steps, seed=args.seed, pdf_guidance=args.pdf_guidance,
+        pdf_guidance_iters=args.pdf_guidance_iters,
     )
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
