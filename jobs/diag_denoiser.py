@@ -14,12 +14,42 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
+def oracle_x0(y: np.ndarray, z: np.ndarray, template: np.ndarray, s: float, starts: int = 48, iters: int = 15,
+              seed: int = 0) -> np.ndarray:
+    """(Nearly) the ideal x̂0 for a model that has memorised one structure, given y = x_t/√ᾱ (Å, centred)
+    with noise std s = σ_t/√ᾱ_t (Å): the posterior over the structure's orientations (rotations and
+    reflections: the EGNN is E(3)-equivariant) and atom orderings within each element, approximated by the
+    local optima that multi-start ICP finds, weighted by exp(−‖y − Rx0_π‖²/2s²). Tight where the posterior
+    is concentrated (low and mid t); at high t it averages over too few orientations, so its error there
+    is an upper bound on the ideal one."""
+    from pdfusion.evaluation.metrics import _assign, _random_rotations, kabsch
+
+    sols: list[tuple[float, np.ndarray]] = []
+    for rot in _random_rotations(starts, seed):
+        for sign in (1.0, -1.0):
+            r = rot * sign
+            for _ in range(iters):
+                perm = _assign(y @ r, template, z, z)
+                r = kabsch(y, template[perm], allow_reflection=True)
+            perm = _assign(y @ r, template, z, z)
+            est = template[perm] @ r.T  # the template placed in y's frame, atoms in y's order
+            cost = float(((y - est) ** 2).sum())
+            if not any(np.abs(est - e).max() < 1e-3 for _, e in sols):
+                sols.append((cost, est))
+    costs = np.array([c for c, _ in sols])
+    w = np.exp(-(costs - costs.min()) / (2 * s * s))
+    w /= w.sum()
+    return sum(wi * e for wi, (_, e) in zip(w, sols, strict=True))
+
+
 def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000), copies: int = 32,
-              seed: int = 0) -> list[dict]:
-    """Per noise level t: mean noise per atom (Å), ε-loss, and mean ‖x̂0 − x0‖ per atom (Å), EMA model."""
+              seed: int = 0, oracle: int = 0) -> list[dict]:
+    """Per noise level t: mean noise per atom (Å), ε-loss, and mean ‖x̂0 − x0‖ per atom (Å), EMA model;
+    with `oracle` > 0, also the ideal denoiser's error (`oracle_x0`) on the first `oracle` noise draws."""
     from pdfusion.training.trainer import Trainer
 
     d, model, scale = trainer.diffusion, trainer.ema.eval(), trainer.cfg.model.position_scale
@@ -39,14 +69,27 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
             err = float((d.predict_x0(xt, tt, px) - x0).norm(dim=-1)[mask].mean() * scale)
             sigma = float(d.schedule.gather("sqrt_one_minus_alphas_cumprod", tt[:1], x0[:1]).flatten()[0])
             noise = float((ex * sigma).norm(dim=-1)[mask].mean() * scale)
-            rows.append({"t": t, "sigma": sigma, "noise_A": noise, "loss_x": loss, "x0_error_A": err})
+            row = {"t": t, "sigma": sigma, "noise_A": noise, "loss_x": loss, "x0_error_A": err}
+            if oracle:
+                abar = float(d.schedule.alphas_cumprod[t])
+                tmpl = (x0[0][mask[0]] * scale).double().numpy()
+                z = batch.z[0][mask[0]].numpy()
+                errs = []
+                for c in range(min(oracle, copies)):
+                    y = (xt[c][mask[c]] * scale).double().numpy() / abar ** 0.5
+                    est = oracle_x0(y, z, tmpl, sigma / abar ** 0.5 * scale, seed=c)
+                    errs.append(np.linalg.norm(est - tmpl, axis=1).mean())
+                row["oracle_x0_error_A"] = float(np.mean(errs))
+            rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}")
+    oracle = "oracle_x0_error_A" in rows[0]
+    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}" + ("  ideal x0 error (A)" if oracle else ""))
     for r in rows:
-        print(f"{r['t']:5d} {r['noise_A']:15.3f} {r['loss_x']:8.4f} {r['x0_error_A']:18.3f}   (sigma_t {r['sigma']:.4f})")
+        extra = f"  {r['oracle_x0_error_A']:18.3f}" if oracle else ""
+        print(f"{r['t']:5d} {r['noise_A']:15.3f} {r['loss_x']:8.4f} {r['x0_error_A']:18.3f}{extra}   (sigma_t {r['sigma']:.4f})")
 
 
 def main() -> None:
@@ -58,10 +101,13 @@ def main() -> None:
     ap.add_argument("--file", default=str(DEFAULT_FILE))
     ap.add_argument("--copies", type=int, default=32, help="noise draws per t")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle", type=int, default=0,
+                    help="also compute the ideal (memorising) denoiser's x̂0 error on this many noise draws per t")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, _ = load_one(Path(args.file))
-    print_table(x0_errors(Trainer.from_checkpoint(args.checkpoint), data, copies=args.copies, seed=args.seed))
+    print_table(x0_errors(Trainer.from_checkpoint(args.checkpoint), data, copies=args.copies, seed=args.seed,
+                          oracle=args.oracle))
 
 
 if __name__ == "__main__":
