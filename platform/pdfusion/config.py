@@ -353,6 +353,8 @@ class ServeLimits:
     max_points: int = 20000
     max_body_bytes: int = 4_000_000
     max_guidance: float = 10.0
+    max_pdf_guidance: float = 2.0  # A per sampler step (SampleConfig.pdf_guidance)
+    max_pdf_guidance_iters: int = 10  # each costs one simulation + gradient per sampler step
     request_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -361,6 +363,9 @@ class ServeLimits:
         _check(self.max_atoms >= 2, "limits.max_atoms", f"must be >= 2, got {self.max_atoms}")
         _check(self.max_points >= 2, "limits.max_points", f"must be >= 2, got {self.max_points}")
         _check(0 < self.max_guidance and math.isfinite(self.max_guidance), "limits.max_guidance", "must be finite and > 0")
+        _check(0 <= self.max_pdf_guidance and math.isfinite(self.max_pdf_guidance), "limits.max_pdf_guidance",
+               "must be finite and >= 0")
+        _check(self.max_pdf_guidance_iters >= 1, "limits.max_pdf_guidance_iters", "must be >= 1")
         _check(self.request_timeout_s > 0, "limits.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
 
 

@@ -92,6 +92,18 @@ def test_json_sample_ranked_with_consistent_scores(url, target):
         assert c["rwp"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
 
 
+def test_pdf_guidance_is_applied_and_echoed(url, target):
+    r, g = target
+    body = {"r": r.tolist(), "g": g.tolist(), "metal": "Ti", "n_samples": 2, "n_atoms": 10, "seed": 3}
+    plain = post(url, json=body).json()
+    resp = post(url, json={**body, "pdf_guidance": 0.3, "pdf_guidance_iters": 2})
+    assert resp.status_code == 200, resp.text
+    guided = resp.json()
+    assert (guided["params"]["pdf_guidance"], guided["params"]["pdf_guidance_iters"]) == (0.3, 2)
+    assert (plain["params"]["pdf_guidance"], plain["params"]["pdf_guidance_iters"]) == (0.0, 1)
+    assert [c["xyz"] for c in guided["candidates"]] != [c["xyz"] for c in plain["candidates"]]
+
+
 def test_seed_reproducible_and_unseeded_batched(url, target):
     r, g = target
     body = {"r": r.tolist(), "g": g.tolist(), "metal": "Zn", "n_samples": 2, "n_atoms": 8}
@@ -150,6 +162,10 @@ BAD_JSON = [
     ("too many steps", lambda r, g: {"r": r, "g": g, "metal": "Ti", "steps": 5}, 422, "steps"),
     ("negative guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "guidance": -0.1}, 422, "guidance"),
     ("huge guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "guidance": 11}, 422, "guidance"),
+    ("negative PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": -0.1}, 422, "pdf_guidance"),
+    ("huge PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": 2.5}, 422, "pdf_guidance"),
+    ("too many PDF-guidance iters", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance_iters": 11}, 422,
+     "pdf_guidance_iters"),
     ("negative seed", lambda r, g: {"r": r, "g": g, "metal": "Ti", "seed": -1}, 422, "seed"),
     ("unknown field", lambda r, g: {"r": r, "g": g, "metal": "Ti", "model": "/etc/passwd"}, 422, "model"),
     ("missing metal", lambda r, g: {"r": r, "g": g}, 422, "metal"),

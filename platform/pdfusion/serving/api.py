@@ -232,6 +232,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
             guidance=params.guidance if params.guidance is not None else default_guidance,
             steps=params.steps if params.steps is not None else default_steps,
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
+            pdf_guidance=params.pdf_guidance, pdf_guidance_iters=params.pdf_guidance_iters,
         )
         try:
             result = await asyncio.wait_for(sample(job), timeout=bounds.request_timeout_s)
@@ -245,6 +246,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
             "params": {
                 "metal": symbol, "metal_z": z, "n_atoms": job.n_atoms, "n_samples": job.n_samples,
                 "guidance": job.guidance, "steps": job.steps, "seed": result.get("seed"), "refine": job.refine,
+                "pdf_guidance": job.pdf_guidance, "pdf_guidance_iters": job.pdf_guidance_iters,
                 "refine_steps": cfg.refine_steps if job.refine else 0, "interpolated": interpolated,
                 "normalized": info["normalize"], "n_points": int(r.size), "r_min": float(r[0]), "r_max": float(r[-1]),
                 "n_r": int(grid.size),

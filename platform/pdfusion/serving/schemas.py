@@ -24,6 +24,8 @@ class Bounds(BaseModel):
     max_steps: int
     max_points: int
     max_guidance: float
+    max_pdf_guidance: float
+    max_pdf_guidance_iters: int
     max_body_bytes: int
     request_timeout_s: float
 
@@ -35,6 +37,8 @@ class Bounds(BaseModel):
             max_steps=min(limits.max_steps, model_timesteps),
             max_points=limits.max_points,
             max_guidance=limits.max_guidance,
+            max_pdf_guidance=limits.max_pdf_guidance,
+            max_pdf_guidance_iters=limits.max_pdf_guidance_iters,
             max_body_bytes=limits.max_body_bytes,
             request_timeout_s=limits.request_timeout_s,
         )
@@ -51,6 +55,11 @@ def _sampling_fields(b: Bounds) -> dict[str, Any]:
         "steps": (int | None, Field(None, ge=1, le=b.max_steps, description="Sampler steps (model default if omitted).")),
         "seed": (int | None, Field(None, ge=0, le=SEED_MAX,
                                    description="Reproducible sampling: a seeded request is sampled on its own generator.")),
+        "pdf_guidance": (float, Field(0.0, ge=0.0, le=b.max_pdf_guidance, allow_inf_nan=False,
+                                      description="Steer sampling toward this PDF through the simulator: RMS step "
+                                                  "per atom in Å at full noise (0 = off).")),
+        "pdf_guidance_iters": (int, Field(1, ge=1, le=b.max_pdf_guidance_iters,
+                                          description="PDF-guidance fit steps per sampler step.")),
         "refine": (bool, Field(False, description="Refine every candidate by gradient descent on R_wp, then re-rank.")),
         "return_pdf": (bool, Field(False, description="Include each candidate's simulated G(r) and the model's r grid.")),
     }
@@ -103,6 +112,8 @@ class UsedParams(BaseModel):
     n_samples: int
     guidance: float
     steps: int
+    pdf_guidance: float
+    pdf_guidance_iters: int
     seed: int | None = Field(description="The seed given; null: the request was batched on a server seed.")
     refine: bool
     refine_steps: int

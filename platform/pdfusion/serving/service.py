@@ -32,6 +32,8 @@ class SampleJob:
     seed: int | None = None
     refine: bool = False
     return_pdf: bool = False
+    pdf_guidance: float = 0.0
+    pdf_guidance_iters: int = 1
 
 
 def job_atoms(job: SampleJob, model_max_atoms: int) -> int:
@@ -94,7 +96,7 @@ class SamplerService:
     def run_batch(self, jobs: list[SampleJob]) -> list[dict[str, Any]]:
         """One result per job: `{"candidates": [...], "seed": ...}` or `{"error": message}`.
 
-        Jobs are grouped by what one sampler loop must share (steps, guidance, seed); each group is
+        Jobs are grouped by what one sampler loop must share (steps, guidance, PDF guidance, seed); each group is
         one `sample_mixed` call. If a group fails, its jobs are retried one by one so a single
         failing job cannot take the others down with it."""
         if not jobs:
@@ -103,7 +105,7 @@ class SamplerService:
         groups: dict[tuple, list[int]] = {}
         for i, j in enumerate(jobs):
             # a seeded job's random stream must not depend on its batch-mates: it is a loop of its own
-            key = (j.steps, j.guidance, "shared") if j.seed is None else ("own", i)
+            key = (j.steps, j.guidance, j.pdf_guidance, j.pdf_guidance_iters, "shared") if j.seed is None else ("own", i)
             groups.setdefault(key, []).append(i)
         out: list[dict[str, Any] | None] = [None] * len(jobs)
         for members in groups.values():
@@ -123,7 +125,8 @@ class SamplerService:
         from pdfusion.serving.mixed_batch import sample_mixed
 
         j0 = jobs[0]
-        cfg = SampleConfig(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed)
+        cfg = SampleConfig(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed, pdf_guidance=j0.pdf_guidance,
+                           pdf_guidance_iters=j0.pdf_guidance_iters)
         try:
             ranked = sample_mixed(self.bundle, np.stack([j.pdf for j in jobs]).astype(np.float32),
                                   [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs], cfg)
