@@ -125,3 +125,32 @@ def test_too_many_atoms_for_the_count_head_is_a_clear_error():
     model, d = tiny(max_atoms=8)
     with pytest.raises(ValueError, match="model.max_atoms"):
         d.training_loss(model, toy_batch([5, 12]))
+
+
+def test_min_snr_weighting_is_the_closed_form_and_uniform_is_one():
+    import dataclasses
+
+    from pdfusion.diffusion import GaussianDiffusion
+
+    model, d = tiny(seed=3, T=20)
+    t = torch.arange(1, 21)
+    torch.testing.assert_close(d.loss_weights(t), torch.ones(20))
+    dcfg = dataclasses.replace(d.diffusion_cfg, loss_weighting="min_snr", min_snr_gamma=2.0)
+    dw = GaussianDiffusion(d.schedule, d.model_cfg, dcfg)
+    abar = d.schedule.alphas_cumprod[t]
+    snr = abar / (1 - abar)
+    expected = torch.minimum(snr, torch.tensor(2.0, dtype=snr.dtype)) / snr
+    torch.testing.assert_close(dw.loss_weights(t), expected.float())
+    assert float(dw.loss_weights(t).max()) == pytest.approx(1.0) and float(dw.loss_weights(t)[0]) < 0.1
+    # same noise and t: the weighted loss is the per-sample-weighted ε-MSE; uniform is the plain one
+    batch = toy_batch([6, 9, 7])
+    lu, mu = d.training_loss(model, batch, torch.Generator().manual_seed(0), count_loss_weight=0.0)
+    lw, mw = dw.training_loss(model, batch, torch.Generator().manual_seed(0), count_loss_weight=0.0)
+    assert float(lw) < float(lu) and mw["p_cond"] == mu["p_cond"]
+
+
+def test_unknown_loss_weighting_is_a_clear_error():
+    from pdfusion.config import ConfigError, DiffusionConfig
+
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        DiffusionConfig(loss_weighting="snr+")
