@@ -239,7 +239,9 @@ class SampleConfig:
 
     guidance: float = 1.0
     steps: int | None = None  # None: ancestral DDPM over all T steps; else strided (DDIM-style) S steps
-    eta: float = 0.0  # DDIM stochasticity for the strided sampler
+    # DDIM stochasticity of the strided sampler (0 deterministic, 1 ~ ancestral). 1 measured better: median R_wp
+    # 1.317 vs 1.545 (overfit-one, 100 steps) and refined best-of-16 0.215 vs 0.484 (graphs_fixed_num_135).
+    eta: float = 1.0
     n_samples: int = 16  # K candidates per PDF
     n_atoms: int | None = None  # None: predicted from the PDF
     refine: bool = False

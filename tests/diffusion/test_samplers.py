@@ -81,7 +81,8 @@ def test_guidance_convention_in_one_batched_pass(setup):
 def test_guidance_zero_is_unconditional_and_one_is_conditional(setup):
     model, d, batch = setup
     # unclipped: the hand-written loop below is plain DDIM (clipping has its own tests in test_clip.py)
-    cfg0, cfg1 = SampleConfig(guidance=0.0, steps=5, clip_x0=None), SampleConfig(guidance=1.0, steps=5, clip_x0=None)
+    cfg0 = SampleConfig(guidance=0.0, steps=5, clip_x0=None, eta=0.0)  # deterministic DDIM, as written out below
+    cfg1 = SampleConfig(guidance=1.0, steps=5, clip_x0=None, eta=0.0)
     g0 = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg0)
     unconditional = sample(model, d, None, None, batch.n_atoms, cfg0)
     assert torch.equal(g0.positions, unconditional.positions)
