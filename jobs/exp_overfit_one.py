@@ -5,11 +5,11 @@ tanh-bounded updates, EMA, clipping) trained on one 31-atom particle; K candidat
 atom count predicted from the PDF, simulated with the dataset's PDFConfig, ranked by R_wp, then refined.
 Bar: best-of-K R_wp <= 0.05 (reported without and with refinement). Control: K random particles with the
 true atoms inside the true radius, refined the same way, so the refinement's own share is visible.
-Defaults = the measured recipe (docs/training.md): T = 1000, 30,000 steps (~38 min on one CPU thread),
+Defaults = the measured recipe (docs/training.md): T = 1000, 60,000 steps (~73 min on one CPU thread),
 strided sampler 100 steps with eta = 1. `--resume CKPT --steps N` continues a run for N more steps.
 
-    python jobs/exp_overfit_one.py --out runs/overfit_T1000_30k
-    python jobs/diag_denoiser.py runs/overfit_T1000_30k/checkpoint.pt --oracle 8     # where it still fails
+    python jobs/exp_overfit_one.py --out runs/overfit_T1000_60k
+    python jobs/diag_denoiser.py runs/overfit_T1000_60k/checkpoint.pt --oracle 8     # where it still fails
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--file", default=str(DEFAULT_FILE))
-    ap.add_argument("--steps", type=int, default=30000)
+    ap.add_argument("--steps", type=int, default=60000)
     ap.add_argument("--timesteps", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=8, help="noisy copies of the particle per step")
     ap.add_argument("--hidden", type=int, default=64)
