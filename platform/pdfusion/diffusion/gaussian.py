@@ -22,7 +22,7 @@ from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
 from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
 
-__all__ = ["GaussianDiffusion", "atom_types", "OXYGEN"]
+__all__ = ["GaussianDiffusion", "atom_types", "types_to_numbers", "OXYGEN"]
 
 OXYGEN = 8
 
@@ -30,6 +30,12 @@ OXYGEN = 8
 def atom_types(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Atomic numbers → diffusion types: 0 = metal (any non-oxygen), 1 = oxygen; padding 0."""
     return ((z == OXYGEN) & mask).long()
+
+
+def types_to_numbers(types: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
+    """Diffusion atom types (0 = metal, 1 = oxygen) -> atomic numbers; metal (B,) broadcasts over atoms.
+    The inverse of `atom_types`; padding is the caller's to mask."""
+    return torch.where(types == 0, metal.reshape(-1, 1).to(types.device, types.dtype), torch.full_like(types, OXYGEN))
 
 
 class GaussianDiffusion:
@@ -130,7 +136,7 @@ class GaussianDiffusion:
         pred_x, pred_h = out[0], out[1]
         m = mask.unsqueeze(-1).float()
         n_real = m.sum().clamp(min=1.0)
-        w = m * self.loss_weights(t)[:, None, None] if self.diffusion_cfg.loss_weighting != "uniform" else m
+        w = m * self.loss_weights(t)[:, None, None]
         loss_x = ((pred_x - eps_x) ** 2 * w).sum() / (n_real * 3)
         loss_h = ((pred_h - eps_h) ** 2 * w).sum() / (n_real * self.model_cfg.n_types)
         loss = loss_x + self.diffusion_cfg.type_loss_weight * loss_h

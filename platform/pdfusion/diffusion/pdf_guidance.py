@@ -15,14 +15,12 @@ from __future__ import annotations
 import torch
 
 from pdfusion.config import PDFConfig
+from pdfusion.diffusion.gaussian import types_to_numbers
 from pdfusion.diffusion.guards import check_finite
-from pdfusion.pdf.fitting import blur, pair_penalty, simulate_safe
+from pdfusion.pdf.fitting import MIN_DISTANCE, blur, pair_penalty, simulate_safe
 from pdfusion.pdf.metrics import rwp
 
 __all__ = ["PDFGuide", "pdf_fit_step"]
-
-OXYGEN = 8
-MIN_DISTANCE = 1.5  # Å, as evaluation.ranking.MIN_DISTANCE
 
 
 def pdf_fit_step(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
@@ -72,9 +70,7 @@ class PDFGuide:
         sigma = (1.0 - abar) ** 0.5
         width = min(self.blur_max, sigma / abar ** 0.5 * self.scale)
         step = self.strength * max(sigma, 0.1)
-        types = h0.argmax(-1)
-        numbers = torch.where(types == 1, torch.full_like(types, OXYGEN), self.metal.view(-1, 1).to(types.device))
-        numbers = numbers * mask
+        numbers = types_to_numbers(h0.argmax(-1), self.metal) * mask
         pos = x0 * self.scale
         for _ in range(self.iters):
             pos = pdf_fit_step(pos, numbers, mask, self.target, self.pdf_cfg, step=step, blur_width=width,

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pdfusion.config import PDFConfig, SampleConfig
-from pdfusion.diffusion.gaussian import GaussianDiffusion
+from pdfusion.diffusion.gaussian import GaussianDiffusion, types_to_numbers
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
 
@@ -33,8 +33,7 @@ class SampleResult:
 
     def numbers(self, metal: torch.Tensor) -> torch.Tensor:
         """Atomic numbers (B,Nmax): the metal's Z for type 0, 8 for type 1, 0 on padding."""
-        z = torch.where(self.types == 1, torch.full_like(self.types, 8), metal.to(self.types.device).view(-1, 1))
-        return z * self.mask
+        return types_to_numbers(self.types, metal) * self.mask
 
 
 def _model_device(model: torch.nn.Module) -> torch.device:

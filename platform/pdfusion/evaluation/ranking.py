@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from pdfusion.config import PDFConfig, SampleConfig
+from pdfusion.diffusion.gaussian import types_to_numbers
+from pdfusion.pdf.fitting import MIN_DISTANCE
 from pdfusion.pdf.fitting import blur as _blur
 from pdfusion.pdf.fitting import min_pair_distance as _min_dist
 from pdfusion.pdf.fitting import pair_penalty as _pair_penalty
@@ -26,7 +28,6 @@ if TYPE_CHECKING:
     from pdfusion.training.bundle import ModelBundle
 
 OXYGEN = 8
-MIN_DISTANCE = 1.5  # Å; shortest metal–oxygen bonds are ~1.6–1.7 Å, so closer pairs are unphysical
 # Coarse-to-fine refinement defaults, measured on 16 candidates of one 31-atom seed particle
 # (jobs/exp_overfit_one.py): plain Adam lr 0.01 reached best R_wp 0.106 / median 0.246; blur 0.8 Å, lr 0.05: 0.026 / 0.115.
 REFINE_LR = 0.05
@@ -71,11 +72,6 @@ def metal_number(metal: int | str) -> int:
     if not 1 <= z <= 118 or z == OXYGEN:
         raise ValueError(f"metal: atomic number {z} is not a metal (give e.g. 22 or 'Ti')")
     return z
-
-
-def types_to_numbers(types: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
-    """Diffusion atom types (0 = metal, 1 = oxygen) -> atomic numbers; metal (B,) broadcasts over atoms."""
-    return torch.where(types == 0, metal.reshape(-1, 1).to(types.dtype), torch.full_like(types, OXYGEN))
 
 
 def _masked_rwp(g_sim: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

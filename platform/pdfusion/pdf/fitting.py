@@ -12,7 +12,9 @@ import torch
 from pdfusion.config import PDFConfig
 from pdfusion.pdf.debye import simulate_pdf
 
-__all__ = ["blur", "min_pair_distance", "pair_penalty", "simulate_safe"]
+__all__ = ["MIN_DISTANCE", "blur", "min_pair_distance", "pair_penalty", "simulate_safe"]
+
+MIN_DISTANCE = 1.5  # Å; shortest metal–oxygen bonds are ~1.6–1.7 Å, so closer pairs are unphysical
 
 
 def simulate_safe(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from pdfusion.config import SampleConfig
-from pdfusion.evaluation.ranking import PAIR_BUDGET, Candidate, simulate_candidates, types_to_numbers
+from pdfusion.diffusion.gaussian import types_to_numbers
+from pdfusion.evaluation.ranking import PAIR_BUDGET, Candidate, simulate_candidates
 
 
 def _chunk_size(n_max_atoms: int) -> int:
