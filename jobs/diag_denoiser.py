@@ -22,28 +22,14 @@ def oracle_x0(y: np.ndarray, z: np.ndarray, template: np.ndarray, s: float, star
               seed: int = 0) -> np.ndarray:
     """(Nearly) the ideal x̂0 for a model that has memorised one structure, given y = x_t/√ᾱ (Å, centred)
     with noise std s = σ_t/√ᾱ_t (Å): the posterior over the structure's orientations (rotations and
-    reflections: the EGNN is E(3)-equivariant) and atom orderings within each element, approximated by the
-    local optima that multi-start ICP finds, weighted by exp(−‖y − Rx0_π‖²/2s²). Tight where the posterior
-    is concentrated (low and mid t); at high t it averages over too few orientations, so its error there
-    is an upper bound on the ideal one."""
-    from pdfusion.evaluation.metrics import _assign, _random_rotations, kabsch
+    reflections: the EGNN is E(3)-equivariant) and atom orderings within each element (`orientation_posterior`;
+    element one-hots scaled by 1e3 forbid cross-element assignments and add nothing otherwise). Tight where
+    the posterior is concentrated (low and mid t); at high t it averages over too few orientations, so its
+    error there is an upper bound on the ideal one."""
+    from diag_oracle_sampler import orientation_posterior
 
-    sols: list[tuple[float, np.ndarray]] = []
-    for rot in _random_rotations(starts, seed):
-        for sign in (1.0, -1.0):
-            r = rot * sign
-            for _ in range(iters):
-                perm = _assign(y @ r, template, z, z)
-                r = kabsch(y, template[perm], allow_reflection=True)
-            perm = _assign(y @ r, template, z, z)
-            est = template[perm] @ r.T  # the template placed in y's frame, atoms in y's order
-            cost = float(((y - est) ** 2).sum())
-            if not any(np.abs(est - e).max() < 1e-3 for _, e in sols):
-                sols.append((cost, est))
-    costs = np.array([c for c, _ in sols])
-    w = np.exp(-(costs - costs.min()) / (2 * s * s))
-    w /= w.sum()
-    return sum(wi * e for wi, (_, e) in zip(w, sols, strict=True))
+    onehot = (z[:, None] == np.unique(z)[None, :]) * 1e3
+    return orientation_posterior(y, template, s, onehot, onehot, starts=starts, iters=iters, tol=1e-3, seed=seed)[0]
 
 
 def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000), copies: int = 32,

@@ -25,35 +25,42 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 
+def orientation_posterior(y: np.ndarray, x0: np.ndarray, s: float, fy: np.ndarray | None = None,
+                          f0: np.ndarray | None = None, *, starts: int, iters: int, tol: float, seed: int = 0
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Posterior mean of one template x0 (N,3) given its noisy copy y (N,3, centred) with noise std s, over
+    orientations (rotations and reflections) and atom orderings: the local optima that multi-start ICP
+    finds (one Hungarian assignment on positions + optional per-atom features fy/f0 per iteration),
+    de-duplicated to `tol`, weighted by exp(−cost/2s²). Returns (mean positions, mean features or None)."""
+    from pdfusion.evaluation.metrics import _random_rotations, kabsch
+
+    feat_cost = 0.0 if fy is None else cdist(fy, f0, "sqeuclidean")
+    sols: list[tuple[float, np.ndarray, np.ndarray | None]] = []
+    for r in (rot * sign for rot in _random_rotations(starts, seed) for sign in (1.0, -1.0)):
+        for _ in range(iters):
+            _, perm = linear_sum_assignment(cdist(y @ r, x0, "sqeuclidean") + feat_cost)
+            r = kabsch(y, x0[perm], allow_reflection=True)
+        _, perm = linear_sum_assignment(cdist(y @ r, x0, "sqeuclidean") + feat_cost)
+        est = x0[perm] @ r.T  # the template placed in y's frame, atoms in y's order
+        est_f = None if fy is None else f0[perm]
+        cost = float(((y - est) ** 2).sum()) + (0.0 if fy is None else float(((fy - est_f) ** 2).sum()))
+        if not any(np.abs(est - e).max() < tol for _, e, _ in sols):
+            sols.append((cost, est, est_f))
+    costs = np.array([c for c, _, _ in sols])
+    w = np.exp(-(costs - costs.min()) / (2 * s * s))
+    w /= w.sum()
+    mean = sum(wi * e for wi, (_, e, _) in zip(w, sols, strict=True))
+    mean_f = None if fy is None else sum(wi * f for wi, (_, _, f) in zip(w, sols, strict=True))
+    return mean, mean_f
+
+
 class OracleDenoiser(torch.nn.Module):
-    """ε-prediction from the posterior mean over orientations/orderings of one template (diffusion units)."""
+    """ε-prediction from the posterior mean over orientations/orderings of one template (diffusion units);
+    the noisy types take part in the assignment and the weights, as they do in the diffusion."""
 
     def __init__(self, x0: np.ndarray, h0: np.ndarray, diffusion, starts: int = 24, iters: int = 8) -> None:
         super().__init__()
-        from pdfusion.evaluation.metrics import _random_rotations
-
-        self.x0, self.h0, self.d, self.iters = x0, h0, diffusion, iters
-        self.starts = [r * s for r in _random_rotations(starts, 0) for s in (1.0, -1.0)]
-
-    def _posterior_mean(self, y: np.ndarray, hy: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray]:
-        from pdfusion.evaluation.metrics import kabsch
-
-        th = cdist(hy, self.h0, "sqeuclidean")
-        sols: list[tuple[float, np.ndarray, np.ndarray]] = []
-        for r in self.starts:
-            for _ in range(self.iters):
-                _, perm = linear_sum_assignment(cdist(y @ r, self.x0, "sqeuclidean") + th)
-                r = kabsch(y, self.x0[perm], allow_reflection=True)
-            _, perm = linear_sum_assignment(cdist(y @ r, self.x0, "sqeuclidean") + th)
-            est, est_h = self.x0[perm] @ r.T, self.h0[perm]
-            cost = float(((y - est) ** 2).sum() + ((hy - est_h) ** 2).sum())
-            if not any(np.abs(est - e).max() < 1e-4 for _, e, _ in sols):
-                sols.append((cost, est, est_h))
-        costs = np.array([c for c, _, _ in sols])
-        w = np.exp(-(costs - costs.min()) / (2 * s * s))
-        w /= w.sum()
-        return (sum(wi * e for wi, (_, e, _) in zip(w, sols, strict=True)),
-                sum(wi * e for wi, (_, _, e) in zip(w, sols, strict=True)))
+        self.x0, self.h0, self.d, self.starts, self.iters = x0, h0, diffusion, starts, iters
 
     def forward(self, x, h, mask, t, pdf=None, metal=None, cond_mask=None, return_count=False):
         ti = int(round(float(t.reshape(-1)[0]) * self.d.T))
@@ -63,7 +70,8 @@ class OracleDenoiser(torch.nn.Module):
         for b in range(x.shape[0]):
             m = mask[b].bool()
             y, hy = x[b][m].double().numpy() / a, h[b][m].double().numpy() / a
-            mx, mh = self._posterior_mean(y - y.mean(0), hy, sig / a)
+            mx, mh = orientation_posterior(y - y.mean(0), self.x0, sig / a, hy, self.h0, starts=self.starts,
+                                           iters=self.iters, tol=1e-4)
             ex[b][m] = torch.as_tensor((x[b][m].double().numpy() - a * mx) / sig, dtype=x.dtype)
             eh[b][m] = torch.as_tensor((h[b][m].double().numpy() - a * mh) / sig, dtype=h.dtype)
         from pdfusion.diffusion.model import remove_mean
