@@ -171,6 +171,11 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--data", default=str(data_dir))
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--decay-lr", action="store_true",
+                    help="cosine-decay the learning rate to 5%% at --max-steps (default: constant after warmup)")
+    ap.add_argument("--eval-on", choices=("val", "train"), default="val",
+                    help="'train' scores training PDFs instead (memorisation check; the library then excludes "
+                         "the scored structures)")
     ap.add_argument("--resume", default=None, help="continue training from this checkpoint")
     ap.add_argument("--eval-only", default=None, help="only evaluate this checkpoint")
     ap.add_argument("-k", type=int, default=16)
@@ -190,6 +195,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=default_out)
     args = ap.parse_args(argv)
+    if args.decay_lr and not args.max_steps:
+        ap.error("--decay-lr needs --max-steps (the step the cosine decay ends at)")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,13 +205,15 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     tr_idx, va_idx = split(ds, split_by, args.seed)
     train_data = [ds[int(i)] for i in tr_idx]
     val_data = [ds[int(i)] for i in va_idx]
+    pool = train_data if args.eval_on == "train" else val_data
+    keep = np.arange(len(pool))
     if args.val_pdfs:
-        keep = np.unique(np.linspace(0, len(val_data) - 1, args.val_pdfs).round().astype(int))
-        val_eval = [val_data[i] for i in keep]
-    else:
-        val_eval = val_data
+        keep = np.unique(np.linspace(0, len(pool) - 1, args.val_pdfs).round().astype(int))
+    val_eval = [pool[i] for i in keep]
+    library = train_data if args.eval_on == "val" else [d for i, d in enumerate(train_data) if i not in set(keep)]
     log: list = []
-    info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by}
+    info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by,
+            "eval_on": args.eval_on}
     if args.eval_only:
         bundle = load_bundle(args.eval_only)
         model, diffusion, pdf_cfg, step = bundle.model, bundle.diffusion, bundle.pdf_config, bundle.version
@@ -214,13 +223,15 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
             model, step = fresh.ema.eval(), 0
     else:
         trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(config_fn(args.seed))
+        if args.decay_lr:
+            trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()
         train(trainer, train_data, args.minutes, args.max_steps, out / "checkpoint.pt", log)
         train_s = time.time() - t0
         model, diffusion, pdf_cfg, step = trainer.ema, trainer.diffusion, trainer.cfg.pdf, trainer.step
         info["val_loss_ema"] = trainer.evaluate_loss([trainer.collate(val_data[i:i + 8]) for i in range(0, len(val_data), 8)])
     result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads,
-              **evaluate(model, diffusion, pdf_cfg, train_data, val_eval, args.k, args.sample_steps, args.guidance,
+              **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10

@@ -172,10 +172,15 @@ def test_asha_stops_the_hopeless_trials_at_the_first_rung(schedule_sweep):
     for r in by_lr[1e-9]:
         assert stopped[r["trial_id"]].info.status == "KILLED"
         assert stopped[r["trial_id"]].data.tags["pdfusion.stopped_by"] == "asha"
-    # the stopped trials' Train placement groups were released, none is left holding CPUs. The reaper
-    # released at least the first one (the next trial could not start otherwise); the last one may still be
-    # in its polling interval when the sweep returns, so wait for it rather than count at return time.
-    assert 1 <= len(out["reaped_placement_groups"]) <= 2
+    # every trial's Train run handed its placement group to the reaper, and every one of them ends
+    # released: none is left holding CPUs. Who removes a stopped trial's group varies from run to run
+    # (Train itself or, when its controller died first, the reaper; measured: 0, 1 or 2 of the 2), so the
+    # reaper's removals are counted only as a subset here; that it does remove a dead creator's group,
+    # which nothing else frees, is pinned by test_reaper_removes_the_placement_group_of_a_dead_creator.
+    registered = out["registered_placement_groups"]
+    assert len(registered) == 3 and len(set(registered)) == 3
+    assert set(out["reaped_placement_groups"]) <= set(registered[1:])  # the completed trial's is Train's
+    _wait_for(lambda: all(_pg_state(pg) == "REMOVED" for pg in registered), "every trial's group to be removed")
     _wait_for(lambda: ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"],
               "every CPU to be free again")
     _wait_for(lambda: not [pg for pg, info in ray.util.placement_group_table().items()

@@ -329,6 +329,7 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     # while a handle does, so this one is held until the sweep returns
     reaper = start_reaper()
     reaped_before = set(ray.get(reaper.reaped.remote()))
+    registered_before = set(ray.get(reaper.registered.remote()))
     uri, parent = _parent_run(tracking_uri, mlflow_experiment, name,
                               {"space": space, "num_samples": num_samples, "base": to_dict(base)}, storage_path)
     meta = {"base": to_dict(base), "num_workers": num_workers, "cpus_per_worker": cpus_per_worker, "use_gpu": use_gpu,
@@ -351,6 +352,9 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
                   lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], metric, p), max_t=base.epochs)
     _mark_stopped_runs(out["rows"], uri, parent)
     out["resumed"] = resumed
+    # every trial's Train placement group, and those of them the reaper (not Train) had to remove
+    out["registered_placement_groups"] = [pg for pg in ray.get(reaper.registered.remote())
+                                          if pg not in registered_before]
     out["reaped_placement_groups"] = [pg for pg in ray.get(reaper.reaped.remote()) if pg not in reaped_before]
     return out
 

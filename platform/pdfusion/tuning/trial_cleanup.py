@@ -36,15 +36,22 @@ class _Reaper:
         self._lock = threading.Lock()
         self._watched: dict[str, tuple[Any, Any]] = {}
         self._reaped: list[str] = []
+        self._registered: list[str] = []
         threading.Thread(target=self._loop, daemon=True, name="pg-reaper").start()
 
     def watch(self, controller, placement_group) -> None:
         with self._lock:
             self._watched[placement_group.id.hex()] = (controller, placement_group)
+            self._registered.append(placement_group.id.hex())
 
     def watched(self) -> list[str]:
         with self._lock:
             return sorted(self._watched)
+
+    def registered(self) -> list[str]:
+        """Ids of every group ever handed to this reaper, in order (watched now or done)."""
+        with self._lock:
+            return list(self._registered)
 
     def reaped(self) -> list[str]:
         """Ids of the groups this reaper removed (Train had not)."""
