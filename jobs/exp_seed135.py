@@ -171,6 +171,10 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--data", default=str(data_dir))
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--max-steps", type=int, default=None)
+    ap.add_argument("--normalization-factor", type=float, default=None,
+                    help="new runs only: EGNN sum-aggregation divisor (preset: 100, EDM's QM9 runs and "
+                         "exp_overfit_one: 1)")
+    ap.add_argument("--lr", type=float, default=None, help="new runs only: peak learning rate (preset: 5e-4)")
     ap.add_argument("--decay-lr", action="store_true",
                     help="cosine-decay the learning rate to 5%% at --max-steps (default: constant after warmup)")
     ap.add_argument("--eval-on", choices=("val", "train"), default="val",
@@ -222,7 +226,15 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
             fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg)
             model, step = fresh.ema.eval(), 0
     else:
-        trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(config_fn(args.seed))
+        if args.resume and (args.normalization_factor is not None or args.lr is not None):
+            ap.error("--normalization-factor and --lr apply to new runs; a resumed run keeps its config")
+        cfg = config_fn(args.seed)
+        if args.normalization_factor is not None:
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+                cfg.model, normalization_factor=args.normalization_factor))
+        if args.lr is not None:
+            cfg = dataclasses.replace(cfg, lr=args.lr)
+        trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(cfg)
         if args.decay_lr:
             trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()

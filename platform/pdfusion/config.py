@@ -194,7 +194,9 @@ class ModelConfig:
     coords_range: float = 15.0  # tanh-bounded coordinate update range
     norm_constant: float = 1.0  # EDM's normalisation of the coordinate difference
     aggregation: Literal["sum", "mean"] = "sum"
-    normalization_factor: float = 100.0  # sum-aggregation divisor (EDM)
+    # sum-aggregation divisor: 100 is the EGNN class default in EDM's code; EDM's training runs pass 1, as do
+    # jobs/exp_cube.py and exp_overfit_one.py (see docs/training.md for what 1 changes on 135-atom particles)
+    normalization_factor: float = 100.0
     cutoff: float | None = None  # None: fully connected within a particle; else radius graph (A)
     n_types: int = 2  # one-hot atom types: metal, oxygen
     type_scale: float = 0.25  # EDM scales one-hot features before noising
