@@ -100,6 +100,8 @@ def test_reaper_removes_the_placement_group_of_a_dead_creator(ray_session):
     ray.kill(watched)
     _wait_for(lambda: _pg_state(reaped) == "REMOVED", "the reaper to remove the watched group")
     assert ray.get(reaper.reaped.remote()) == [reaped]
+    _wait_for(lambda: ray.get(reaper.watched.remote()) == [], "the reaper to stop watching the removed group")
+    assert ray.get(reaper.registered.remote()) == [reaped]  # the history keeps it
     assert _pg_state(leaked) == "CREATED"  # nobody else frees it: this is what starved trial 2
     remove_placement_group(leaked_pg)
     _wait_for(lambda: _pg_state(leaked) == "REMOVED", "the manual removal")
