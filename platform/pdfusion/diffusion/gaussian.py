@@ -21,10 +21,9 @@ from pdfusion.data.batching import DenseBatch
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
 from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
+from pdfusion.structures.particle import OXYGEN
 
 __all__ = ["GaussianDiffusion", "atom_types", "types_to_numbers", "OXYGEN"]
-
-OXYGEN = 8
 
 
 def atom_types(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

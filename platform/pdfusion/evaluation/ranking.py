@@ -23,11 +23,11 @@ from pdfusion.pdf.fitting import blur as _blur
 from pdfusion.pdf.fitting import min_pair_distance as _min_dist
 from pdfusion.pdf.fitting import pair_penalty as _pair_penalty
 from pdfusion.pdf.fitting import simulate_safe as simulate_candidates
+from pdfusion.structures.particle import OXYGEN
 
 if TYPE_CHECKING:
     from pdfusion.training.bundle import ModelBundle
 
-OXYGEN = 8
 # Coarse-to-fine refinement defaults, measured on 16 candidates of one 31-atom seed particle
 # (jobs/exp_overfit_one.py): plain Adam lr 0.01 reached best R_wp 0.106 / median 0.246; blur 0.8 Å, lr 0.05: 0.026 / 0.115.
 REFINE_LR = 0.05

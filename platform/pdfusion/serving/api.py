@@ -35,9 +35,9 @@ from pdfusion.serving.schemas import (
     request_model,
 )
 from pdfusion.serving.service import SampleJob
+from pdfusion.structures.particle import OXYGEN
 
 log = logging.getLogger("pdfusion.serving")
-OXYGEN = 8
 SampleFn = Callable[[SampleJob], Awaitable[dict[str, Any]]]
 
 
