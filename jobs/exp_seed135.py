@@ -163,6 +163,7 @@ def plot_figure7(rwp: np.ndarray, lib: np.ndarray, refined: np.ndarray | None, p
 
 
 def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, config_fn=seed135_config) -> dict:
+    from pdfusion.config import with_sets
     from pdfusion.data.dataset import open_dataset
     from pdfusion.training.bundle import load_bundle
     from pdfusion.training.trainer import Trainer
@@ -171,10 +172,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--data", default=str(data_dir))
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--normalization-factor", type=float, default=None,
-                    help="new runs only: EGNN sum-aggregation divisor (preset: 100, EDM's QM9 runs and "
-                         "exp_overfit_one: 1)")
-    ap.add_argument("--lr", type=float, default=None, help="new runs only: peak learning rate (preset: 5e-4)")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                    help="new runs only: any config field, e.g. --set model.normalization_factor=1 --set lr=1e-3")
     ap.add_argument("--decay-lr", action="store_true",
                     help="cosine-decay the learning rate to 5%% at --max-steps (default: constant after warmup)")
     ap.add_argument("--eval-on", choices=("val", "train"), default="val",
@@ -214,7 +213,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     if args.val_pdfs:
         keep = np.unique(np.linspace(0, len(pool) - 1, args.val_pdfs).round().astype(int))
     val_eval = [pool[i] for i in keep]
-    library = train_data if args.eval_on == "val" else [d for i, d in enumerate(train_data) if i not in set(keep)]
+    scored = set(keep.tolist()) if args.eval_on == "train" else set()
+    library = [d for i, d in enumerate(train_data) if i not in scored]
     log: list = []
     info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by,
             "eval_on": args.eval_on}
@@ -226,15 +226,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
             fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg)
             model, step = fresh.ema.eval(), 0
     else:
-        if args.resume and (args.normalization_factor is not None or args.lr is not None):
-            ap.error("--normalization-factor and --lr apply to new runs; a resumed run keeps its config")
-        cfg = config_fn(args.seed)
-        if args.normalization_factor is not None:
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(
-                cfg.model, normalization_factor=args.normalization_factor))
-        if args.lr is not None:
-            cfg = dataclasses.replace(cfg, lr=args.lr)
-        trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(cfg)
+        if args.resume and args.set:
+            ap.error("--set applies to new runs; a resumed run keeps its checkpoint's config")
+        trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(with_sets(config_fn(args.seed), args.set))
         if args.decay_lr:
             trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()

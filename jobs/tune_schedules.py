@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pdfusion.config import ConfigError, preset
+from pdfusion.config import ConfigError, preset, with_sets
 from pdfusion.tuning.space import DEFAULT_SCHEDULE_SPACE, SCHEDULE_KEYS, load_space, validate_space
 
 
@@ -46,16 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _apply_sets(cfg, items: list[str]):
-    """`--set a.b=value` on a TrainConfig."""
-    from pdfusion.config import TrainConfig, apply_set, from_dict, to_dict
-
-    data = to_dict(cfg)
-    for item in items:
-        apply_set(data, item)
-    return from_dict(TrainConfig, data)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -66,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         # absolute: Tune trial actors and Train workers run in their own directories
         data = replace(base.data, path=str(Path(args.data).expanduser().resolve()), max_structures=args.max_structures,
                        batch_size=args.batch_size or base.data.batch_size)
-        base = _apply_sets(replace(base, data=data, epochs=args.epochs or base.epochs), args.set)
+        base = with_sets(replace(base, data=data, epochs=args.epochs or base.epochs), args.set)
         try:
             first = [json.loads(p) for p in args.evaluate_first]
         except json.JSONDecodeError as exc:

@@ -12,6 +12,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -84,6 +85,14 @@ def apply_set(data: dict[str, Any], item: str) -> None:
     if parts[-1] not in node:
         raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
     node[parts[-1]] = value
+
+
+def with_sets(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
+    """`cfg` with command-line `--set a.b=value` items applied (see `apply_set`), validated again."""
+    data = to_dict(cfg)
+    for item in items:
+        apply_set(data, item)
+    return from_dict(TrainConfig, data)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,5 +41,5 @@ def test_bad_space_file_and_missing_data(tune_schedules, tmp_path, capsys):
 def test_set_reaches_the_base_config(tune_schedules):
     from pdfusion.config import preset
 
-    cfg = tune_schedules._apply_sets(preset("tiny"), ["val_pdfs=7", "model.hidden=24", "diffusion.schedule.name=cosine"])
+    cfg = tune_schedules.with_sets(preset("tiny"), ["val_pdfs=7", "model.hidden=24", "diffusion.schedule.name=cosine"])
     assert (cfg.val_pdfs, cfg.model.hidden, cfg.diffusion.schedule.name) == (7, 24, "cosine")
