@@ -110,6 +110,11 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "n_atoms_exact_frac": float(np.mean(n_pred == n_true[:, None])),
         "sample_seconds": sample_s,
     }
+    if diffusion.model_cfg.bond_length is not None:
+        # this model's candidates are scaled to each target (fit_expansion): give the library the same step
+        lib_exp_idx, lib_exp_rwp = library_lookup_expanded(pdfs, train_data, pdf_cfg)
+        result.update({"median_library_lookup_expanded": float(np.median(lib_exp_rwp)),
+                       "frac_pdfs_model_beats_library_expanded": float(np.mean(rwp[:, 0] < lib_exp_rwp))})
     if refine_top and refine_steps:
         t0 = time.time()
         refined = [refine_candidates(c[:refine_top], pdfs[i], pdf_cfg, steps=refine_steps)
@@ -132,6 +137,33 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     best = ranked[int(np.argmin(rwp[:, 0]))][0]
     (out / "best_candidate.xyz").write_text(best.to_xyz())
     return result
+
+
+def library_lookup_expanded(pdfs: torch.Tensor, library, pdf_cfg, shortlist: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Library lookup with each library structure's expansion fitted to the target (what a bond-length-frame
+    model's candidates get): the `shortlist` nearest library PDFs by plain R_wp, each scaled by
+    `fit_expansion`, the best kept. Returns (library index, R_wp) per target."""
+    from pdfusion.pdf import rwp
+    from pdfusion.pdf.fitting import fit_expansion
+
+    lib_pdfs = torch.cat([d.y for d in library]).float()
+    idx, best = [], []
+    for i in range(pdfs.shape[0]):
+        scores = rwp(lib_pdfs.double(), pdfs[i].double().expand_as(lib_pdfs))
+        short = torch.argsort(scores)[:shortlist]
+        n_max = max(int(library[int(j)].num_nodes) for j in short)
+        pos = torch.zeros(len(short), n_max, 3, dtype=torch.float64)
+        num = torch.full((len(short), n_max), 8, dtype=torch.long)
+        msk = torch.zeros(len(short), n_max, dtype=torch.bool)
+        for r, j in enumerate(short.tolist()):
+            d = library[j]
+            pos[r, : d.num_nodes] = d.pos.double() - d.pos.double().mean(0)
+            num[r, : d.num_nodes], msk[r, : d.num_nodes] = d.z, True
+        fit = fit_expansion(pos, num * msk, msk, pdfs[i].double().expand(len(short), -1), pdf_cfg)
+        k = int(fit.rwp.argmin())
+        idx.append(int(short[k]))
+        best.append(float(fit.rwp[k]))
+    return np.array(idx), np.array(best)
 
 
 def plot_figure7(rwp: np.ndarray, lib: np.ndarray, refined: np.ndarray | None, path: Path, title: str) -> None:
@@ -180,6 +212,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                     help="'train' scores training PDFs instead (memorisation check; the library then excludes "
                          "the scored structures)")
     ap.add_argument("--resume", default=None, help="continue training from this checkpoint")
+    ap.add_argument("--init-from", default=None,
+                    help="new run (config from the preset and --set) starting from this checkpoint's weights "
+                         "(model and EMA; optimizer, step and schedule start fresh)")
     ap.add_argument("--eval-only", default=None, help="only evaluate this checkpoint")
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--val-pdfs", type=int, default=None, help="evaluate on this many validation PDFs (default all)")
@@ -228,7 +263,15 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     else:
         if args.resume and args.set:
             ap.error("--set applies to new runs; a resumed run keeps its checkpoint's config")
+        if args.resume and args.init_from:
+            ap.error("--init-from starts a new run; --resume continues one: give one of them")
         trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(with_sets(config_fn(args.seed), args.set))
+        if args.init_from:
+            from pdfusion.training.trainer import load_checkpoint
+
+            state = load_checkpoint(args.init_from)
+            trainer.module.load_state_dict(state["model"])  # shapes must match: a clear torch error otherwise
+            trainer.ema.load_state_dict(state["ema"])
         if args.decay_lr:
             trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()

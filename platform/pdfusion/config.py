@@ -216,6 +216,10 @@ class ModelConfig:
     max_atoms: int = 512  # atom-count predictor classes: 1..max_atoms
     position_scale: float = 3.5  # positions / this (A) before diffusion; seed-oxides coordinate std is 3.4-3.6 A
     grad_checkpoint: bool = False  # recompute EGNN blocks in backward (less memory for large particles)
+    # None: the model learns positions in Å. A length (Å): each particle is first rescaled so its median
+    # metal–oxygen bond has this length, so one structure type at every lattice constant is one shape to learn;
+    # samplers then fit each candidate's isotropic expansion to the target G(r) (evaluation.ranking.fit_expansion).
+    bond_length: float | None = None
 
     def __post_init__(self) -> None:
         _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")
@@ -224,6 +228,8 @@ class ModelConfig:
         _check(self.cutoff is None or self.cutoff > 0, "model.cutoff", "must be None or positive")
         _check(self.pdf_encoder in ("mlp", "conv"), "model.pdf_encoder", "must be 'mlp' or 'conv'")
         _check(self.position_scale > 0, "model.position_scale", "must be positive")
+        _check(self.bond_length is None or self.bond_length > 0, "model.bond_length",
+               f"must be None (absolute Å) or a positive length in Å, got {self.bond_length}")
 
 
 @dataclass(frozen=True)

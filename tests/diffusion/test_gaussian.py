@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny, toy_batch
+from helpers import tiny, tiny_model_cfg, toy_batch
 
 from pdfusion.data.batching import DenseBatch
 from pdfusion.diffusion import NonFiniteError, remove_mean
@@ -154,3 +154,22 @@ def test_unknown_loss_weighting_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="loss_weighting"):
         DiffusionConfig(loss_weighting="snr+")
+
+
+def test_bond_length_frame_encodes_one_shape_at_every_size():
+    """With model.bond_length set, a particle and its 1.3x swollen copy encode to the same x (one shape to learn),
+    whose median metal–oxygen bond is bond_length; padding stays zero."""
+    from pdfusion.structures.bonds import median_metal_oxygen_bond
+
+    _, d = tiny(bond_length=2.1)
+    batch = toy_batch([9, 9, 13])
+    pos = batch.pos.clone()
+    pos[1] = 1.3 * pos[0]
+    swollen = DenseBatch(pos=pos, z=batch.z, mask=batch.mask, pdf=batch.pdf, metal=batch.metal, n_atoms=batch.n_atoms)
+    x, _ = d.encode(swollen)
+    torch.testing.assert_close(x[1], x[0], atol=1e-5, rtol=0)
+    bonds = median_metal_oxygen_bond(x * d.model_cfg.position_scale, batch.z, batch.mask)
+    torch.testing.assert_close(bonds, torch.full((3,), 2.1), atol=1e-5, rtol=0)
+    assert x[~batch.mask].abs().max() == 0
+    with pytest.raises(ValueError, match="model.bond_length"):
+        tiny_model_cfg(bond_length=0.0)

@@ -34,6 +34,10 @@ def simulate(numbers, pos, cfg=SMALL_PDF):
 
 @pytest.fixture(scope="module")
 def bundle():
+    return _gaussian_bundle()
+
+
+def _gaussian_bundle(**model_kw):
     from pdfusion.diffusion.gaussian import GaussianDiffusion
     from pdfusion.diffusion.model import PDFusionDenoiser, remove_mean
     from pdfusion.diffusion.schedules import build_schedule
@@ -43,7 +47,8 @@ def bundle():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     base = preset("tiny")
-    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=SMALL_PDF.n_r, max_atoms=40),
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=SMALL_PDF.n_r, max_atoms=40,
+                                                                **model_kw),
                               data=DataConfig(batch_size=4), pdf=SMALL_PDF)
     diffusion = GaussianDiffusion(build_schedule(cfg.diffusion.schedule), cfg.model, cfg.diffusion)
     abar = diffusion.schedule.alphas_cumprod.float()
@@ -86,6 +91,39 @@ def test_candidates_ranked_ascending_and_simulated_with_training_config(bundle):
         other = simulate_pdf(torch.as_tensor(cands[0].positions)[None], torch.as_tensor(cands[0].numbers)[None],
                              torch.ones(1, 12, dtype=torch.bool), dataclasses.replace(SMALL_PDF, qdamp=0.08))
         assert not np.allclose(other[0].numpy(), cands[0].g_sim, atol=1e-3)
+
+
+def test_bond_length_model_candidates_are_sized_to_each_target():
+    """A bond-length-frame model samples shapes; each candidate is the sampler's shape scaled by fit_expansion
+    against its own target, and its g_sim / rwp are those of the returned positions. PDF guidance, which needs
+    absolute sizes, is refused with a named error."""
+    from pdfusion.diffusion.gaussian import types_to_numbers
+    from pdfusion.diffusion.samplers import sample
+    from pdfusion.pdf import rwp
+    from pdfusion.pdf.fitting import fit_expansion
+
+    framed = _gaussian_bundle(bond_length=2.1)
+    targets = torch.stack([simulate(*rocksalt_cluster(3.5, 22, a=3.9)), simulate(*rocksalt_cluster(3.5, 22, a=4.6))])
+    cfg = SampleConfig(n_samples=3, steps=5, n_atoms=12, seed=1)
+    ranked = generate_candidates(framed, targets.float(), [22, 22], cfg)
+    # the same draw by hand: sampler (same seed), then the expansion fit
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rep_pdf, rep_metal = targets.float().repeat_interleave(3, 0), torch.full((6,), 22)
+    res = sample(framed.model, framed.diffusion, rep_pdf, rep_metal, torch.full((6,), 12), cfg, generator=gen,
+                 pdf_cfg=framed.pdf_config)
+    numbers = types_to_numbers(res.types.long(), rep_metal) * res.mask
+    fit = fit_expansion(res.positions.double(), numbers, res.mask.bool(), rep_pdf, framed.pdf_config)
+    for b, cands in enumerate(ranked):
+        rows = sorted(range(3 * b, 3 * b + 3), key=lambda i: float(fit.rwp[i]))
+        for c, i in zip(cands, rows, strict=True):
+            assert c.expansion == pytest.approx(float(fit.factor[i]), abs=1e-12)
+            assert 0.75 <= c.expansion <= 1.35  # fit_expansion's default range
+            np.testing.assert_allclose(c.positions, fit.positions[i].numpy(), atol=1e-5)
+            ref = simulate(c.numbers, c.positions, framed.pdf_config)
+            np.testing.assert_allclose(c.g_sim, ref.numpy(), atol=1e-4)
+            assert c.rwp == pytest.approx(float(rwp(ref, targets[b])), rel=1e-3, abs=1e-5)
+    with pytest.raises(ValueError, match="bond-length frame"):
+        generate_candidates(framed, targets[:1].float(), [22], SampleConfig(n_samples=1, steps=2, pdf_guidance=0.1))
 
 
 def test_per_pdf_configs_and_reproducible_seed(bundle):

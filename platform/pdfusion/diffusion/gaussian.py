@@ -52,7 +52,12 @@ class GaussianDiffusion:
         """DenseBatch → (x (B,N,3) zero-CoM / position_scale, h (B,N,n_types) scaled one-hot), 0 on padding."""
         mask = batch.mask.bool()
         check_finite("batch.pos", batch.pos)
-        x = remove_mean(batch.pos.float(), mask) / self.model_cfg.position_scale
+        x = remove_mean(batch.pos.float(), mask)
+        if self.model_cfg.bond_length is not None:  # one shape per structure type (config.ModelConfig.bond_length)
+            from pdfusion.structures.bonds import median_metal_oxygen_bond
+
+            x = x * (self.model_cfg.bond_length / median_metal_oxygen_bond(x, batch.z, mask))[:, None, None]
+        x = x / self.model_cfg.position_scale
         types = atom_types(batch.z, mask)
         if int(types.max()) >= self.model_cfg.n_types:
             raise ValueError(f"batch.z: found type {int(types.max())} but model.n_types={self.model_cfg.n_types}")
@@ -60,7 +65,9 @@ class GaussianDiffusion:
         return x, h * mask.unsqueeze(-1)
 
     def decode(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Diffusion space → (positions Å (B,N,3), types (B,N) long: argmax of h, 0 on padding)."""
+        """Diffusion space → (positions Å (B,N,3), types (B,N) long: argmax of h, 0 on padding). With
+        `model.bond_length` set, positions are in the model's frame: rescale them to a target
+        (`evaluation.ranking.fit_expansion`)."""
         m = mask.bool()
         pos = x * self.model_cfg.position_scale * m.unsqueeze(-1)
         return pos, h.argmax(-1) * m

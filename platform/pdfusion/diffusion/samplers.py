@@ -128,6 +128,9 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         if pdf is None or metal is None or pdf_cfg is None:
             raise ValueError("pdf_guidance: steering toward the target needs pdf, metal and pdf_cfg (the PDFConfig "
                              "the target was simulated with); pass them or set pdf_guidance=0")
+        if diffusion.model_cfg.bond_length is not None:
+            raise ValueError("pdf_guidance: this model samples in a bond-length frame (model.bond_length), whose "
+                             "sizes are only fitted to the target after sampling; set pdf_guidance=0")
         from pdfusion.diffusion.pdf_guidance import PDFGuide
 
         guide = PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=cfg.pdf_guidance, iters=cfg.pdf_guidance_iters,

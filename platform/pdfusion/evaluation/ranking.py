@@ -18,7 +18,7 @@ import torch
 
 from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import types_to_numbers
-from pdfusion.pdf.fitting import MIN_DISTANCE
+from pdfusion.pdf.fitting import MIN_DISTANCE, fit_expansion
 from pdfusion.pdf.fitting import blur as _blur
 from pdfusion.pdf.fitting import min_pair_distance as _min_dist
 from pdfusion.pdf.fitting import pair_penalty as _pair_penalty
@@ -45,12 +45,15 @@ class Candidate:
     rwp: float
     rwp_before_refine: float | None
     g_sim: np.ndarray  # (n_r,) simulated G(r) on the bundle's grid
+    expansion: float | None = None  # isotropic scale fitted to the target (bond-length-frame models only)
 
     def to_xyz(self, comment: str | None = None) -> str:
         """Plain XYZ text (element symbols, Å)."""
         from pymatgen.core import Element
 
-        comment = comment if comment is not None else f"pdfusion candidate rwp={self.rwp:.5f} n_atoms={self.n_atoms}"
+        if comment is None:
+            comment = f"pdfusion candidate rwp={self.rwp:.5f} n_atoms={self.n_atoms}"
+            comment += f" expansion={self.expansion:.5f}" if self.expansion is not None else ""
         lines = [str(self.n_atoms), comment.replace("\n", " ")]
         for z, (x, y, w) in zip(self.numbers, self.positions, strict=True):
             lines.append(f"{Element.from_Z(int(z)).symbol:<2s} {x:14.8f} {y:14.8f} {w:14.8f}")
@@ -86,6 +89,21 @@ def _chunks(n_total: int, n_max_atoms: int, max_batch: int | None) -> int:
 
 
 @torch.no_grad()
+def size_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
+                   pdf_cfg: PDFConfig, bond_length: float | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Sampler output -> (positions Å, simulated G(r), R_wp, fitted expansion or None), one row per sample.
+
+    A model in a bond-length frame (`bond_length` not None) generates shapes: each is first scaled to its
+    own target by `fit_expansion`, as a PDF refinement fits the lattice parameter before anything else."""
+    if bond_length is None:
+        g_sim = simulate_candidates(pos, numbers, mask, pdf_cfg)
+        return pos, g_sim, _masked_rwp(g_sim, targets), None
+    fit = fit_expansion(pos.double(), numbers, mask, targets, pdf_cfg)
+    return fit.positions.to(pos.dtype), fit.g_sim.to(pos.dtype), fit.rwp.to(pos.dtype), fit.factor
+
+
+@torch.no_grad()
 def sample_and_score(
     model: torch.nn.Module,
     diffusion,
@@ -98,7 +116,8 @@ def sample_and_score(
     progress: bool = False,
 ) -> list[list[Candidate]]:
     """K = cfg.n_samples candidates for each of the B PDFs, all in as few sampler calls as the memory
-    budget allows; each candidate's PDF simulated with `pdf_cfg`; each list sorted by R_wp ascending."""
+    budget allows; each candidate's PDF simulated with `pdf_cfg`; each list sorted by R_wp ascending.
+    A model with `bond_length` set samples shapes; each is first scaled to its target (`fit_expansion`)."""
     from pdfusion.diffusion.samplers import predict_n_atoms, sample
 
     device = torch.device(device)
@@ -139,8 +158,8 @@ def sample_and_score(
 
             raise NonFiniteError("sample_and_score: sampler returned non-finite positions")
         numbers = types_to_numbers(res.types.long(), rep_metal[idx]) * mask
-        g_sim = simulate_candidates(pos, numbers, mask, pdf_cfg)
-        scores = _masked_rwp(g_sim, rep_pdf[idx])
+        pos, g_sim, scores, factor = size_and_score(pos, numbers, mask, rep_pdf[idx], pdf_cfg,
+                                                    diffusion.model_cfg.bond_length)
         for j, flat in enumerate(idx.tolist()):
             m = mask[j]
             p = pos[j][m].double()
@@ -152,6 +171,7 @@ def sample_and_score(
                 rwp=float(scores[j]),
                 rwp_before_refine=None,
                 g_sim=g_sim[j].detach().cpu().numpy(),
+                expansion=None if factor is None else float(factor[j]),
             )
         bar.update(len(idx))
         start += size
@@ -335,6 +355,7 @@ def refine_candidates(
             Candidate(
                 numbers=c.numbers, positions=res.positions[i, : c.n_atoms], n_atoms=c.n_atoms,
                 rwp=float(res.rwp_after[i]), rwp_before_refine=c.rwp, g_sim=res.g_sim[i].astype(np.float32),
+                expansion=c.expansion,
             )
         )
     return sorted(out, key=lambda c: c.rwp)

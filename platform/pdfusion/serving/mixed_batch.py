@@ -21,7 +21,7 @@ import torch
 
 from pdfusion.config import SampleConfig
 from pdfusion.diffusion.gaussian import types_to_numbers
-from pdfusion.evaluation.ranking import PAIR_BUDGET, Candidate, simulate_candidates
+from pdfusion.evaluation.ranking import PAIR_BUDGET, Candidate, size_and_score
 
 
 def _chunk_size(n_max_atoms: int) -> int:
@@ -44,7 +44,6 @@ def sample_mixed(
     `n_samples`/`n_atoms` are ignored."""
     from pdfusion.diffusion.guards import NonFiniteError
     from pdfusion.diffusion.samplers import predict_n_atoms, sample
-    from pdfusion.pdf import rwp
 
     device = bundle.device
     pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
@@ -82,8 +81,9 @@ def sample_mixed(
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_mixed: sampler returned non-finite positions")
         numbers = types_to_numbers(res.types.long(), rep_metal[idx]) * mask
-        g_sim = simulate_candidates(pos, numbers, mask, bundle.pdf_config)
-        scores = rwp(g_sim, rep_pdf[idx]).cpu()
+        pos, g_sim, scores, factor = size_and_score(pos, numbers, mask, rep_pdf[idx], bundle.pdf_config,
+                                                    bundle.diffusion.model_cfg.bond_length)
+        scores = scores.cpu()
         pos_c, num_c, mask_c, g_c = pos.double().cpu(), numbers.cpu(), mask.cpu(), g_sim.detach().cpu()
         for j, row in enumerate(idx.tolist()):
             m = mask_c[j]
@@ -91,6 +91,7 @@ def sample_mixed(
             results[row] = Candidate(
                 numbers=num_c[j][m].numpy().astype(np.int64), positions=(p - p.mean(0)).numpy(),
                 n_atoms=int(m.sum()), rwp=float(scores[j]), rwp_before_refine=None, g_sim=g_c[j].numpy(),
+                expansion=None if factor is None else float(factor[j]),
             )
         start += idx.numel()
     ranked: list[list[Candidate]] = [[] for _ in range(n_pdf)]

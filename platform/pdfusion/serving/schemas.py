@@ -96,6 +96,8 @@ class CandidateOut(BaseModel):
     formula: str
     rwp: float = Field(description="R_wp of the candidate's simulated PDF against the request's PDF.")
     rwp_before_refine: float | None = None
+    expansion: float | None = Field(None, description="Isotropic scale fitted to the request's PDF (models that "
+                                    "generate in a bond-length frame, model.bond_length); null otherwise.")
     xyz: str = Field(description="XYZ text (element symbols, Å, centred).")
     g_sim: list[float] | None = Field(None, description="Simulated G(r) on the model's r grid (return_pdf).")
 

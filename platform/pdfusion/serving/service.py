@@ -156,6 +156,7 @@ class SamplerService:
                 "formula": formula.replace(" ", ""),
                 "rwp": float(c.rwp),
                 "rwp_before_refine": None if c.rwp_before_refine is None else float(c.rwp_before_refine),
+                "expansion": None if c.expansion is None else float(c.expansion),
                 "xyz": c.to_xyz(),
                 "g_sim": np.asarray(c.g_sim, dtype=np.float64).round(6).tolist() if job.return_pdf else None,
             })
