@@ -33,9 +33,10 @@ def oracle_x0(y: np.ndarray, z: np.ndarray, template: np.ndarray, s: float, star
 
 
 def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000), copies: int = 32,
-              seed: int = 0, oracle: int = 0) -> list[dict]:
+              seed: int = 0, oracle: int = 0, uncond: bool = False) -> list[dict]:
     """Per noise level t: mean noise per atom (Å), ε-loss, and mean ‖x̂0 − x0‖ per atom (Å), EMA model;
-    with `oracle` > 0, also the ideal denoiser's error (`oracle_x0`) on the first `oracle` noise draws."""
+    with `oracle` > 0, also the ideal denoiser's error (`oracle_x0`) on the first `oracle` noise draws;
+    `uncond` drops the condition (the null embedding, γ = 0): how much the PDF tells the model."""
     from pdfusion.training.trainer import Trainer
 
     d, model, scale = trainer.diffusion, trainer.ema.eval(), trainer.cfg.model.position_scale
@@ -43,7 +44,7 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
     x0, h0 = d.encode(batch)
     mask = batch.mask.bool()
     gen = torch.Generator().manual_seed(seed)
-    keep = torch.ones(copies, dtype=torch.bool)
+    keep = torch.full((copies,), not uncond, dtype=torch.bool)
     rows = []
     with torch.no_grad():
         for t in sorted({int(t) for t in ts if int(t) <= d.T} | {d.T}):
@@ -89,11 +90,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--oracle", type=int, default=0,
                     help="also compute the ideal (memorising) denoiser's x̂0 error on this many noise draws per t")
+    ap.add_argument("--uncond", action="store_true", help="drop the PDF condition (γ = 0) to see how much it helps")
     args = ap.parse_args()
     torch.set_num_threads(1)
     data, _ = load_one(Path(args.file))
     print_table(x0_errors(Trainer.from_checkpoint(args.checkpoint), data, copies=args.copies, seed=args.seed,
-                          oracle=args.oracle))
+                          oracle=args.oracle, uncond=args.uncond))
 
 
 if __name__ == "__main__":

@@ -22,3 +22,18 @@ def test_apply_set_parses_json_values_into_nested_fields():
 def test_apply_set_names_the_bad_key(item, message):
     with pytest.raises(ConfigError, match=message):
         apply_set(to_dict(preset("tiny")), item)
+
+
+def test_apply_set_reads_python_none_as_null_and_wrong_types_are_named():
+    data = to_dict(preset("cpu"))
+    apply_set(data, "model.cutoff=None")
+    assert from_dict(TrainConfig, data).model.cutoff is None
+    apply_set(data, "model.cutoff=6")  # an int where a float is expected is fine
+    assert from_dict(TrainConfig, data).model.cutoff == 6
+    apply_set(data, "model.cutoff=abc")
+    with pytest.raises(ConfigError, match=r"ModelConfig.cutoff: expected float \| None, got str 'abc'"):
+        from_dict(TrainConfig, data)
+    data = to_dict(preset("cpu"))
+    apply_set(data, "model.hidden=32.5")
+    with pytest.raises(ConfigError, match="ModelConfig.hidden: expected int, got float"):
+        from_dict(TrainConfig, data)

@@ -37,6 +37,22 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+_SCALARS = (int, float, bool, str, type(None))
+
+
+def _check_scalar(cls: type, name: str, hint: Any, value: Any) -> None:
+    """A clear error for a scalar field given the wrong type (e.g. `--set model.cutoff=abc`), before
+    `__post_init__` compares it with a number. Fields whose type is not plain scalars are left alone."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    if not allowed or not all(a in _SCALARS for a in allowed):
+        return
+    ok = any(isinstance(value, a) and not (a is int and isinstance(value, bool) and bool not in allowed)
+             for a in allowed) or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        want = " | ".join("None" if a is type(None) else a.__name__ for a in allowed)
+        raise ConfigError(f"{cls.__name__}.{name}: expected {want}, got {type(value).__name__} {value!r}")
+
+
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     """Rebuild a (nested) config dataclass; unknown keys are an error naming the key."""
     if not isinstance(data, dict):
@@ -55,6 +71,7 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
             value = tuple(value)
         elif isinstance(hint, types.UnionType) and isinstance(value, list):
             value = tuple(value)
+        _check_scalar(cls, name, hint, value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -69,12 +86,13 @@ def load_json(cls: type[T], path: str | Path) -> T:
 
 def apply_set(data: dict[str, Any], item: str) -> None:
     """Apply one command-line `--set a.b=value` to a config dict in place (value parsed as JSON, else kept
-    as a string); the key must name an existing field. `from_dict` validates the value afterwards."""
+    as a string; Python's `None` is read as JSON's `null`); the key must name an existing field. `from_dict`
+    validates the value afterwards."""
     key, sep, raw = item.partition("=")
     if not sep:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.hidden=32")
     try:
-        value = json.loads(raw)
+        value = None if raw.strip() == "None" else json.loads(raw)
     except json.JSONDecodeError:
         value = raw
     node, parts = data, key.split(".")
