@@ -44,5 +44,6 @@ def main(argv=None) -> None:
                 members.append(1)
         print(f"{t:<14} {len(items):>5}  {len(reps):>17}  {max(members):>32}")
 
+
 if __name__ == "__main__":
     main()

@@ -112,7 +112,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     }
     if diffusion.model_cfg.bond_length is not None:
         # this model's candidates are scaled to each target (fit_expansion): give the library the same step
-        lib_exp_idx, lib_exp_rwp = library_lookup_expanded(pdfs, train_data, pdf_cfg)
+        _, lib_exp_rwp = library_lookup_expanded(pdfs, train_data, pdf_cfg)
         result.update({"median_library_lookup_expanded": float(np.median(lib_exp_rwp)),
                        "frac_pdfs_model_beats_library_expanded": float(np.mean(rwp[:, 0] < lib_exp_rwp))})
     if refine_top and refine_steps:
@@ -143,23 +143,17 @@ def library_lookup_expanded(pdfs: torch.Tensor, library, pdf_cfg, shortlist: int
     """Library lookup with each library structure's expansion fitted to the target (what a bond-length-frame
     model's candidates get): the `shortlist` nearest library PDFs by plain R_wp, each scaled by
     `fit_expansion`, the best kept. Returns (library index, R_wp) per target."""
+    from pdfusion.evaluation.ranking import pad_structures
     from pdfusion.pdf import rwp
     from pdfusion.pdf.fitting import fit_expansion
 
-    lib_pdfs = torch.cat([d.y for d in library]).float()
+    lib_pdfs = torch.cat([d.y for d in library]).double()
     idx, best = [], []
     for i in range(pdfs.shape[0]):
-        scores = rwp(lib_pdfs.double(), pdfs[i].double().expand_as(lib_pdfs))
-        short = torch.argsort(scores)[:shortlist]
-        n_max = max(int(library[int(j)].num_nodes) for j in short)
-        pos = torch.zeros(len(short), n_max, 3, dtype=torch.float64)
-        num = torch.full((len(short), n_max), 8, dtype=torch.long)
-        msk = torch.zeros(len(short), n_max, dtype=torch.bool)
-        for r, j in enumerate(short.tolist()):
-            d = library[j]
-            pos[r, : d.num_nodes] = d.pos.double() - d.pos.double().mean(0)
-            num[r, : d.num_nodes], msk[r, : d.num_nodes] = d.z, True
-        fit = fit_expansion(pos, num * msk, msk, pdfs[i].double().expand(len(short), -1), pdf_cfg)
+        short = torch.argsort(rwp(lib_pdfs, pdfs[i].double().expand_as(lib_pdfs)))[:shortlist]
+        pos, num, msk = (torch.from_numpy(a) for a in pad_structures(  # dataset positions are centred
+            [library[j].pos.double().numpy() for j in short.tolist()], [library[j].z.numpy() for j in short.tolist()]))
+        fit = fit_expansion(pos, num, msk, pdfs[i].double().expand(len(short), -1), pdf_cfg)
         k = int(fit.rwp.argmin())
         idx.append(int(short[k]))
         best.append(float(fit.rwp[k]))

@@ -46,8 +46,12 @@ def _check_scalar(cls: type, name: str, hint: Any, value: Any) -> None:
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
     if not allowed or not all(a in _SCALARS for a in allowed):
         return
-    ok = any(isinstance(value, a) and not (a is int and isinstance(value, bool) and bool not in allowed)
-             for a in allowed) or (float in allowed and isinstance(value, int) and not isinstance(value, bool))
+    if isinstance(value, bool):  # a bool is an int to isinstance; only a bool field takes it
+        ok = bool in allowed
+    elif isinstance(value, int):
+        ok = int in allowed or float in allowed
+    else:
+        ok = any(isinstance(value, a) for a in allowed)
     if not ok:
         want = " | ".join("None" if a is type(None) else a.__name__ for a in allowed)
         raise ConfigError(f"{cls.__name__}.{name}: expected {want}, got {type(value).__name__} {value!r}")
@@ -236,7 +240,7 @@ class ModelConfig:
     grad_checkpoint: bool = False  # recompute EGNN blocks in backward (less memory for large particles)
     # None: the model learns positions in Å. A length (Å): each particle is first rescaled so its median
     # metal–oxygen bond has this length, so one structure type at every lattice constant is one shape to learn;
-    # samplers then fit each candidate's isotropic expansion to the target G(r) (evaluation.ranking.fit_expansion).
+    # samplers then fit each candidate's isotropic expansion to the target G(r) (pdf.fitting.fit_expansion).
     bond_length: float | None = None
 
     def __post_init__(self) -> None:

@@ -67,7 +67,7 @@ class GaussianDiffusion:
     def decode(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Diffusion space → (positions Å (B,N,3), types (B,N) long: argmax of h, 0 on padding). With
         `model.bond_length` set, positions are in the model's frame: rescale them to a target
-        (`evaluation.ranking.fit_expansion`)."""
+        (`pdf.fitting.fit_expansion`)."""
         m = mask.bool()
         pos = x * self.model_cfg.position_scale * m.unsqueeze(-1)
         return pos, h.argmax(-1) * m

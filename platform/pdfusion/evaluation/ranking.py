@@ -327,17 +327,24 @@ def refine(
     return Refined(out_pos.numpy(), r0.numpy(), best_r.numpy(), best_g.numpy())
 
 
-def refine_ragged(positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray], target_g: torch.Tensor | np.ndarray,
-                  pdf_cfg: PDFConfig, **kwargs) -> Refined:
-    """`refine` for structures of different sizes against one target: padded into one batch (row i of
-    the result holds structure i in its first len(numbers[i]) atoms)."""
+def pad_structures(positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Structures of different sizes -> (positions (B,Nmax,3), numbers (B,Nmax), mask): row i holds
+    structure i in its first len(numbers[i]) atoms; padding is at the origin with number 0."""
     n_max = max(len(n) for n in numbers)
     pos = np.zeros((len(numbers), n_max, 3))
     num = np.full((len(numbers), n_max), OXYGEN, dtype=np.int64)
     mask = np.zeros((len(numbers), n_max), dtype=bool)
     for i, (p, n) in enumerate(zip(positions, numbers, strict=True)):
         pos[i, : len(n)], num[i, : len(n)], mask[i, : len(n)] = p, n, True
-    return refine(pos, num * mask, target_g, pdf_cfg, mask=mask, **kwargs)
+    return pos, num * mask, mask
+
+
+def refine_ragged(positions: Sequence[np.ndarray], numbers: Sequence[np.ndarray], target_g: torch.Tensor | np.ndarray,
+                  pdf_cfg: PDFConfig, **kwargs) -> Refined:
+    """`refine` for structures of different sizes against one target, padded into one batch (`pad_structures`)."""
+    pos, num, mask = pad_structures(positions, numbers)
+    return refine(pos, num, target_g, pdf_cfg, mask=mask, **kwargs)
 
 
 def refine_candidates(

@@ -93,10 +93,10 @@ def fit_expansion(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Te
         flat_pos = (pos[:, None] * factors[..., None, None]).reshape(b * j, *pos.shape[1:])
         flat_num = num[:, None].expand(b, j, -1).reshape(b * j, -1)
         flat_msk = msk[:, None].expand(b, j, -1).reshape(b * j, -1)
-        flat_tgt = tgt[:, None].expand(b, j, -1).reshape(b * j, -1)
         gs = torch.cat([simulate_safe(flat_pos[s:s + chunk], flat_num[s:s + chunk], flat_msk[s:s + chunk], cfg)
                         for s in range(0, b * j, chunk)])
-        r = rwp(blur(gs, width, dr), blur(flat_tgt, width, dr)) if width > dr else rwp(gs, flat_tgt)
+        t = blur(tgt, width, dr)[:, None].expand(b, j, -1).reshape(b * j, -1)  # each target blurred once
+        r = rwp(blur(gs, width, dr), t)  # blur returns the curves unchanged for width <= dr
         return r.reshape(b, j), gs.reshape(b, j, -1)
 
     grid = torch.linspace(lo, hi, coarse, dtype=torch.float64).expand(b, -1)
