@@ -25,15 +25,15 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/seed-oxides"
 
 
-def seed135_config(seed: int = 0):
-    """The `cpu` preset, sized for 135-atom particles on 2 cores (radius graph, small width)."""
+def seed135_config(seed: int = 0, name: str = "cpu"):
+    """A preset sized for 135-atom particles: `cpu` (radius graph, small width; batch 8 on 2 cores) or
+    `gpu` (EDM-sized, fully connected; the preset's batch)."""
     from pdfusion.config import preset
 
-    base = preset("cpu")
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, max_atoms=160), seed=seed,
-        data=dataclasses.replace(base.data, batch_size=8), warmup_steps=50, ema_decay=0.995,
-    )
+    base = preset(name)
+    data = dataclasses.replace(base.data, batch_size=8) if name == "cpu" else base.data
+    return dataclasses.replace(base, model=dataclasses.replace(base.model, max_atoms=160), seed=seed, data=data,
+                               warmup_steps=50, ema_decay=0.995)
 
 
 def split(ds, split_by: str, seed: int):
@@ -42,11 +42,14 @@ def split(ds, split_by: str, seed: int):
     return group_split(ds.groups(split_by), 0.2, seed=seed)
 
 
-def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path, log: list) -> None:
-    """Train until the time budget or step limit; checkpoint every `checkpoint_every_steps` and at the end."""
+def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path, log: list,
+          bf16: bool = True) -> None:
+    """Train until the time budget or step limit; checkpoint every `checkpoint_every_steps` and at the end.
+    On CUDA each step runs under bf16 autocast (as the Ray Train job does) unless `bf16` is False."""
     from tqdm.auto import tqdm
 
     from pdfusion.data.batching import BucketBatchSampler
+    from pdfusion.training.trainer import autocast_for
 
     sizes = [int(d.num_nodes) for d in train_data]
     sampler = BucketBatchSampler(sizes, trainer.cfg.data.batch_size, shuffle=True, seed=trainer.cfg.seed)
@@ -61,7 +64,8 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
             sampler.set_epoch(trainer.epoch)
         resumed = False
         for idx in sampler:
-            m = trainer.train_step(trainer.collate([train_data[i] for i in idx]))
+            with autocast_for(trainer.device, bf16):
+                m = trainer.train_step(trainer.collate([train_data[i] for i in idx]))
             losses.append(m["loss"])
             bar.update(1)
             if trainer.step % 20 == 0:
@@ -83,7 +87,7 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 
 def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int | None, guidance: float,
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
-             pdf_guidance_iters: int = 1, eta: float = 0.0) -> dict:
+             pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu") -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.ranking import library_lookup, refine, refine_candidates, sample_and_score
 
@@ -92,7 +96,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     t0 = time.time()
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
                         pdf_guidance_iters=pdf_guidance_iters, eta=eta)
-    ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, progress=True)
+    ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
     sample_s = time.time() - t0
     rwp = np.array([[c.rwp for c in cands] for cands in ranked])  # (P, K), each row ascending
     n_nan = int((~np.isfinite(rwp)).sum())
@@ -196,6 +200,10 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
 
     ap = argparse.ArgumentParser(description=title)
     ap.add_argument("--data", default=str(data_dir))
+    ap.add_argument("--preset", choices=("cpu", "gpu"), default="cpu",
+                    help="new runs: the base config (`gpu` = EDM-sized 9 x 256, fully connected, T = 1000)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
+    ap.add_argument("--no-bf16", action="store_true", help="CUDA: train in float32 instead of bf16 autocast")
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
@@ -229,6 +237,11 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     args = ap.parse_args(argv)
     if args.decay_lr and not args.max_steps:
         ap.error("--decay-lr needs --max-steps (the step the cosine decay ends at)")
+    if args.resume and args.preset != "cpu":
+        ap.error("--preset applies to new runs; a resumed run keeps its checkpoint's config")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        ap.error(f"--device {device}: CUDA is not available on this machine; use --device cpu")
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,18 +261,19 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by,
             "eval_on": args.eval_on}
     if args.eval_only:
-        bundle = load_bundle(args.eval_only)
+        bundle = load_bundle(args.eval_only, device=device)
         model, diffusion, pdf_cfg, step = bundle.model, bundle.diffusion, bundle.pdf_config, bundle.version
         train_s = 0.0
         if args.untrained_control:
-            fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg)
+            fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg, device=device)
             model, step = fresh.ema.eval(), 0
     else:
         if args.resume and args.set:
             ap.error("--set applies to new runs; a resumed run keeps its checkpoint's config")
         if args.resume and args.init_from:
             ap.error("--init-from starts a new run; --resume continues one: give one of them")
-        trainer = Trainer.from_checkpoint(args.resume) if args.resume else Trainer(with_sets(config_fn(args.seed), args.set))
+        trainer = (Trainer.from_checkpoint(args.resume, device=device) if args.resume
+                   else Trainer(with_sets(config_fn(args.seed, args.preset), args.set), device=device))
         if args.init_from:
             from pdfusion.training.trainer import load_checkpoint
 
@@ -269,14 +283,14 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
         if args.decay_lr:
             trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()
-        train(trainer, train_data, args.minutes, args.max_steps, out / "checkpoint.pt", log)
+        train(trainer, train_data, args.minutes, args.max_steps, out / "checkpoint.pt", log, bf16=not args.no_bf16)
         train_s = time.time() - t0
         model, diffusion, pdf_cfg, step = trainer.ema, trainer.diffusion, trainer.cfg.pdf, trainer.step
         info["val_loss_ema"] = trainer.evaluate_loss([trainer.collate(val_data[i:i + 8]) for i in range(0, len(val_data), 8)])
-    result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads,
+    result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads, "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
-                         args.pdf_guidance_iters, args.eta)}
+                         args.pdf_guidance_iters, args.eta, device)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -11,13 +11,13 @@ import dataclasses
 from exp_seed135 import SHARED, run
 
 
-def variable_config(seed: int = 0):
-    """The `cpu` preset with room for the largest particles (511 atoms); small batches, size-bucketed."""
+def variable_config(seed: int = 0, name: str = "cpu"):
+    """A preset with room for the largest particles (511 atoms), size-bucketed; the `cpu` one in batches of 4."""
     from pdfusion.config import preset
 
-    base = preset("cpu")
-    return dataclasses.replace(base, seed=seed, data=dataclasses.replace(base.data, batch_size=4),
-                               warmup_steps=50, ema_decay=0.995)
+    base = preset(name)
+    data = dataclasses.replace(base.data, batch_size=4) if name == "cpu" else base.data
+    return dataclasses.replace(base, seed=seed, data=data, warmup_steps=50, ema_decay=0.995)
 
 
 if __name__ == "__main__":

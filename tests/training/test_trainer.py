@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import torch
 from torch_geometric.data import Data
 
 from pdfusion.config import DataConfig, PDFConfig, preset
-from pdfusion.training.trainer import Trainer, ema_decay_at, lr_factor
+from pdfusion.training.trainer import Trainer, autocast_for, ema_decay_at, lr_factor
 
 SMALL_PDF = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
 
@@ -145,6 +146,25 @@ def test_gradient_clipping(data):
     assert out["grad_norm"] > 1e-3  # pre-clip norm is reported
     total = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in tr.module.parameters() if p.grad is not None))
     assert float(total) <= 1e-3 * (1 + 1e-4)
+
+
+def test_autocast_is_bf16_on_cuda_only_and_a_no_op_on_cpu(data):
+    """The single-process and Ray loops share autocast_for: bf16 only on CUDA; on CPU a step inside it is
+    bit-identical to one outside it."""
+    with warnings.catch_warnings():  # without CUDA, torch builds the context disabled and says so
+        warnings.simplefilter("ignore", UserWarning)
+        amp = autocast_for("cuda")
+    assert isinstance(amp, torch.autocast) and amp.fast_dtype == torch.bfloat16 and amp.device == "cuda"
+    assert not isinstance(autocast_for("cuda:0", bf16=False), torch.autocast)
+    assert not isinstance(autocast_for("cpu"), torch.autocast)
+    a, b = Trainer(tiny_cfg()), Trainer(tiny_cfg())
+    batch = Trainer.collate(data[:4])
+    with autocast_for(a.device):
+        out_a = a.train_step(batch)
+    out_b = b.train_step(batch)
+    assert out_a["loss"] == out_b["loss"]
+    for pa, pb in zip(a.module.parameters(), b.module.parameters(), strict=True):
+        assert torch.equal(pa, pb)
 
 
 def test_non_finite_loss_raises_naming_step(data):

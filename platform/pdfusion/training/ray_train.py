@@ -121,7 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch
 
     from pdfusion.data.batching import BucketBatchSampler, collate
-    from pdfusion.training.trainer import Trainer
+    from pdfusion.training.trainer import Trainer, autocast_for
 
     cfg: TrainConfig = from_dict(TrainConfig, config["train_config"])
     opts: dict[str, Any] = config["options"]
@@ -189,8 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_e{trainer.epoch:05d}_s{trainer.step:08d}{tag}")
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if use_cuda and opts.get("bf16", True)
-                else _nullcontext())
+    autocast = autocast_for(device, bool(opts.get("bf16", True)))
     out: dict[str, float] = {}
     val_step = -1
     if trainer.step == 0 and cfg.val_every_epochs and rank == 0:
@@ -270,14 +269,6 @@ def _validate(trainer, val_data) -> dict[str, float]:
         print(f"[pdfusion] step {trainer.step}: validation R_wp skipped: {err}", flush=True)
         out = trainer.validate(val_data, n_pdfs=0)
     return {k: float(v) for k, v in out.items()}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _plain(d: dict) -> dict:

@@ -9,6 +9,7 @@ step, epoch, every RNG), so resuming reproduces an uninterrupted run bit for bit
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -371,6 +372,14 @@ class Trainer:
         trainer = cls(from_dict(TrainConfig, state["config"]), device=device, wrap_model=wrap_model)
         trainer.load_state_dict(state)
         return trainer
+
+
+def autocast_for(device: str | torch.device, bf16: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast around a training step on CUDA (positions and the loss stay float32, see EGNN);
+    a no-op on CPU or with `bf16=False`, so one training loop serves both."""
+    if torch.device(device).type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
