@@ -213,6 +213,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--eval-on", choices=("val", "train"), default="val",
                     help="'train' scores training PDFs instead (memorisation check; the library then excludes "
                          "the scored structures)")
+    ap.add_argument("--train-subset", type=int, default=None, metavar="N",
+                    help="train on N evenly spaced training structures only (capacity check: can the network "
+                         "learn a few particles where it cannot learn all?); their files are printed")
     ap.add_argument("--resume", default=None, help="continue training from this checkpoint")
     ap.add_argument("--init-from", default=None,
                     help="new run (config from the preset and --set) starting from this checkpoint's weights "
@@ -248,6 +251,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
 
     ds = open_dataset(args.data)
     tr_idx, va_idx = split(ds, split_by, args.seed)
+    if args.train_subset:
+        tr_idx = np.asarray(tr_idx)[np.unique(np.linspace(0, len(tr_idx) - 1, args.train_subset).round().astype(int))]
+        print("training subset:", ", ".join(ds.record(int(i)).meta["source"] for i in tr_idx), flush=True)
     train_data = [ds[int(i)] for i in tr_idx]
     val_data = [ds[int(i)] for i in va_idx]
     pool = train_data if args.eval_on == "train" else val_data
@@ -259,6 +265,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     library = [d for i, d in enumerate(train_data) if i not in scored]
     log: list = []
     info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by,
+            "train_subset": [ds.record(int(i)).meta["source"] for i in tr_idx] if args.train_subset else None,
             "eval_on": args.eval_on}
     if args.eval_only:
         bundle = load_bundle(args.eval_only, device=device)
