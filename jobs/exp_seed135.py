@@ -240,8 +240,10 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     args = ap.parse_args(argv)
     if args.decay_lr and not args.max_steps:
         ap.error("--decay-lr needs --max-steps (the step the cosine decay ends at)")
-    if args.resume and args.preset != "cpu":
-        ap.error("--preset applies to new runs; a resumed run keeps its checkpoint's config")
+    if args.resume and (args.set or args.preset != "cpu"):
+        ap.error("--set and --preset apply to new runs; a resumed run keeps its checkpoint's config")
+    if args.resume and args.init_from:
+        ap.error("--init-from starts a new run; --resume continues one: give one of them")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         ap.error(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -251,9 +253,11 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
 
     ds = open_dataset(args.data)
     tr_idx, va_idx = split(ds, split_by, args.seed)
+    subset_files = None
     if args.train_subset:
         tr_idx = np.asarray(tr_idx)[np.unique(np.linspace(0, len(tr_idx) - 1, args.train_subset).round().astype(int))]
-        print("training subset:", ", ".join(ds.record(int(i)).meta["source"] for i in tr_idx), flush=True)
+        subset_files = [ds.record(int(i)).meta["source"] for i in tr_idx]
+        print("training subset:", ", ".join(subset_files), flush=True)
     train_data = [ds[int(i)] for i in tr_idx]
     val_data = [ds[int(i)] for i in va_idx]
     pool = train_data if args.eval_on == "train" else val_data
@@ -265,7 +269,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     library = [d for i, d in enumerate(train_data) if i not in scored]
     log: list = []
     info = {"train_structures": len(train_data), "val_structures": len(val_data), "split_by": split_by,
-            "train_subset": [ds.record(int(i)).meta["source"] for i in tr_idx] if args.train_subset else None,
+            "train_subset": subset_files,
             "eval_on": args.eval_on}
     if args.eval_only:
         bundle = load_bundle(args.eval_only, device=device)
@@ -275,10 +279,6 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
             fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg, device=device)
             model, step = fresh.ema.eval(), 0
     else:
-        if args.resume and args.set:
-            ap.error("--set applies to new runs; a resumed run keeps its checkpoint's config")
-        if args.resume and args.init_from:
-            ap.error("--init-from starts a new run; --resume continues one: give one of them")
         trainer = (Trainer.from_checkpoint(args.resume, device=device) if args.resume
                    else Trainer(with_sets(config_fn(args.seed, args.preset), args.set), device=device))
         if args.init_from:
