@@ -242,11 +242,16 @@ def test_concurrent_requests_get_their_own_answers(url, target):
 
     from pdfusion.serving.deployments import SAMPLER_NAME
 
+    # A driver-side handle starts a router whose autoscaling-metrics thread outlives ray.shutdown() and logs
+    # "Ray has not been started yet" tracebacks at the end of the run: shut it down with the test.
     sampler = serve.get_deployment_handle(SAMPLER_NAME, app_name="http")
-    before = sampler.stats.remote().result()
-    with ThreadPoolExecutor(16) as pool:
-        responses = list(pool.map(one, specs))
-    after = sampler.stats.remote().result()
+    try:
+        before = sampler.stats.remote().result()
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(one, specs))
+        after = sampler.stats.remote().result()
+    finally:
+        sampler.shutdown()
     batches, loops = after["batches"] - before["batches"], after["loops"] - before["loops"]
     assert after["jobs"] - before["jobs"] == 16
     assert batches < 16  # requests that arrived while a batch ran were sampled together

@@ -7,7 +7,8 @@ through the differentiable simulator (plus the short-distance penalty), and the 
 the moved x̂0: data consistency in x̂0-space as in decomposed diffusion sampling (Chung et al. 2023), with
 no backpropagation through the network. The diffusion prior keeps the structure physical; the PDF keeps
 it faithful. Coarse to fine follows the noise: both curves are blurred by x̂0's own uncertainty
-σ_t/√ᾱ_t (in Å, capped at `blur_max`), and the step shrinks with σ_t, so late steps are fine adjustments.
+σ_t/√ᾱ_t (in Å, capped at `blur_max`), and the step shrinks with σ_t, so late steps are fine adjustments;
+a step that would raise a structure's fit is refused and halved, so guidance never makes x̂0 fit worse.
 """
 
 from __future__ import annotations
@@ -20,7 +21,37 @@ from pdfusion.diffusion.guards import check_finite
 from pdfusion.pdf.fitting import MIN_DISTANCE, blur, pair_penalty, simulate_safe
 from pdfusion.pdf.metrics import rwp
 
-__all__ = ["PDFGuide", "pdf_fit_step"]
+__all__ = ["PDFGuide", "pdf_fit_descent", "pdf_fit_step"]
+
+
+def _objective(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+               pdf_cfg: PDFConfig, blur_width: float, penalty: float, min_distance: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-structure R_wp (both curves blurred by `blur_width` Å) + penalty·short-distance penalty, and its
+    gradient with respect to the positions (B,N,3)."""
+    with torch.enable_grad():
+        x = pos.detach().float().requires_grad_(True)
+        g = simulate_safe(x, numbers, mask, pdf_cfg)
+        tgt = target.to(g.dtype)
+        loss = rwp(blur(g, blur_width, pdf_cfg.rstep), blur(tgt, blur_width, pdf_cfg.rstep))
+        loss = loss + penalty * pair_penalty(x, mask, min_distance)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    check_finite("pdf_guidance.grad", grad)
+    return loss.detach(), grad
+
+
+def _normalised_step(pos: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """pos moved against grad so each structure's RMS displacement over real atoms is step (B,) Å (no atom
+    moves more than 3·step); padding and structures with zero gradient stay put."""
+    m3 = mask.unsqueeze(-1).to(grad.dtype)
+    grad = grad * m3
+    n = m3.sum((1, 2)).clamp(min=1.0)
+    rms = torch.sqrt((grad * grad).sum((1, 2)) / n)[:, None, None]
+    st = step.to(grad.dtype)[:, None, None]
+    delta = -st * grad / rms.clamp(min=1e-12)
+    delta = torch.where(rms > 0, delta, torch.zeros_like(delta))
+    delta = torch.maximum(torch.minimum(delta, 3 * st), -3 * st)
+    return (pos + delta.to(pos.dtype)) * m3.to(pos.dtype)
 
 
 def pdf_fit_step(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
@@ -30,21 +61,29 @@ def pdf_fit_step(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, t
     pos (B,N,3) Å → moved copy, each structure's RMS displacement over real atoms = `step` Å (no atom
     moves more than 3·step); padding and structures with zero gradient stay put."""
     m = mask.bool()
-    with torch.enable_grad():
-        x = pos.detach().float().requires_grad_(True)
-        g = simulate_safe(x, numbers, m, pdf_cfg)
-        tgt = target.to(g.dtype)
-        fit = rwp(blur(g, blur_width, pdf_cfg.rstep), blur(tgt, blur_width, pdf_cfg.rstep))
-        loss = (fit + penalty * pair_penalty(x, m, min_distance)).sum()
-        (grad,) = torch.autograd.grad(loss, x)
-    check_finite("pdf_guidance.grad", grad)
-    m3 = m.unsqueeze(-1).to(grad.dtype)
-    grad = grad * m3
-    n = m3.sum((1, 2)).clamp(min=1.0)
-    rms = torch.sqrt((grad * grad).sum((1, 2)) / n)[:, None, None]
-    delta = -step * grad / rms.clamp(min=1e-12)
-    delta = torch.where(rms > 0, delta, torch.zeros_like(delta)).clamp(-3 * step, 3 * step)
-    return (pos + delta.to(pos.dtype)) * m3.to(pos.dtype)
+    _, grad = _objective(pos, numbers, m, target, pdf_cfg, blur_width, penalty, min_distance)
+    return _normalised_step(pos, grad, m, torch.full((pos.shape[0],), float(step), device=pos.device))
+
+
+def pdf_fit_descent(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
+                    pdf_cfg: PDFConfig, *, step: float, iters: int, blur_width: float = 0.0, penalty: float = 1.0,
+                    min_distance: float = MIN_DISTANCE) -> torch.Tensor:
+    """`iters` normalised steps, each kept only where it lowers that structure's objective (else the step is
+    halved for it): the fit never gets worse. Why: a fixed step of 0.3 Å at full noise overshoots, and without
+    the check guidance raised the blurred R_wp of x̂0 at 15 of 20 sampler times in 1–6 of 8 structures."""
+    m = mask.bool()
+    loss, grad = _objective(pos, numbers, m, target, pdf_cfg, blur_width, penalty, min_distance)
+    st = torch.full((pos.shape[0],), float(step), device=pos.device)
+    for _ in range(iters):
+        cand = _normalised_step(pos, grad, m, st)
+        loss_c, grad_c = _objective(cand, numbers, m, target, pdf_cfg, blur_width, penalty, min_distance)
+        better = loss_c < loss
+        b3 = better[:, None, None]
+        pos = torch.where(b3, cand, pos)
+        grad = torch.where(b3, grad_c, grad)
+        loss = torch.where(better, loss_c, loss)
+        st = torch.where(better, st, st / 2)
+    return pos
 
 
 class PDFGuide:
@@ -72,7 +111,6 @@ class PDFGuide:
         step = self.strength * max(sigma, 0.1)
         numbers = types_to_numbers(h0.argmax(-1), self.metal) * mask
         pos = x0 * self.scale
-        for _ in range(self.iters):
-            pos = pdf_fit_step(pos, numbers, mask, self.target, self.pdf_cfg, step=step, blur_width=width,
-                               penalty=self.penalty)
+        pos = pdf_fit_descent(pos, numbers, mask, self.target, self.pdf_cfg, step=step, iters=self.iters,
+                              blur_width=width, penalty=self.penalty)
         return pos / self.scale
