@@ -130,11 +130,17 @@ def test_sample_with_pdf_guidance(checkpoint, target_gr, tmp_path, capsys):
 
 
 def test_pdf_not_covering_the_grid_is_a_clear_error(checkpoint, tmp_path, capsys):
-    r = np.arange(0, 5, 0.01)
+    r = np.arange(0, 3, 0.01)  # 30% of the model's 0–9.95 Å: refused
     short = write_gr(tmp_path / "short.gr", r, np.sin(r))
     rc = main(["sample", str(checkpoint), str(short), "--metal", "Ti", "-k", "1", "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "short.gr" in err and "r covers" in err
+    assert rc == 2 and "short.gr" in err and "r covers" in err and "at least 50%" in err
+    r = np.arange(0, 6, 0.01)  # 60%: sampled, with G = 0 beyond 6 Å and a warning
+    part = write_gr(tmp_path / "part.gr", r, np.sin(r))
+    rc = main(["sample", str(checkpoint), str(part), "--metal", "Ti", "-k", "1", "--n-atoms", "6", "--no-plot",
+               "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: part.gr: data end at r = 5.99 Å" in err
 
 
 def test_bad_metal_is_a_clear_error(checkpoint, target_gr, tmp_path, capsys):
@@ -155,3 +161,22 @@ def test_sample_seed_h5(checkpoint, seed_135_dir, tmp_path):
     out = tmp_path / "seed"
     assert main(["sample", str(checkpoint), str(path), "--metal", "Ti", "-k", "1", "--n-atoms", "8", "-o", str(out)]) == 0
     _check_outputs(out, 1)
+
+
+def test_load_target_maps_a_partial_range_like_the_http_service(tmp_path, capsys):
+    """A file starting above 0 Å and ending before the model's rmax, on a coarser step: mapped with G = 0
+    outside its range and one warning line each; the HTTP service's to_model_grid gives the same curve."""
+    from pdfusion.cli.sample_cmd import load_target
+    from pdfusion.pdf.files import read_pdf_file
+    from pdfusion.serving.pdf_input import to_model_grid
+
+    grid = np.round(np.arange(0, 10, 0.05), 6)
+    r = np.round(np.arange(1.0, 8.0, 0.1), 4)
+    path = write_gr(tmp_path / "part.gr", r, np.sin(r) + 1.5)
+    target = load_target(path, grid)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("warning: part.gr: ") for line in err)
+    assert target[grid < 0.99].max() == 0 and target[grid > 8.0].max() == 0 and target.max() == pytest.approx(1.0)
+    d = read_pdf_file(path)
+    http, interpolated = to_model_grid(d.r, d.g, grid, normalize=True)
+    assert interpolated and np.array_equal(http, target.astype(np.float32))

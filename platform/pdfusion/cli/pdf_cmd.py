@@ -3,6 +3,13 @@
 Reads XYZ / extended XYZ / CIF / seed-oxides .h5 through ``pdfusion.structures.io.read_structure``. For a
 seed .h5 the stored (diffpy.srreal) curve is compared with ours: R_wp is printed and ``--plot`` draws both.
 Without ``--out`` or ``--plot`` the curve goes to stdout as CSV (``r,G``).
+
+The simulator is a Debye sum over a finite set of atoms. A periodic crystal (a CIF with a unit cell whose
+atoms touch those of the neighbouring cells, ``pdfusion.structures.io.is_periodic``) is refused: one unit
+cell simulated as a cluster is not the crystal's PDF. ``--radius R`` cuts a spherical particle of radius R Å
+from the crystal first (atoms within R of the atom nearest the cell centre, plus the oxygens bonded to a
+kept metal, as ``pdfusion structure`` cuts); the bulk crystal's PDF is ``pdfusion fit --periodic``'s job.
+``--as-cluster`` simulates the listed atoms anyway (a particle stored in a narrow vacuum box).
 """
 
 from __future__ import annotations
@@ -35,6 +42,12 @@ def register(sub) -> None:
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=d.normalize,
                    help="divide G(r) by its maximum, as the seed-oxides data are (default on)")
     p.add_argument("--radiation", choices=RADIATIONS, default=d.radiation)
+    p.add_argument("--radius", type=float, default=None, metavar="R",
+                   help="for a periodic crystal (CIF): cut a spherical particle of radius R Å and simulate it")
+    p.add_argument("--periodic", action="store_true",
+                   help="the bulk crystal's PDF: not done here, use `pdfusion fit --periodic`")
+    p.add_argument("--as-cluster", action="store_true",
+                   help="simulate a periodic file's listed atoms as a finite cluster (a particle in a vacuum box)")
     p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write a plot of G(r)")
     p.add_argument("--out", type=Path, default=None, metavar="G.csv", help="write r,G as CSV")
     p.set_defaults(func=run)
@@ -72,6 +85,61 @@ def _plot(path: Path, r, g, title: str, stored=None, score: float | None = None)
     plt.close(fig)
 
 
+def cut_from_crystal(particle, radius: float):
+    """A spherical particle of ``radius`` Å cut from a periodic ``particle`` (meta['lattice']): the atoms
+    within ``radius`` of the non-oxygen atom nearest the cell centre, plus every oxygen within
+    1.4 x the shortest metal-oxygen distance of a kept atom (``structures.particles.cut_sphere``)."""
+    from pymatgen.core import Lattice, Structure
+
+    from pdfusion.structures.particle import OXYGEN, Particle
+    from pdfusion.structures.particles import BOND_FACTOR, cut_sphere
+
+    if not (np.isfinite(radius) and radius > 0):
+        raise ValueError(f"--radius: must be a positive number of Å, got {radius}")
+    lattice = np.asarray(particle.meta["lattice"], dtype=np.float64).reshape(3, 3)
+    pos, numbers = np.asarray(particle.positions, dtype=np.float64), np.asarray(particle.numbers)
+    metal = numbers != OXYGEN
+    rows = np.flatnonzero(metal) if metal.any() else np.arange(len(numbers))
+    centre = lattice.sum(axis=0) / 2
+    c = pos[rows[np.argmin(np.linalg.norm(pos[rows] - centre, axis=1))]]
+    cutoff = 0.0
+    if metal.any() and (~metal).any():
+        s = Structure(Lattice(lattice), numbers.tolist(), pos, coords_are_cartesian=True)
+        i, j, _, d = s.get_neighbor_list(6.0)
+        mo = (metal[i] != metal[j]) & (d > 1e-8)
+        if mo.any():
+            cutoff = BOND_FACTOR * float(d[mo].min())
+    z, xyz = cut_sphere(pos, numbers, lattice, c, float(radius), cutoff)
+    meta = {k: v for k, v in particle.meta.items() if k not in ("lattice", "periodic")}
+    return Particle(z, xyz - xyz.mean(axis=0), {**meta, "radius": float(radius)})
+
+
+def _finite_particle(path: Path, particle, args: argparse.Namespace):
+    """The finite particle to simulate: a periodic crystal is refused, cut (--radius) or kept (--as-cluster)."""
+    from pdfusion.structures.io import is_periodic
+
+    periodic = particle.meta.get("periodic")
+    if periodic is None:
+        periodic = is_periodic(particle)
+    if args.periodic:
+        raise ValueError("--periodic: `pdfusion pdf` simulates finite particles; for the bulk crystal's PDF use "
+                         "`pdfusion fit --periodic`, or cut a particle here with --radius R")
+    if not periodic:
+        if args.radius is not None:
+            raise ValueError(f"--radius: {path.name} is a finite particle, not a periodic crystal; drop --radius")
+        return particle, ""
+    if args.radius is not None:
+        cut = cut_from_crystal(particle, args.radius)
+        return cut, f" (a sphere of radius {args.radius:g} Å cut from the {len(particle)}-atom cell)"
+    if args.as_cluster:
+        return particle, " (a periodic cell's atoms simulated as a cluster, --as-cluster)"
+    raise ValueError(
+        f"{path}: is a periodic crystal ({len(particle)} atoms in its unit cell), and one cell simulated as a cluster "
+        "is not its PDF; add --radius R to cut a particle of radius R Å from it (as `pdfusion structure` does), "
+        "or use `pdfusion fit --periodic` for the bulk crystal"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from pdfusion.pdf import r_grid, rwp, simulate_pdf
     from pdfusion.pdf.files import interpolate_pdf, write_pdf_csv
@@ -89,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
         particle, stored = rec.particle, (np.asarray(rec.r), np.asarray(rec.pdf))
     else:
         particle = read_structure(path)
+    note = ""
+    if "lattice" in particle.meta or args.radius is not None or args.periodic or args.as_cluster:
+        particle, note = _finite_particle(path, particle, args)
     if len(particle) < 2:
         raise ValueError(f"{path}: a PDF needs at least two atoms, found {len(particle)}")
     pos = torch.as_tensor(particle.positions, dtype=torch.float64)
@@ -104,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         target = interpolate_pdf(stored[0], stored[1], r[sel])
         score = float(rwp(torch.as_tensor(g[sel]), torch.as_tensor(target)))
 
-    summary = (f"{path.name}: {len(particle)} atoms, {cfg.radiation} G(r) on {r.size} points "
+    summary = (f"{path.name}: {len(particle)} atoms{note}, {cfg.radiation} G(r) on {r.size} points "
                f"r = {r[0]:.3f}..{r[-1]:.3f} Å, maximum at r = {r[int(np.argmax(g))]:.3f} Å")
     if score is not None:
         summary += f", R_wp vs stored = {score:.3g}"

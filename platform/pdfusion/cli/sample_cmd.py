@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -38,29 +39,28 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_target(path: str | Path, r_grid: np.ndarray) -> np.ndarray:
+def load_target(path: str | Path, r_grid: np.ndarray, *, normalize: bool = True) -> np.ndarray:
     """Read a PDF file and put it on the model's r grid, scaled to max 1 like the training PDFs.
 
-    Raises ValueError naming the file when its r range does not cover the grid."""
-    from pdfusion.pdf.files import interpolate_pdf, read_pdf
+    The file goes through :func:`pdfusion.pdf.files.read_pdf_file` and
+    :func:`pdfusion.pdf.files.map_to_grid` -- the reader and grid rule of the HTTP service, so both accept the
+    same files and give the same curve. Data starting above the grid's rmin or ending below its rmax are
+    mapped with G = 0 where they do not reach, and interpolation from a coarser step is done: each prints a
+    one-line warning to stderr. Raises ValueError naming the file (and line) for a malformed file, or when
+    the r range covers less than half of the model's."""
+    from pdfusion.pdf.files import PDFValueError, map_to_grid, read_pdf_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PDF file {path} does not exist")
-    data = read_pdf(path)
-    r, g = (data.r, data.g) if hasattr(data, "r") else data
-    r, g = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
-    lo, hi = float(r.min()), float(r.max())
-    if lo > r_grid[0] + 1e-6 or hi < r_grid[-1] - 1e-6:
-        raise ValueError(
-            f"{path}: r covers {lo:g}–{hi:g} Å but the model needs {r_grid[0]:g}–{r_grid[-1]:g} Å; "
-            "give a PDF computed over at least the model's r range"
-        )
-    target = np.asarray(interpolate_pdf(r, g, r_grid), dtype=np.float64)
-    peak = float(np.max(target))
-    if not np.isfinite(target).all() or peak <= 0:
-        raise ValueError(f"{path}: G(r) has no positive maximum on {r_grid[0]:g}–{r_grid[-1]:g} Å (or holds NaN)")
-    return target / peak
+    data = read_pdf_file(path)
+    try:
+        mapped = map_to_grid(data.r, data.g, np.asarray(r_grid, dtype=np.float64), normalize=normalize)
+    except PDFValueError as exc:
+        raise ValueError(f"{path}: {exc.message}") from None
+    for note in mapped.warnings:
+        print(f"warning: {path.name}: {note}", file=sys.stderr)
+    return mapped.g
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     z = metal_number(args.metal)
     bundle = load_bundle(args.checkpoint, device=args.device)
-    target = load_target(args.pdf_file, bundle.r_grid)
+    target = load_target(args.pdf_file, bundle.r_grid, normalize=bool(bundle.pdf_config.normalize))
     cfg = SampleConfig(
         guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
         steps=bundle.defaults["steps"] if args.steps is None else args.steps,

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdfusion.config import ServeConfig
-from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, parse_pdf_text, to_model_grid
+from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, parse_upload, to_model_grid
 from pdfusion.serving.schemas import (
     Bounds,
     ErrorResponse,
@@ -187,12 +187,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
             except ValidationError as exc:
                 raise InputError(*_first_error(exc)) from None
             raw = await upload.read()
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise InputError("file", "is not UTF-8 text; upload a .gr or .csv text file") from None
-            r, g = parse_pdf_text(text, upload.filename or "", max_points=bounds.max_points)
-            r, g = check_pdf_arrays(r, g, cfg.limits, origin="file")
+            r, g = parse_upload(raw, upload.filename or "", cfg.limits)  # pdfusion.pdf.files: the CLI's reader
             return params, r, g, "file"
         if ctype not in ("application/json", ""):
             raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",

@@ -12,6 +12,9 @@ interrupted write never leaves a half file under the final name.
   symmetry-expanded) in Cartesian Å with ``meta['lattice']`` (3x3 rows, Å). A finite particle written to
   CIF is placed in a vacuum box (its extent + 10 Å) with its centroid at the box centre, so reading it
   back gives the same structure up to a translation (CIF stores 8-digit fractions: ~1e-6 Å).
+  ``meta['periodic']`` tells the two apart (:func:`is_periodic`): True when atoms of neighbouring cells
+  touch, i.e. the file is a crystal whose unit cell is not a particle (``pdfusion pdf`` refuses it
+  unless told to cut a particle with ``--radius``).
 * Seed-oxides ``.h5`` (see ``shared/data/seed-oxides/README.md``): :func:`read_seed_h5` returns a
   :class:`SeedRecord` with the node features, PDF and graph as stored, and metadata parsed from the
   file name; :func:`write_seed_h5` writes the same layout.
@@ -241,7 +244,35 @@ def _read_cif(path: Path) -> Particle:
         raise ValueError(f"{path}: partially occupied sites are not supported; give an ordered structure")
     numbers = np.array([site.specie.Z for site in s], dtype=np.int64)
     meta = {"lattice": s.lattice.matrix.tolist(), "source": path.name, "formula": s.composition.reduced_formula}
-    return Particle(numbers, np.array(s.cart_coords, dtype=np.float64), meta)
+    particle = Particle(numbers, np.array(s.cart_coords, dtype=np.float64), meta)
+    particle.meta["periodic"] = is_periodic(particle)
+    return particle
+
+
+PERIODIC_GAP = 5.0  # Å: atoms of neighbouring cells closer than this (or 1.5 x the bond length) = a crystal
+
+
+def is_periodic(particle: Particle, gap: float = PERIODIC_GAP) -> bool:
+    """Whether ``particle`` (with ``meta['lattice']``) is a periodic crystal rather than a finite particle in a
+    vacuum box: True when an atom is closer than max(``gap``, 1.5 x the median nearest-neighbour distance
+    within the listed atoms) to an atom of a neighbouring cell, or when the cell holds a single atom.
+    False without a lattice. Exact for any cell shape (pymatgen's periodic neighbour list)."""
+    lattice = particle.meta.get("lattice")
+    if lattice is None:
+        return False
+    if len(particle) < 2:
+        return True
+    from pymatgen.core import Lattice, Structure
+    from scipy.spatial import cKDTree
+
+    pos = np.asarray(particle.positions, dtype=np.float64)
+    d_nn = float(np.median(cKDTree(pos).query(pos, k=2)[0][:, 1]))
+    cutoff = max(float(gap), 1.5 * d_nn)
+    s = Structure(Lattice(np.asarray(lattice, dtype=np.float64).reshape(3, 3)), particle.numbers.tolist(), pos,
+                  coords_are_cartesian=True)
+    _, _, images, dist = s.get_neighbor_list(cutoff)
+    cross = np.any(images != 0, axis=1) & (dist > 1e-8)
+    return bool(cross.any())
 
 
 def _write_cif_text(p: Particle) -> str:
