@@ -112,8 +112,13 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "median_library_lookup": float(np.median(lib_rwp)),
         "frac_pdfs_model_beats_library": float(np.mean(rwp[:, 0] < lib_rwp)),
         "n_atoms_exact_frac": float(np.mean(n_pred == n_true[:, None])),
+        "valid_frac": float(np.mean([min_distance(c.positions) >= VALID_DISTANCE for cands in ranked for c in cands])),
         "sample_seconds": sample_s,
     }
+    if diffusion.model_cfg.bond_length is None:
+        # the bar is stated after the isotropic expansion fit: give Å-frame candidates the same step
+        expanded = best_expanded(ranked, pdfs, pdf_cfg)
+        result["median_best_of_k_expanded"] = float(np.median(expanded))
     if diffusion.model_cfg.bond_length is not None:
         # this model's candidates are scaled to each target (fit_expansion): give the library the same step
         _, lib_exp_rwp = library_lookup_expanded(pdfs, train_data, pdf_cfg)
@@ -141,6 +146,28 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     best = ranked[int(np.argmin(rwp[:, 0]))][0]
     (out / "best_candidate.xyz").write_text(best.to_xyz())
     return result
+
+
+VALID_DISTANCE = 1.2  # Å: a candidate is valid when no two atoms are closer
+
+
+def min_distance(pos: np.ndarray) -> float:
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    return float((d + np.eye(len(pos)) * 1e9).min())
+
+
+def best_expanded(ranked, pdfs: torch.Tensor, pdf_cfg) -> np.ndarray:
+    """Per PDF, the best R_wp of its candidates after each is scaled to the target (`fit_expansion`)."""
+    from pdfusion.evaluation.ranking import pad_structures
+    from pdfusion.pdf.fitting import fit_expansion
+
+    out = []
+    for i, cands in enumerate(ranked):
+        pos, num, mask = pad_structures([c.positions for c in cands], [c.numbers for c in cands])
+        fit = fit_expansion(torch.as_tensor(pos), torch.as_tensor(num), torch.as_tensor(mask),
+                            pdfs[i].double().expand(len(cands), -1), pdf_cfg)
+        out.append(float(fit.rwp.min()))
+    return np.array(out)
 
 
 def library_lookup_expanded(pdfs: torch.Tensor, library, pdf_cfg, shortlist: int = 32) -> tuple[np.ndarray, np.ndarray]:

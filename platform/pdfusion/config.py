@@ -242,9 +242,22 @@ class ModelConfig:
     # metal–oxygen bond has this length, so one structure type at every lattice constant is one shape to learn;
     # samplers then fit each candidate's isotropic expansion to the target G(r) (pdf.fitting.fit_expansion).
     bond_length: float | None = None
+    # Physics-informed conditioning (diffusion.edge_pdf). "raw": every edge also sees the target G(r) read at
+    # that edge's distance (a ±0.6 Å stencil of 7 points, sharp and blurred by 0.25 Å: 14 features; zeros where
+    # the condition is dropped); "noise_aware": the blurred half is blurred by √(0.25² + 2σ_t²) Å instead, the
+    # spread of a pair distance at noise σ_t per coordinate. The conditioning G(r) is on r = k · pdf_rstep Å.
+    edge_pdf: Literal["off", "raw", "noise_aware"] = "off"
+    pdf_rstep: float = 0.01
+    # A frame: node inputs also carry the absolute coordinates (and their Fourier features), and a non-equivariant
+    # per-atom displacement joins ε_x. The seed and generated particles are crystal-axis aligned, so the network
+    # need not infer an orientation; the PDF is rotation-invariant, so one orientation per structure suffices.
+    frame_features: bool = False
 
     def __post_init__(self) -> None:
         _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")
+        _check(self.edge_pdf in ("off", "raw", "noise_aware"), "model.edge_pdf",
+               f"must be 'off', 'raw' or 'noise_aware', got {self.edge_pdf!r}")
+        _check(self.pdf_rstep > 0, "model.pdf_rstep", f"must be positive (Å), got {self.pdf_rstep}")
         _check(self.layers > 0, "model.layers", f"must be positive, got {self.layers}")
         _check(self.aggregation in ("sum", "mean"), "model.aggregation", "must be 'sum' or 'mean'")
         _check(self.cutoff is None or self.cutoff > 0, "model.cutoff", "must be None or positive")

@@ -21,8 +21,9 @@ def tiny(seed: int = 0, T: int = 20, p_uncond: float = 0.2, **model_kw):
     torch.manual_seed(seed)
     mcfg = tiny_model_cfg(**model_kw)
     dcfg = DiffusionConfig(schedule=ScheduleConfig(name="polynomial", timesteps=T), p_uncond=p_uncond)
-    model = PDFusionDenoiser(mcfg)
-    return model, GaussianDiffusion(build_schedule(dcfg.schedule), mcfg, dcfg)
+    schedule = build_schedule(dcfg.schedule)
+    model = PDFusionDenoiser(mcfg, schedule.alphas_cumprod)
+    return model, GaussianDiffusion(schedule, mcfg, dcfg)
 
 
 def toy_particle(n: int, g: torch.Generator, spacing: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,7 +32,11 @@ def inputs(sizes, seed=0, n_max=None):
     return x, h, batch.mask, t, batch.pdf, batch.metal, torch.tensor([True, False, True][: len(sizes)])
 
 
-GRAPHS = {"full": dict(cutoff=None), "cutoff": dict(cutoff=4.0)}
+# every denoiser variant that claims E(3) equivariance; the edge-PDF variants read the toy PDF (40 points,
+# r = 0.5 k Å) at each edge's distance, which is invariant, so they must stay equivariant
+GRAPHS = {"full": dict(cutoff=None), "cutoff": dict(cutoff=4.0),
+          "edge_pdf": dict(cutoff=4.0, edge_pdf="raw", pdf_rstep=0.5),
+          "edge_pdf_noise_aware": dict(cutoff=None, edge_pdf="noise_aware", pdf_rstep=0.5, bond_length=2.0)}
 
 
 @pytest.fixture(params=list(GRAPHS), scope="module")

@@ -147,13 +147,15 @@ class EGNN(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden: int = 64, layers: int = 4, *,
                  attention: bool = True, tanh: bool = True, coords_range: float = 15.0, norm_constant: float = 1.0,
                  aggregation: str = "sum", normalization_factor: float = 100.0, cutoff: float | None = None,
-                 n_dist_freq: int = 6, checkpoint: bool = False) -> None:
+                 n_dist_freq: int = 6, checkpoint: bool = False, extra_edge_dim: int = 0) -> None:
         super().__init__()
         self.checkpoint = checkpoint  # recompute each block in backward: edge activations of one block at a time
         if aggregation not in ("sum", "mean"):
             raise ValueError(f"aggregation: must be 'sum' or 'mean', got {aggregation!r}")
         self.cutoff, self.n_dist_freq = cutoff, n_dist_freq
-        edge_dim = 1 + 2 * n_dist_freq  # d²(current) is added inside each block; + sin/cos of initial distance
+        # d²(current) is added inside each block; + sin/cos of initial distance; + the caller's edge features
+        edge_dim = 1 + 2 * n_dist_freq + extra_edge_dim
+        self.extra_edge_dim = extra_edge_dim
         self.embed = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(EquivariantBlock(
             hidden, edge_dim, attention=attention, tanh=tanh, coords_range=coords_range / layers,
@@ -161,9 +163,12 @@ class EGNN(nn.Module):
             for _ in range(layers))
         self.out = nn.Linear(hidden, out_features)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
+                edge_features=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`edge_features(d0 (E,), graph (E,)) → (E, extra_edge_dim)`: invariant features of each edge from its
+        input distance and particle index (e.g. diffusion.edge_pdf.EdgePDF.features)."""
         b, n, _ = x.shape
-        flat, _ = dense_to_sparse_nodes(mask)
+        flat, graph = dense_to_sparse_nodes(mask)
         xs = x.reshape(b * n, 3)[flat]
         hs = self.embed(h.reshape(b * n, -1)[flat])
         row, col = build_edges(x, mask, self.cutoff)
@@ -171,6 +176,11 @@ class EGNN(nn.Module):
         degree.index_add_(0, row, torch.ones_like(row, dtype=xs.dtype))
         d0 = torch.sqrt((xs[row] - xs[col]).pow(2).sum(-1) + 1e-8)
         edge_attr = sinusoidal_distance(d0, self.n_dist_freq) if self.n_dist_freq else d0.new_zeros(d0.shape[0], 0)
+        if self.extra_edge_dim:
+            if edge_features is None:
+                raise ValueError(f"edge_features: this EGNN was built with extra_edge_dim={self.extra_edge_dim}; "
+                                 "pass the callable that computes them")
+            edge_attr = torch.cat([edge_attr, edge_features(d0, graph[row])], dim=-1)
         for i, block in enumerate(self.blocks):
             if self.checkpoint and torch.is_grad_enabled():
                 hs, xs = torch.utils.checkpoint.checkpoint(block, hs, xs, row, col, edge_attr, degree,

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pdfusion.config import ModelConfig, from_dict
+from pdfusion.diffusion.edge_pdf import EdgePDF
 from pdfusion.diffusion.egnn import EGNN
 from pdfusion.diffusion.guards import check_finite
 
@@ -27,6 +28,17 @@ def remove_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     n = m.sum(1, keepdim=True).clamp(min=1.0)
     mean = (x * m).sum(1, keepdim=True) / n
     return (x - mean) * m
+
+
+FRAME_FREQS = (0.5, 1.0, 2.0)  # cycles per model unit (3.5 Å): coarse position down to ~lattice spacing
+FRAME_FEATURES = 3 + 6 * len(FRAME_FREQS)
+
+
+def frame_features(x: torch.Tensor) -> torch.Tensor:
+    """(B,N,3) absolute coordinates (model units) → (B,N,FRAME_FEATURES): x and sin/cos(2π f x)."""
+    f = torch.tensor(FRAME_FREQS, device=x.device, dtype=x.dtype)
+    arg = 2 * math.pi * x[..., None] * f  # (B,N,3,F)
+    return torch.cat([x, torch.sin(arg).flatten(-2), torch.cos(arg).flatten(-2)], dim=-1)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -70,10 +82,17 @@ class PDFusionDenoiser(nn.Module):
     t: (B,) float in [0, 1]; cond_mask: (B,) bool, True = use the condition, False = null embedding.
     `pdf`/`metal` may be None for unconditional models (every row then uses the null embedding)."""
 
-    def __init__(self, cfg: ModelConfig | dict | None = None) -> None:
+    def __init__(self, cfg: ModelConfig | dict | None = None, alphas_cumprod: torch.Tensor | None = None) -> None:
+        """`alphas_cumprod` (T + 1,): the noise schedule's ᾱ_t, needed by `model.edge_pdf="noise_aware"` to turn
+        t into the spread of pair distances (a derived, non-persistent buffer: checkpoints do not carry it)."""
         super().__init__()
         cfg = ModelConfig() if cfg is None else (from_dict(ModelConfig, cfg) if isinstance(cfg, dict) else cfg)
         self.cfg = cfg
+        if cfg.edge_pdf == "noise_aware" and alphas_cumprod is None:
+            raise ValueError("model.edge_pdf='noise_aware' reads the target at each noise level's spread: build the "
+                             "denoiser with the schedule, PDFusionDenoiser(cfg, build_schedule(...).alphas_cumprod)")
+        self.register_buffer("abar", None if alphas_cumprod is None else alphas_cumprod.detach().float().clone(),
+                             persistent=False)
         e = cfg.pdf_embed
         self.pdf_encoder = PDFEncoder(cfg.pdf_points, e, cfg.pdf_encoder)
         self.metal_embedding = nn.Embedding(cfg.n_metals, e)
@@ -82,11 +101,18 @@ class PDFusionDenoiser(nn.Module):
         self.time_dim = 32
         self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, e), nn.SiLU(), nn.Linear(e, e))
         cutoff = None if cfg.cutoff is None else cfg.cutoff / cfg.position_scale
-        self.egnn = EGNN(cfg.n_types + 1 + e, cfg.n_types, hidden=cfg.hidden, layers=cfg.layers,
+        frame_in = FRAME_FEATURES if cfg.frame_features else 0
+        frame_out = 3 if cfg.frame_features else 0
+        self.egnn = EGNN(cfg.n_types + 1 + e + frame_in, cfg.n_types + frame_out, hidden=cfg.hidden, layers=cfg.layers,
                          attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
                          norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
                          normalization_factor=cfg.normalization_factor, cutoff=cutoff,
-                         checkpoint=cfg.grad_checkpoint)
+                         checkpoint=cfg.grad_checkpoint,
+                         extra_edge_dim=EdgePDF.dim() if cfg.edge_pdf != "off" else 0)
+        if cfg.frame_features:  # the absolute displacement head starts near zero (EDM-style tiny updates)
+            with torch.no_grad():
+                self.egnn.out.weight[cfg.n_types:].mul_(1e-3)
+                self.egnn.out.bias[cfg.n_types:].zero_()
         self.count_head = nn.Sequential(nn.Linear(e, 2 * e), nn.SiLU(), nn.Linear(2 * e, cfg.max_atoms))
 
     # ------------------------------------------------------------------------------------------
@@ -128,11 +154,26 @@ class PDFusionDenoiser(nn.Module):
         t = t.to(x.dtype).reshape(-1).expand(b) if t.numel() == 1 else t.to(x.dtype).reshape(b)
         cond, enc = self.condition(pdf, metal, cond_mask, b, need_encoding=return_count)
         cond = cond + self.time_mlp(timestep_embedding(t, self.time_dim))
-        node_in = torch.cat([h, t[:, None, None].expand(b, n, 1), cond[:, None, :].expand(b, n, -1)], dim=-1)
-        x_out, h_out = self.egnn(x, node_in, mask)
+        parts = [h, t[:, None, None].expand(b, n, 1), cond[:, None, :].expand(b, n, -1)]
+        if self.cfg.frame_features:
+            parts.append(frame_features(x))
+        edge_fn = None
+        if self.cfg.edge_pdf != "off":
+            keep = torch.zeros(b, dtype=torch.bool, device=x.device) if cond_mask is None or pdf is None else cond_mask
+            curves = pdf if pdf is not None else x.new_zeros(b, self.cfg.pdf_points)
+            noise = None
+            if self.cfg.edge_pdf == "noise_aware":
+                abar = self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()]
+                noise = (abar.sqrt(), (1 - abar).sqrt())
+            edge_fn = EdgePDF(self.cfg, curves, keep.to(x.device), noise).features
+        x_out, h_out = self.egnn(x, torch.cat(parts, dim=-1), mask, edge_features=edge_fn)
         m = mask.unsqueeze(-1).to(x.dtype)
-        eps_x = remove_mean((x_out - x) * m, mask)
-        eps_h = h_out * m
+        nt = self.cfg.n_types
+        shift = x_out - x
+        if self.cfg.frame_features:
+            shift = shift + h_out[..., nt:]
+        eps_x = remove_mean(shift * m, mask)
+        eps_h = h_out[..., :nt] * m
         check_finite("eps_x", eps_x)
         check_finite("eps_h", eps_h)
         if return_count:

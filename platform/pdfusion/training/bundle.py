@@ -49,12 +49,13 @@ def bundle_from_state(
 
     cfg = from_dict(TrainConfig, state["config"])
     device = torch.device(device)
-    model = PDFusionDenoiser(cfg.model)
+    schedule = build_schedule(cfg.diffusion.schedule)
+    model = PDFusionDenoiser(cfg.model, schedule.alphas_cumprod)
     model.load_state_dict(state["ema"])
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    diffusion = GaussianDiffusion(build_schedule(cfg.diffusion.schedule), cfg.model, cfg.diffusion)
+    diffusion = GaussianDiffusion(schedule, cfg.model, cfg.diffusion)
     if hasattr(diffusion, "to"):
         diffusion = diffusion.to(device) or diffusion
     extra = state.get("extra") or {}

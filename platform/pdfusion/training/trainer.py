@@ -126,12 +126,13 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        self.module: nn.Module = PDFusionDenoiser(cfg.model).to(self.device)
+        schedule = build_schedule(cfg.diffusion.schedule)
+        self.module: nn.Module = PDFusionDenoiser(cfg.model, schedule.alphas_cumprod).to(self.device)
         self.ema: nn.Module = copy.deepcopy(self.module).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.model: nn.Module = wrap_model(self.module) if wrap_model is not None else self.module
-        self.diffusion = GaussianDiffusion(build_schedule(cfg.diffusion.schedule), cfg.model, cfg.diffusion)
+        self.diffusion = GaussianDiffusion(schedule, cfg.model, cfg.diffusion)
         if hasattr(self.diffusion, "to"):
             self.diffusion = self.diffusion.to(self.device) or self.diffusion
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
