@@ -87,7 +87,7 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 
 def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int | None, guidance: float,
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
-             pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu") -> dict:
+             pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time") -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.ranking import library_lookup, refine, refine_candidates, sample_and_score
 
@@ -95,7 +95,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     metals = [int(d.metal) for d in val_data]
     t0 = time.time()
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
-                        pdf_guidance_iters=pdf_guidance_iters, eta=eta)
+                        pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing)
     ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
     sample_s = time.time() - t0
     rwp = np.array([[c.rwp for c in cands] for cands in ranked])  # (P, K), each row ascending
@@ -105,7 +105,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     lib_idx, lib_rwp = library_lookup(pdfs, torch.cat([d.y for d in train_data]).float())
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
-        "guidance": guidance, "eta": eta, "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
+        "guidance": guidance, "eta": eta, "spacing": spacing, "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
         "median_of_per_pdf_mean": float(np.median(rwp.mean(1))),
@@ -253,6 +253,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity of the strided sampler")
+    ap.add_argument("--spacing", choices=("time", "sigma"), default="time",
+                    help="strided times evenly in t, or in sigma^(1/7) (Karras)")
     ap.add_argument("--pdf-guidance", type=float, default=0.0,
                     help="steer sampling toward the target G(r) (A per step at full noise; 0 = off)")
     ap.add_argument("--pdf-guidance-iters", type=int, default=1)
@@ -324,7 +326,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads, "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
-                         args.pdf_guidance_iters, args.eta, device)}
+                         args.pdf_guidance_iters, args.eta, device, args.spacing)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

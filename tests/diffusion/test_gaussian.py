@@ -173,3 +173,20 @@ def test_bond_length_frame_encodes_one_shape_at_every_size():
     assert x[~batch.mask].abs().max() == 0
     with pytest.raises(ValueError, match="model.bond_length"):
         tiny_model_cfg(bond_length=0.0)
+
+
+def test_lognormal_time_sampling_spends_steps_where_order_forms():
+    """t_sampling='lognormal' draws σ = √((1−ᾱ)/ᾱ) log-normally: the median σ is exp(mean), and far fewer
+    steps land in the pure-noise half of the schedule than with uniform t."""
+    from pdfusion.config import DiffusionConfig, ScheduleConfig
+    from pdfusion.diffusion import GaussianDiffusion, build_schedule
+
+    sched = ScheduleConfig(timesteps=500)
+    s = build_schedule(sched)
+    gen = torch.Generator().manual_seed(0)
+    logn = GaussianDiffusion(s, None, DiffusionConfig(schedule=sched, t_sampling="lognormal")).sample_times(20000, gen, "cpu")
+    unif = GaussianDiffusion(s, None, DiffusionConfig(schedule=sched)).sample_times(20000, gen, "cpu")
+    assert int(logn.min()) >= 1 and int(logn.max()) <= 500
+    abar = s.alphas_cumprod[logn.median()]
+    assert abs(float(((1 - abar) / abar).sqrt().log()) - (-1.9)) < 0.05
+    assert float((logn > 250).float().mean()) < 0.1 < 0.4 < float((unif > 250).float().mean())

@@ -248,3 +248,15 @@ def test_sampler_with_exact_denoiser_reproduces_gaussian_variance(name):
     want = expected_variance(d, cfg, s)
     assert var == pytest.approx(want, rel=0.06), (var, want)
     assert want == pytest.approx(s ** 2, rel=0.25)  # and the recursion itself is near the data variance
+
+
+def test_sigma_spacing_is_descending_from_T_and_denser_at_low_noise():
+    from pdfusion.config import ScheduleConfig
+    from pdfusion.diffusion import build_schedule
+    from pdfusion.diffusion.samplers import strided_timesteps
+
+    s = build_schedule(ScheduleConfig(timesteps=500))
+    ts = strided_timesteps(500, 100, s.alphas_cumprod)
+    assert ts[0] == 500 and ts[-1] >= 1 and all(a > b for a, b in zip(ts, ts[1:], strict=False))
+    linear = strided_timesteps(500, 100)
+    assert sum(t <= 50 for t in ts) > 1.5 * sum(t <= 50 for t in linear)  # 18 vs 10 steps

@@ -113,6 +113,17 @@ class GaussianDiffusion:
         snr = abar / (1.0 - abar)
         return (snr.clamp(max=self.diffusion_cfg.min_snr_gamma) / snr).float()
 
+    def sample_times(self, b: int, generator: torch.Generator | None, device) -> torch.Tensor:
+        """(b,) training times in 1..T: uniform, or the nearest to a log-normal σ (`diffusion.t_sampling`)."""
+        cfg = self.diffusion_cfg
+        if cfg.t_sampling == "uniform":
+            return torch.randint(1, self.T + 1, (b,), generator=generator, device=device)
+        abar = self.schedule.alphas_cumprod.to(device=device, dtype=torch.float64)[1:]
+        sigma = ((1 - abar) / abar).sqrt()  # increasing in t
+        draw = torch.randn(b, generator=generator, device=device, dtype=torch.float64)
+        target = torch.exp(cfg.t_log_sigma_mean + cfg.t_log_sigma_std * draw)
+        return (torch.searchsorted(sigma, target).clamp(0, self.T - 1) + 1).long()
+
     def training_loss(self, model: torch.nn.Module, batch: DenseBatch, generator: torch.Generator | None = None,
                       *, count_loss_weight: float = 0.1, step: int | None = None
                       ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -124,7 +135,7 @@ class GaussianDiffusion:
         b = mask.shape[0]
         dev = mask.device
         x0, h0 = self.encode(batch)
-        t = torch.randint(1, self.T + 1, (b,), generator=generator, device=dev)
+        t = self.sample_times(b, generator, dev)
         eps_x = self.position_noise(mask, generator)
         eps_h = self.type_noise(mask, generator)
         xt = self.q_sample(x0, t, eps_x)

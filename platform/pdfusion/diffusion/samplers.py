@@ -62,10 +62,20 @@ def guided_epsilon(model: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, mas
     return torch.lerp(ex[b:], ex[:b], g), torch.lerp(eh[b:], eh[:b], g)
 
 
-def strided_timesteps(T: int, steps: int) -> list[int]:
-    """Descending integer times from T to 1, `steps` of them (fewer if T < steps), evenly spaced."""
+def strided_timesteps(T: int, steps: int, alphas_cumprod: torch.Tensor | None = None, rho: float = 7.0) -> list[int]:
+    """Descending integer times from T to 1, `steps` of them (fewer if T < steps or times coincide): evenly
+    spaced in t, or, given the schedule's ᾱ, evenly in σ^(1/ρ) with σ = √((1−ᾱ)/ᾱ) ≤ 80 (Karras et al. 2022)."""
     steps = max(1, min(int(steps), T))
-    ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().tolist()
+    if alphas_cumprod is None:
+        ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().tolist()
+    else:
+        abar = alphas_cumprod.to(torch.float64)[1:]
+        sigma = ((1 - abar) / abar).sqrt()
+        # above EDM's σ_max = 80 (data std ~1 here) x_t is pure noise: start at T, spend no steps up there
+        lo, hi = float(sigma[0]) ** (1 / rho), min(float(sigma[-1]), 80.0) ** (1 / rho)
+        target = torch.linspace(hi, lo, steps, dtype=torch.float64) ** rho
+        ts = (torch.searchsorted(sigma, target).clamp(0, T - 1) + 1).tolist()
+        ts[0] = T
     out: list[int] = []
     for t in ts:
         if not out or t < out[-1]:
@@ -153,7 +163,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = list(range(T, 0, -1))
             pairs = [(t, t - 1) for t in times]
         else:
-            times = strided_timesteps(T, cfg.steps)
+            times = strided_timesteps(T, cfg.steps, s.alphas_cumprod if cfg.spacing == "sigma" else None)
             pairs = list(zip(times, times[1:] + [0], strict=True))
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
