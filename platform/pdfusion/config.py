@@ -252,6 +252,9 @@ class ModelConfig:
     # per-atom displacement joins ε_x. The seed and generated particles are crystal-axis aligned, so the network
     # need not infer an orientation; the PDF is rotation-invariant, so one orientation per structure suffices.
     frame_features: bool = False
+    # Learned guidance (diffusion.pdf_gradient): each atom's descent direction of the misfit between G(x_t/√ᾱ)
+    # and the target broadened by the noise, an equivariant per-atom input gated by a learned scalar.
+    pdf_gradient: bool = False
 
     def __post_init__(self) -> None:
         _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")

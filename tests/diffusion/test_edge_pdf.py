@@ -124,3 +124,29 @@ def test_frame_model_sees_absolute_directions(frame_model):
     ex, _ = frame_model(x, h, mask, t, pdf, metal, cm)
     ex2, _ = frame_model((x @ q.T) * mask.unsqueeze(-1), h, mask, t, pdf, metal, cm)
     assert (ex2 - ex @ q.T).abs().max() > 1e-2
+
+
+def test_pdf_gradient_points_downhill_and_vanishes_without_the_condition():
+    """Moving atoms a little along the learned-guidance input lowers the scale-free misfit it is the
+    descent direction of; rows whose condition is dropped get zeros."""
+    from helpers import toy_particle
+
+    from pdfusion.diffusion.pdf_gradient import _condition_pdf_config, pdf_gradient
+    from pdfusion.pdf.fitting import simulate_safe
+
+    cfg = ModelConfig(pdf_points=400, pdf_rstep=0.05, position_scale=3.5, pdf_gradient=True)
+    pos, z = toy_particle(13, torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 13, dtype=torch.bool)
+    target = simulate_safe(pos[None], z[None], mask[:1], _condition_pdf_config(cfg)).expand(2, -1)
+    start = (pos + 0.2 * torch.randn(13, 3, generator=torch.Generator().manual_seed(1))).expand(2, -1, -1) / 3.5
+    h = torch.nn.functional.one_hot((z == 8).long(), 2).float().expand(2, -1, -1)
+    abar = torch.ones(2)
+    unit, size = pdf_gradient(cfg, start, h, mask, target, torch.tensor([22, 22]), torch.tensor([True, False]), abar)
+    assert unit[1].abs().max() == 0 and size[1].abs().max() == 0
+    torch.testing.assert_close((unit[0].pow(2).sum(-1).mean()).sqrt(), torch.tensor(1.0))
+
+    def misfit(x):
+        g = simulate_safe(x * 3.5, z[None], mask[:1], _condition_pdf_config(cfg))
+        return float(1 - (g * target[:1]).sum() ** 2 / ((g * g).sum() * (target[:1] ** 2).sum()))
+
+    assert misfit(start[:1] + 0.01 * unit[:1]) < misfit(start[:1]) < misfit(start[:1] - 0.01 * unit[:1])

@@ -36,7 +36,8 @@ def inputs(sizes, seed=0, n_max=None):
 # r = 0.5 k Å) at each edge's distance, which is invariant, so they must stay equivariant
 GRAPHS = {"full": dict(cutoff=None), "cutoff": dict(cutoff=4.0),
           "edge_pdf": dict(cutoff=4.0, edge_pdf="raw", pdf_rstep=0.5),
-          "edge_pdf_noise_aware": dict(cutoff=None, edge_pdf="noise_aware", pdf_rstep=0.5, bond_length=2.0)}
+          "edge_pdf_noise_aware": dict(cutoff=None, edge_pdf="noise_aware", pdf_rstep=0.5, bond_length=2.0),
+          "pdf_gradient": dict(cutoff=4.0, pdf_gradient=True, pdf_rstep=0.5)}
 
 
 @pytest.fixture(params=list(GRAPHS), scope="module")
@@ -46,6 +47,7 @@ def model(request):
     with torch.no_grad():
         for blk in m.egnn.blocks:
             blk.coord_mlp[-1].weight.normal_(0, 0.3)
+        m.egnn.out.weight.normal_(0, 0.3)  # and the extra heads (pdf_gradient's gate)
     return m.eval()
 
 

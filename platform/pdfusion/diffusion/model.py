@@ -18,6 +18,8 @@ from pdfusion.config import ModelConfig, from_dict
 from pdfusion.diffusion.edge_pdf import EdgePDF
 from pdfusion.diffusion.egnn import EGNN
 from pdfusion.diffusion.guards import check_finite
+from pdfusion.diffusion.pdf_gradient import pdf_gradient
+from pdfusion.structures.particle import OXYGEN
 
 __all__ = ["PDFusionDenoiser", "PDFEncoder", "remove_mean", "timestep_embedding"]
 
@@ -88,9 +90,10 @@ class PDFusionDenoiser(nn.Module):
         super().__init__()
         cfg = ModelConfig() if cfg is None else (from_dict(ModelConfig, cfg) if isinstance(cfg, dict) else cfg)
         self.cfg = cfg
-        if cfg.edge_pdf == "noise_aware" and alphas_cumprod is None:
-            raise ValueError("model.edge_pdf='noise_aware' reads the target at each noise level's spread: build the "
-                             "denoiser with the schedule, PDFusionDenoiser(cfg, build_schedule(...).alphas_cumprod)")
+        if (cfg.edge_pdf == "noise_aware" or cfg.pdf_gradient) and alphas_cumprod is None:
+            raise ValueError("model.edge_pdf='noise_aware' and model.pdf_gradient read the target at each noise "
+                             "level's spread: build the denoiser with the schedule, "
+                             "PDFusionDenoiser(cfg, build_schedule(...).alphas_cumprod)")
         self.register_buffer("abar", None if alphas_cumprod is None else alphas_cumprod.detach().float().clone(),
                              persistent=False)
         e = cfg.pdf_embed
@@ -101,15 +104,15 @@ class PDFusionDenoiser(nn.Module):
         self.time_dim = 32
         self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, e), nn.SiLU(), nn.Linear(e, e))
         cutoff = None if cfg.cutoff is None else cfg.cutoff / cfg.position_scale
-        frame_in = FRAME_FEATURES if cfg.frame_features else 0
-        frame_out = 3 if cfg.frame_features else 0
+        frame_in = (FRAME_FEATURES if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
+        frame_out = (3 if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
         self.egnn = EGNN(cfg.n_types + 1 + e + frame_in, cfg.n_types + frame_out, hidden=cfg.hidden, layers=cfg.layers,
                          attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
                          norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
                          normalization_factor=cfg.normalization_factor, cutoff=cutoff,
                          checkpoint=cfg.grad_checkpoint,
                          extra_edge_dim=EdgePDF.dim() if cfg.edge_pdf != "off" else 0)
-        if cfg.frame_features:  # the absolute displacement head starts near zero (EDM-style tiny updates)
+        if frame_out:  # the extra displacement heads start near zero (EDM-style tiny updates)
             with torch.no_grad():
                 self.egnn.out.weight[cfg.n_types:].mul_(1e-3)
                 self.egnn.out.bias[cfg.n_types:].zero_()
@@ -157,21 +160,31 @@ class PDFusionDenoiser(nn.Module):
         parts = [h, t[:, None, None].expand(b, n, 1), cond[:, None, :].expand(b, n, -1)]
         if self.cfg.frame_features:
             parts.append(frame_features(x))
-        edge_fn = None
-        if self.cfg.edge_pdf != "off":
+        edge_fn, descent = None, None
+        if self.cfg.edge_pdf != "off" or self.cfg.pdf_gradient:
             keep = torch.zeros(b, dtype=torch.bool, device=x.device) if cond_mask is None or pdf is None else cond_mask
+            keep = keep.to(x.device)
             curves = pdf if pdf is not None else x.new_zeros(b, self.cfg.pdf_points)
-            noise = None
-            if self.cfg.edge_pdf == "noise_aware":
-                abar = self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()]
-                noise = (abar.sqrt(), (1 - abar).sqrt())
-            edge_fn = EdgePDF(self.cfg, curves, keep.to(x.device), noise).features
+            abar = None if self.abar is None else self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()]
+            if self.cfg.edge_pdf != "off":
+                noise = (abar.sqrt(), (1 - abar).sqrt()) if self.cfg.edge_pdf == "noise_aware" else None
+                edge_fn = EdgePDF(self.cfg, curves, keep, noise).features
+            if self.cfg.pdf_gradient:
+                if bool(keep.any()):  # rows without the condition get zeros (and any valid Z to simulate with)
+                    metal_z = torch.where(keep, metal.long().reshape(-1).to(x.device), OXYGEN)
+                    descent, size = pdf_gradient(self.cfg, x, h, mask, curves, metal_z, keep, abar)
+                else:
+                    descent, size = torch.zeros_like(x), x.new_zeros(b, n, 1)
+                parts.append(size)
         x_out, h_out = self.egnn(x, torch.cat(parts, dim=-1), mask, edge_features=edge_fn)
         m = mask.unsqueeze(-1).to(x.dtype)
         nt = self.cfg.n_types
         shift = x_out - x
+        extra = h_out[..., nt:]
         if self.cfg.frame_features:
-            shift = shift + h_out[..., nt:]
+            shift, extra = shift + extra[..., :3], extra[..., 3:]
+        if descent is not None:  # a learned, per-atom gate on the PDF's descent direction (equivariant)
+            shift = shift + extra[..., :1] * descent
         eps_x = remove_mean(shift * m, mask)
         eps_h = h_out[..., :nt] * m
         check_finite("eps_x", eps_x)
