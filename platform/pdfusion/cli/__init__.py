@@ -13,7 +13,7 @@ import sys
 from pdfusion.config import ConfigError
 
 # module name -> subcommand(s) it registers
-_COMMANDS = ("pdf_cmd", "structure_cmd", "data_cmd", "sample_cmd", "solve_cmd")
+_COMMANDS = ("pdf_cmd", "structure_cmd", "data_cmd", "sample_cmd", "solve_cmd", "fit_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:
