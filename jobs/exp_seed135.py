@@ -87,7 +87,8 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 
 def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int | None, guidance: float,
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
-             pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time") -> dict:
+             pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
+             seed_library: int | None = None) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.ranking import library_lookup, refine, refine_candidates, sample_and_score
 
@@ -96,7 +97,11 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     t0 = time.time()
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
                         pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing)
-    ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
+    if seed_library is None:
+        ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
+    else:
+        ranked = seeded_candidates(model, diffusion, pdfs, metals, train_data, dataclasses.replace(scfg, init_t=seed_library),
+                                   pdf_cfg)
     sample_s = time.time() - t0
     rwp = np.array([[c.rwp for c in cands] for cands in ranked])  # (P, K), each row ascending
     n_nan = int((~np.isfinite(rwp)).sum())
@@ -105,7 +110,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     lib_idx, lib_rwp = library_lookup(pdfs, torch.cat([d.y for d in train_data]).float())
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
-        "guidance": guidance, "eta": eta, "spacing": spacing, "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
+        "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
         "median_of_per_pdf_mean": float(np.median(rwp.mean(1))),
@@ -146,6 +151,41 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     best = ranked[int(np.argmin(rwp[:, 0]))][0]
     (out / "best_candidate.xyz").write_text(best.to_xyz())
     return result
+
+
+def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg, pdf_cfg) -> list:
+    """Template-seeded sampling (reported apart from the unaided model): for each target, its K nearest library
+    structures by PDF, noised to cfg.init_t and denoised with the target as condition (the target's metal on
+    the template's metal sites), each sized by the same expansion fit as the model's own candidates."""
+    from tqdm.auto import tqdm
+
+    from pdfusion.data.batching import DenseBatch
+    from pdfusion.diffusion.gaussian import types_to_numbers
+    from pdfusion.diffusion.samplers import sample
+    from pdfusion.evaluation.ranking import Candidate, pad_structures, size_and_score
+    from pdfusion.pdf import rwp as rwp_fn
+
+    lib_pdfs = torch.cat([d.y for d in library]).double()
+    ranked = []
+    for i in tqdm(range(pdfs.shape[0]), desc="seeded"):
+        short = torch.argsort(rwp_fn(lib_pdfs, pdfs[i].double().expand_as(lib_pdfs)))[: cfg.n_samples].tolist()
+        pos, num, msk = (torch.from_numpy(a) for a in pad_structures(
+            [library[j].pos.double().numpy() for j in short], [library[j].z.numpy() for j in short]))
+        k = len(short)
+        metal = torch.full((k,), int(metals[i]))
+        init = DenseBatch(pos=pos.float(), z=num, mask=msk, pdf=None, metal=None, n_atoms=msk.sum(1))
+        out = sample(model, diffusion, pdfs[i].expand(k, -1), metal, msk.sum(1), cfg, init=init,
+                     generator=torch.Generator().manual_seed(cfg.seed + i))
+        mask = out.mask.bool()
+        numbers = types_to_numbers(out.types.long(), metal) * mask
+        p, g_sim, scores, factor = size_and_score(out.positions.float(), numbers, mask, pdfs[i].expand(k, -1).float(),
+                                                  pdf_cfg, diffusion.model_cfg.bond_length)
+        cands = [Candidate(numbers=numbers[j][mask[j]].numpy().astype(np.int64),
+                           positions=(p[j][mask[j]] - p[j][mask[j]].mean(0)).double().numpy(), n_atoms=int(mask[j].sum()),
+                           rwp=float(scores[j]), rwp_before_refine=None, g_sim=g_sim[j].detach().numpy(),
+                           expansion=None if factor is None else float(factor[j])) for j in range(k)]
+        ranked.append(sorted(cands, key=lambda c: c.rwp))
+    return ranked
 
 
 VALID_DISTANCE = 1.2  # Å: a candidate is valid when no two atoms are closer
@@ -253,6 +293,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity of the strided sampler")
+    ap.add_argument("--seed-library", type=int, default=None, metavar="T0",
+                    help="template-seeded sampling: start from the K nearest library structures noised to t = T0 "
+                         "(reported apart from the unaided model)")
     ap.add_argument("--spacing", choices=("time", "sigma"), default="time",
                     help="strided times evenly in t, or in sigma^(1/7) (Karras)")
     ap.add_argument("--pdf-guidance", type=float, default=0.0,
@@ -326,7 +369,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads, "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
-                         args.pdf_guidance_iters, args.eta, device, args.spacing)}
+                         args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -308,6 +308,9 @@ class SampleConfig:
     eta: float = 1.0
     # strided times evenly spaced in t ("time") or in σ^(1/7) (Karras et al. 2022, "sigma": more steps at low noise)
     spacing: Literal["time", "sigma"] = "time"
+    # Template-seeded sampling (SDEdit): start from given structures noised to this time instead of from x_T
+    # (`sample(..., init=batch)`), so near a library structure the model corrects instead of inventing.
+    init_t: int | None = None
     n_samples: int = 16  # K candidates per PDF
     n_atoms: int | None = None  # None: predicted from the PDF
     refine: bool = False
@@ -325,6 +328,7 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _check(self.spacing in ("time", "sigma"), "spacing", f"must be 'time' or 'sigma', got {self.spacing!r}")
+        _check(self.init_t is None or self.init_t >= 1, "init_t", f"must be None or a time >= 1, got {self.init_t}")
         _check(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", f"must be None or positive, got {self.clip_x0}")
         _check(self.pdf_guidance >= 0 and math.isfinite(self.pdf_guidance), "pdf_guidance",
                f"must be finite and >= 0 (A per step; 0 = off), got {self.pdf_guidance}")

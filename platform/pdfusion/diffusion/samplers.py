@@ -110,12 +110,14 @@ def predict_n_atoms(model: torch.nn.Module, pdf: torch.Tensor, metal: torch.Tens
 def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tensor | None,
            metal: torch.Tensor | None, n_atoms: torch.Tensor | list[int], cfg: SampleConfig | None = None, *,
            generator: torch.Generator | None = None, return_trajectory: bool = False,
-           progress: bool = False, pdf_cfg: PDFConfig | None = None) -> SampleResult:
+           progress: bool = False, pdf_cfg: PDFConfig | None = None, init=None) -> SampleResult:
     """Generate one structure per row. pdf (B,n_r) and metal (B,) condition the model (both None: an
     unconditional model); n_atoms (B,) fixes each particle's size (use `predict_n_atoms` to draw it).
     `cfg.steps` None → ancestral DDPM over all T steps; else DDIM-style over `cfg.steps` strided steps with
     stochasticity `cfg.eta`. Without a generator, one seeded with `cfg.seed` is used. `cfg.pdf_guidance` > 0
-    also steers every x̂0 toward `pdf` through the simulator configured by `pdf_cfg` (diffusion.pdf_guidance)."""
+    also steers every x̂0 toward `pdf` through the simulator configured by `pdf_cfg` (diffusion.pdf_guidance).
+    `init` (a DenseBatch of starting structures, one per row) with `cfg.init_t`: start from them noised to
+    init_t (SDEdit) and run only the times ≤ init_t."""
     cfg = cfg or SampleConfig()
     dev = _model_device(model)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long).reshape(-1).to(dev)
@@ -156,15 +158,27 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         h = diffusion.type_noise(mask, generator)
         s = diffusion.schedule
         T = s.timesteps
+        t_start = T
+        if (init is None) != (cfg.init_t is None):
+            raise ValueError("init: template-seeded sampling needs both the starting structures (init) and "
+                             "cfg.init_t; give both or neither")
+        if init is not None:
+            if tuple(init.mask.shape) != tuple(mask.shape) or not torch.equal(init.mask.bool().to(dev), mask):
+                raise ValueError(f"init: the starting structures must have the sampled atom counts {n_atoms.tolist()}")
+            t_start = min(int(cfg.init_t), T)
+            x0, h0 = diffusion.encode(init.to(dev) if hasattr(init, "to") else init)
+            tt0 = torch.full((b,), t_start, dtype=torch.long, device=dev)
+            x = remove_mean(diffusion.q_sample(x0.to(dev), tt0, x), mask)
+            h = diffusion.q_sample(h0.to(dev), tt0, h) * mask.unsqueeze(-1)
         traj = [diffusion.decode(x, h, mask)[0].cpu()] if return_trajectory else None
         m3 = mask.unsqueeze(-1).float()
         clip = None if cfg.clip_x0 is None else cfg.clip_x0 / diffusion.model_cfg.position_scale
         if cfg.steps is None:
-            times = list(range(T, 0, -1))
-            pairs = [(t, t - 1) for t in times]
+            times = list(range(t_start, 0, -1))
         else:
             times = strided_timesteps(T, cfg.steps, s.alphas_cumprod if cfg.spacing == "sigma" else None)
-            pairs = list(zip(times, times[1:] + [0], strict=True))
+            times = [t_start] + [t for t in times if t < t_start]
+        pairs = list(zip(times, times[1:] + [0], strict=True))
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance)
