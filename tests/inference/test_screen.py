@@ -13,7 +13,15 @@ import torch
 from pdfusion.config import PDFConfig
 from pdfusion.inference.library import build_library
 from pdfusion.inference.report import REPORT_SCHEMA_KEYS, format_table, write_report
-from pdfusion.inference.screen import Curves, ScreenConfig, prepare_target, score_candidate, screen
+from pdfusion.inference.screen import (
+    Curves,
+    ScreenConfig,
+    local_fit,
+    prepare_target,
+    rescore,
+    score_candidate,
+    screen,
+)
 from pdfusion.inference.solve import SolveConfig, solve
 from pdfusion.pdf import r_grid, simulate_pdf
 from pdfusion.structures.clusters import icosahedron
@@ -23,10 +31,10 @@ QMAX = 22.0
 UISO = 0.006
 
 
-def simulated(particle, expansion=1.0, scale=1.0, noise=0.0, rmax=20.0, seed=0):
+def simulated(particle, expansion=1.0, scale=1.0, noise=0.0, rmax=20.0, seed=0, qstep=None):
     """A 'measured' G(r): simulate_pdf of the expanded particle, scaled, with Gaussian noise."""
-    cfg = PDFConfig(rmin=0.0, rmax=rmax, rstep=0.01, qmin=1.0, qmax=QMAX, qdamp=0.04, biso=8 * math.pi**2 * UISO,
-                    normalize=False)
+    cfg = PDFConfig(rmin=0.0, rmax=rmax, rstep=0.01, qmin=1.0, qmax=QMAX, qstep=qstep, qdamp=0.04,
+                    biso=8 * math.pi**2 * UISO, normalize=False)
     pos = torch.as_tensor(particle.positions * expansion)[None]
     g = simulate_pdf(pos, torch.as_tensor(particle.numbers)[None], None, cfg)[0].numpy() * scale
     g = g + np.random.default_rng(seed).normal(0.0, noise * np.abs(g).max(), g.shape)
@@ -34,14 +42,22 @@ def simulated(particle, expansion=1.0, scale=1.0, noise=0.0, rmax=20.0, seed=0):
 
 
 def test_fast_model_matches_simulate_pdf():
-    # (simulate_pdf's own Q step is pi / extended rmax: at rmax 20 Å its curves differ from the exact sine
-    # transform by Rw ~0.01 uniformly in r; at 30 Å by ~0.003)
+    # against simulate_pdf on a fine Q grid (qstep 0.005, near the continuous sine transform): srreal's
+    # default Q step pi / (extended rmax) alone moves its curves by Rw ~0.01
     torch.set_num_threads(1)
     for p in (icosahedron("Pt", 4), make_particle("spinel", "Fe", 7.0)):
-        r, g = simulated(p, expansion=1.02, rmax=30.0)
+        r, g = simulated(p, expansion=1.02, rmax=30.0, qstep=0.005)
         t = prepare_target(r, g, ScreenConfig(qmin=1.0, qmax=QMAX, qdamp=0.04))
         gc = Curves(p, t.q, t.cfg).fq(np.array([1.02]), np.array([UISO]))[0, 0] @ t.transform
-        assert np.sqrt(((gc - t.g) ** 2).sum() / (t.g**2).sum()) < 0.006
+        assert np.sqrt(((gc - t.g) ** 2).sum() / (t.g**2).sum()) < 0.004
+        for d2 in (2.0, 4.0):  # the delta2 stage on short pairs
+            cfg = PDFConfig(rmin=0.0, rmax=30.0, rstep=0.01, qmin=1.0, qmax=QMAX, qstep=0.005, qdamp=0.04,
+                            biso=8 * math.pi**2 * UISO, delta2=d2, normalize=False)
+            gd = simulate_pdf(torch.as_tensor(p.positions * 1.02)[None], torch.as_tensor(p.numbers)[None], None,
+                              cfg)[0].numpy()
+            gdc = Curves(p, t.q, t.cfg).fq_delta2(1.02, np.array([UISO]), np.array([d2]))[0, 0] @ t.transform
+            gdw = np.interp(t.r, r_grid(cfg).numpy(), gd)
+            assert np.sqrt(((gdc - gdw) ** 2).sum() / (gdw**2).sum()) < 0.012
 
 
 def test_score_recovers_scale_expansion_uiso():
@@ -52,6 +68,20 @@ def test_score_recovers_scale_expansion_uiso():
     assert s.scale == pytest.approx(0.37, rel=0.05)
     assert s.uiso == pytest.approx(UISO, abs=0.0021)
     assert s.rw < 0.1
+
+
+def test_rescore_finds_delta2_and_local_fit_refines_it():
+    p = icosahedron("Pt", 5)
+    cfg = PDFConfig(rmin=0.0, rmax=20.0, rstep=0.01, qmin=1.0, qmax=QMAX, qdamp=0.04, biso=8 * math.pi**2 * 0.008,
+                    delta2=3.0, normalize=False)
+    g = simulate_pdf(torch.as_tensor(p.positions * 1.01)[None], torch.as_tensor(p.numbers)[None], None, cfg)[0]
+    t = prepare_target(r_grid(cfg).numpy(), 0.5 * g.numpy(), ScreenConfig(qmin=1.0, qmax=QMAX))
+    first = score_candidate(p, t)
+    second = rescore(p, t, first)
+    assert second.delta2 == pytest.approx(3.0, abs=1.0) and second.rw < 0.6 * first.rw
+    fit = local_fit(p, t, second)
+    assert fit.params["delta2"] == pytest.approx(3.0, abs=0.5) and fit.params["uiso"] == pytest.approx(0.008, abs=0.001)
+    assert fit.params["expansion"] == pytest.approx(1.01, abs=0.001) and fit.rw <= second.rw + 0.01
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +110,10 @@ def test_known_oxide_candidate_ranked_first():
     assert res.best.structure_type == "fluorite" and res.best.n_atoms == len(truth)
     assert res.best.params["expansion"] == pytest.approx(0.98, abs=0.002)
     assert res.best.lattice_params["a"] == pytest.approx(truth.meta["lattice_params"]["a"] * 0.98, rel=2e-3)
-    assert len(res.screening) == len(build_library("CeO2", radii=(4.0, 6.0)))
+    # the truth is the library's largest fluorite, so larger ones were screened too -- and lost
+    n_lib = len(build_library("CeO2", radii=(4.0, 6.0)))
+    grown = [s for s in res.screening[:] if s["structure_type"] == "fluorite" and s["n_atoms"] > len(truth)]
+    assert len(res.screening) == n_lib + len(grown) and grown
 
 
 def test_generated_candidates_join_the_ranking():
@@ -92,6 +125,10 @@ def test_generated_candidates_join_the_ranking():
                 meta={"qmin": 1.0, "qmax": QMAX}, progress=False)
     assert res.best.structure_type == "generated" and res.best.family == "generated"
     assert res.best.rw < 0.05
+    # without the least-squares refinement every candidate gets the screening model's local fit
+    quick = solve(r, g, "NiO", SolveConfig(radii=(4.0,), top=2, refine=False, oxide_types=("rocksalt", "rutile")),
+                  meta={"qmin": 1.0, "qmax": QMAX}, progress=False)
+    assert {c.method for c in quick.candidates} == {"screen-local"} and quick.best.structure_type == "rocksalt"
 
 
 def test_report_json_schema(pt_result, tmp_path):
@@ -102,7 +139,7 @@ def test_report_json_schema(pt_result, tmp_path):
     for c in cands:
         for key in REPORT_SCHEMA_KEYS:
             assert key in c
-        for key in ("scale", "expansion", "uiso"):
+        for key in ("scale", "expansion", "uiso_Pt", "delta2"):  # Uiso per element, as pdf.refine names it
             assert key in c["params"] and key in c["uncertainties"]
         assert (tmp_path / c["xyz"]).is_file()
     assert [c["rw"] for c in cands] == sorted(c["rw"] for c in cands)

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("-k", "--n-samples", type=int, default=16, help="model samples with --model (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed with --model")
     p.add_argument("--top", type=int, default=5, help="candidates refined and reported (default 5)")
-    p.add_argument("--per-type", type=int, default=2, help="at most this many of one structure type (default 2)")
+    p.add_argument("--per-type", type=int, default=1, help="at most this many of one structure type (default 1)")
     p.add_argument("--radii", type=float, nargs="+", default=None,
                    help="library radii in Å (default 5 6.5 8 10 12 14 16 18 20)")
     p.add_argument("--families", nargs="+", choices=("oxide", "metal"), default=None,

@@ -30,18 +30,29 @@ def _fmt(v: float | None, unc: float | None = None, digits: int = 4) -> str:
     return s
 
 
+def _uiso(params: dict[str, float]) -> float | None:
+    """The metal's Uiso: 'uiso' (one for all elements) or the first 'uiso_<El>' that is not oxygen."""
+    if "uiso" in params:
+        return params["uiso"]
+    per = {k[5:]: v for k, v in params.items() if k.startswith("uiso_")}
+    metal = [v for el, v in per.items() if el != "O"]
+    return metal[0] if metal else per.get("O")
+
+
 def format_table(result: SolveResult) -> str:
-    """The ranked candidates as a fixed-width text table."""
-    head = (f"{'rank':>4}  {'structure type':<22} {'atoms':>6} {'diam/Å':>7} {'a/Å':>8} {'expansion':>9} "
-            f"{'Rw':>7} {'screen Rw':>9} {'scale':>8} {'Uiso/Å²':>8} {'delta2':>7}")
+    """The ranked candidates as a fixed-width text table (Uiso: the metal's; fit: full = pdf.refine
+    least squares, local = the screening model's own fit)."""
+    head = (f"{'rank':>4}  {'structure type':<21} {'atoms':>6} {'diam/Å':>7} {'a/Å':>8} {'expansion':>9} "
+            f"{'Rw':>7} {'screen':>7} {'scale':>8} {'Uiso/Å²':>8} {'delta2':>6} {'fit':>5}")
     lines = [head, "-" * len(head)]
     for c in result.candidates:
         p, a = c.params, c.lattice_params.get("a")
         lines.append(
-            f"{c.rank:>4}  {c.structure_type:<22} {c.n_atoms:>6d} {c.diameter:>7.1f} "
+            f"{c.rank:>4}  {c.structure_type:<21} {c.n_atoms:>6d} {c.diameter:>7.1f} "
             f"{(f'{a:.4f}' if a is not None else '-'):>8} {p.get('expansion', float('nan')):>9.4f} "
-            f"{c.rw:>7.4f} {c.screen.get('rw', float('nan')):>9.4f} {_fmt(p.get('scale'), None, 4):>8} "
-            f"{_fmt(p.get('uiso'), None, 5):>8} {_fmt(p.get('delta2'), None, 3):>7}")
+            f"{c.rw:>7.4f} {c.screen.get('rw', float('nan')):>7.4f} {_fmt(p.get('scale'), None, 4):>8} "
+            f"{_fmt(_uiso(p), None, 5):>8} {_fmt(p.get('delta2'), None, 2):>6} "
+            f"{'full' if c.method == 'pdf.refine' else 'local':>5}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from pdfusion.inference.screen import (
     ScreenTarget,
     local_fit,
     prepare_target,
+    rescore,
     screen,
 )
 from pdfusion.structures.particle import Particle
@@ -46,7 +47,7 @@ class SolveConfig:
     frees Qdamp in the refinement (default fixed at ``qdamp``, the instrument's value)."""
 
     top: int = 5
-    per_type: int = 2
+    per_type: int = 1
     radii: tuple[float, ...] = DEFAULT_RADII
     families: tuple[str, ...] | None = None
     oxide_types: tuple[str, ...] | None = None
@@ -63,6 +64,11 @@ class SolveConfig:
     uiso: tuple[float, ...] = ScreenConfig.uiso
     expansion: tuple[float, float] = ScreenConfig.expansion
     refine: bool = True
+    rescore: int = 16  # the best this many get the second screening stage (delta2 x Uiso grid)
+    refine_margin: float = 0.25  # full refinement for screen Rw <= best * (1 + margin) (or best + 0.05)
+    extend_sizes: bool = True  # grow a leading type's sizes while its best is the largest screened
+    max_radius: float = 30.0  # Å, limit of that growth
+    max_atoms_extended: int = 12000
     use_ray: bool | None = None
     num_cpus: int = 2
 
@@ -189,21 +195,69 @@ def refine_backend() -> str:
 
 
 def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r: np.ndarray, g: np.ndarray,
-                cfg: SolveConfig):
+                cfg: SolveConfig) -> _Fit:
+    """pdf.refine.fit_particle from the screening optimum. The particle is handed over already expanded by the
+    screened factor (fit_particle bounds the expansion to +-10 % of its input), so the reported expansion is
+    the product of the two."""
+    import warnings
+
     from pdfusion.pdf.refine import fit_particle
 
     free = ["scale", "expansion", "uiso", "delta2"] + (["qdamp"] if cfg.refine_qdamp else [])
-    init = {"scale": score.scale, "expansion": score.expansion, "uiso": score.uiso, "delta2": 0.0}
+    s0 = score.expansion
+    start = Particle(particle.numbers, particle.positions * s0, dict(particle.meta))
+    init = {"scale": score.scale, "expansion": 1.0, "uiso": score.uiso, "delta2": score.delta2}
     sc = target.cfg
-    return fit_particle(particle, r, g, free=tuple(free), init=init, qmin=sc.qmin, qmax=sc.qmax, qdamp=sc.qdamp,
-                        qbroad=cfg.qbroad, rmin=sc.rmin, rmax=target.rmax)
+    with warnings.catch_warnings(record=True) as caught:  # kept in the report instead of printed
+        warnings.simplefilter("always")
+        fit = fit_particle(start, r, g, free=tuple(free), init=init, qmin=sc.qmin, qmax=sc.qmax, qdamp=sc.qdamp,
+                           qbroad=cfg.qbroad, rmin=sc.rmin, rmax=target.rmax)
+    params = {k: float(v) for k, v in fit.params.items()}
+    unc = {k: float(v) for k, v in fit.uncertainties.items()}
+    params["expansion"] = params.get("expansion", 1.0) * s0
+    if "expansion" in unc:
+        unc["expansion"] *= s0
+    notes = list(getattr(fit, "warnings", []) or []) + [str(w.message) for w in caught]
+    notes = [n for n in notes if "torch.jit" not in n]  # a torch deprecation notice, not about the fit
+    reach = target.rmax + 6 * 2 * math.pi / sc.qmax  # the refinement model's pair range (srreal's)
+    diameter = 2 * float(np.linalg.norm(start.positions - start.positions.mean(0), axis=1).max())
+    if diameter > reach + 1.0:
+        notes.append(f"particle diameter {diameter:.0f} Å exceeds the refinement model's pair range (~{reach:.0f} Å): "
+                     f"pairs beyond it are left out; the all-pairs screening model gives Rw {score.rw:.4f}")
+    return _Fit(params, unc, float(fit.rw), np.asarray(fit.r), np.asarray(fit.gobs), np.asarray(fit.gcalc),
+                fit.structure, "pdf.refine", sorted(set(notes)), int(getattr(fit, "nfev", 0) or 0))
 
 
-def _refine(particle: Particle, score: ScreenScore, target: ScreenTarget, r: np.ndarray, g: np.ndarray,
-            cfg: SolveConfig, backend: str) -> tuple[Any, str]:
-    if backend == "pdf.refine":
-        return _refine_pdf(particle, score, target, r, g, cfg), backend
-    return local_fit(particle, target, score), "screen-local"
+@dataclass
+class _Fit:
+    params: dict[str, float]
+    uncertainties: dict[str, float]
+    rw: float
+    r: np.ndarray
+    gobs: np.ndarray
+    gcalc: np.ndarray
+    structure: Any
+    method: str
+    warnings: list[str] = field(default_factory=list)
+    nfev: int = 0
+
+
+def _per_element(values: dict[str, float], particle: Particle) -> dict[str, float]:
+    """One 'uiso' for all atoms written as 'uiso_<El>' per element, the names pdf.refine reports."""
+    if "uiso" not in values:
+        return dict(values)
+    from pymatgen.core import Element
+
+    out = {k: v for k, v in values.items() if k != "uiso"}
+    for z in np.unique(particle.numbers):
+        out[f"uiso_{Element.from_Z(int(z)).symbol}"] = values["uiso"]
+    return out
+
+
+def _refine_local(particle: Particle, score: ScreenScore, target: ScreenTarget) -> _Fit:
+    fit = local_fit(particle, target, score)
+    return _Fit(_per_element(fit.params, particle), _per_element(fit.uncertainties, particle), fit.rw, fit.r,
+                fit.gobs, fit.gcalc, fit.structure, fit.method)
 
 
 def _pick(scores: Sequence[ScreenScore], candidates: Sequence[Particle], cfg: SolveConfig) -> list[ScreenScore]:
@@ -226,6 +280,61 @@ def _pick(scores: Sequence[ScreenScore], candidates: Sequence[Particle], cfg: So
     return picked
 
 
+def _extend_sizes(cands: list[Particle], scores: list[ScreenScore], comp, cfg: SolveConfig, target: ScreenTarget,
+                  progress: bool, log: Callable[[str], None] | None) -> list[ScreenScore]:
+    """While the best particle of one of the (up to three) leading structure types -- those screened within the
+    refinement margin of the best -- is also its largest, add that type
+    at two larger radii (steps of the library's top radius spacing, at least 2 Å) and screen them; up to
+    ``cfg.max_radius``. The size of a nanoparticle sets how fast its PDF dies out, so the library's edge must
+    not decide it. Appends to ``cands``; returns all scores, best first."""
+    radii = sorted(cfg.radii)
+    step = max(2.0, radii[-1] - radii[-2]) if len(radii) > 1 else 2.5
+    labels = {p.meta.get("label") for p in cands}
+    for _ in range(4):
+        leaders: list[str] = []
+        limit = max(scores[0].rw * (1 + cfg.refine_margin), scores[0].rw + 0.05)
+        for sc in scores:
+            m = cands[sc.index].meta
+            if sc.rw > limit or len(leaders) == 3:
+                break
+            if m.get("family") in ("oxide", "metal") and m["structure_type"] not in leaders:
+                leaders.append(m["structure_type"])
+        new: list[Particle] = []
+        for st in leaders:
+            members = [sc for sc in scores if cands[sc.index].meta.get("structure_type") == st
+                       and cands[sc.index].meta.get("family") in ("oxide", "metal")]
+            best = members[0]
+            largest = max(members, key=lambda sc: len(cands[sc.index]))
+            if best.index != largest.index:
+                continue
+            meta = cands[best.index].meta
+            r_top = float(meta.get("cut_radius", meta.get("radius", radii[-1])))
+            more = [r for r in (r_top + step, r_top + 2 * step) if r <= cfg.max_radius + 1e-9]
+            if not more:
+                continue
+            fam = meta["family"]
+            try:
+                lib = build_library(comp, more, families=(fam,), oxide_types=(st,) if fam == "oxide" else None,
+                                    cluster_types=(st,) if fam == "metal" else None,
+                                    max_atoms=cfg.max_atoms_extended)
+            except ValueError:  # nothing new within max_atoms_extended
+                continue
+            for p in lib:
+                if p.meta["label"] not in labels and len(p) > len(cands[largest.index]):
+                    labels.add(p.meta["label"])
+                    new.append(p)
+        if not new:
+            break
+        if log:
+            log(f"size edge: screening {len(new)} larger particles of {sorted({p.meta['structure_type'] for p in new})}")
+        start = len(cands)
+        cands.extend(new)
+        extra = screen(new, target, use_ray=False, progress=progress)
+        scores = sorted(scores + [ScreenScore(sc.index + start, sc.rw, sc.scale, sc.expansion, sc.uiso, sc.n_atoms)
+                                  for sc in extra], key=lambda sc: (sc.rw, sc.index))
+    return scores
+
+
 def _lattice(meta: dict[str, Any], expansion: float) -> dict[str, float]:
     lat = meta.get("lattice_params") or {}
     out = {}
@@ -233,11 +342,6 @@ def _lattice(meta: dict[str, Any], expansion: float) -> dict[str, float]:
         if k in lat:
             out[k] = round(float(lat[k]) * expansion, 5)
     return out
-
-
-def _fit_value(fit: Any, name: str):
-    v = getattr(fit, name)
-    return v() if callable(v) else v
 
 
 def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = SolveConfig(), *,
@@ -269,6 +373,11 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
         log(f"{len(library)} library candidates ({comp.formula}) + {len(extra)} generated; window "
             f"{target.r[0]:g}-{target.rmax:g} Å, Qmin {scfg.qmin:g}, Qmax {scfg.qmax:g}, Qdamp {scfg.qdamp:g}")
     scores = screen(cands, target, use_ray=cfg.use_ray, num_cpus=cfg.num_cpus, progress=progress)
+    if cfg.extend_sizes:
+        scores = _extend_sizes(cands, scores, comp, cfg, target, progress, log)
+    if cfg.rescore > 0:
+        head = [rescore(cands[sc.index], target, sc) for sc in scores[: cfg.rescore]]
+        scores = sorted(head + scores[cfg.rescore:], key=lambda sc: (sc.rw, sc.index))
     t2 = time.perf_counter()
     picked = _pick(scores, cands, cfg)
     backend = refine_backend() if cfg.refine else "none"
@@ -276,31 +385,36 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
     r_all, g_all = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
     from tqdm.auto import tqdm
 
+    best_rw = scores[0].rw
+    full_limit = max(best_rw * (1 + cfg.refine_margin), best_rw + 0.05)
     for s in tqdm(picked, desc=f"refine ({backend})", disable=not progress, unit="cand"):
         p = cands[s.index]
-        if cfg.refine:
-            fit, method = _refine(p, s, target, r_all, g_all, cfg, backend)
-        else:
-            fit, method = local_fit(p, target, s), "screen-local"
-        params = {k: float(v) for k, v in dict(_fit_value(fit, "params")).items()}
-        unc = {k: float(v) for k, v in dict(_fit_value(fit, "uncertainties") or {}).items()}
-        structure = _fit_value(fit, "structure")
-        if not isinstance(structure, Particle):
-            structure = Particle(p.numbers, p.positions * params.get("expansion", 1.0), dict(p.meta))
+        t_fit = time.perf_counter()
+        if backend == "pdf.refine" and s.rw <= full_limit:
+            fit = _refine_pdf(p, s, target, r_all, g_all, cfg)
+        else:  # refinement off, pdf.refine absent, or far behind the leader: the screening model's local fit
+            fit = _refine_local(p, s, target)
+        params = dict(fit.params)
+        structure = fit.structure if isinstance(fit.structure, Particle) else \
+            Particle(p.numbers, p.positions * params.get("expansion", 1.0), dict(p.meta))
         expansion = float(params.get("expansion", s.expansion))
         pos = structure.positions - structure.positions.mean(0)
-        gobs = np.asarray(_fit_value(fit, "gobs"), dtype=np.float64)
-        gcalc = np.asarray(_fit_value(fit, "gcalc"), dtype=np.float64)
         extra_meta = {k: p.meta[k] for k in ("stoichiometry_mismatch", "radius", "shells", "p", "q", "r", "length",
-                                             "cutoff", "formula", "note") if k in p.meta}
+                                             "cutoff", "formula", "note", "source", "model_rwp") if k in p.meta}
+        if fit.warnings:
+            extra_meta["fit_warnings"] = fit.warnings
+        extra_meta["fit_seconds"] = round(time.perf_counter() - t_fit, 2)
+        if fit.nfev:
+            extra_meta["nfev"] = fit.nfev
         solved.append(SolvedCandidate(
             rank=0, structure_type=str(p.meta.get("structure_type", "?")), family=str(p.meta.get("family", "?")),
             label=str(p.meta.get("label", f"candidate_{s.index}")), n_atoms=len(p),
-            diameter=round(2 * float(np.linalg.norm(pos, axis=1).max()), 3), rw=float(_fit_value(fit, "rw")),
-            params=params, uncertainties=unc, screen=s.to_dict(), lattice_params=_lattice(p.meta, expansion),
+            diameter=round(2 * float(np.linalg.norm(pos, axis=1).max()), 3), rw=float(fit.rw),
+            params=params, uncertainties=dict(fit.uncertainties), screen=s.to_dict(),
+            lattice_params=_lattice(p.meta, expansion),
             structure=Particle(structure.numbers, pos, {**p.meta, "expansion": expansion}),
-            r=np.asarray(_fit_value(fit, "r"), dtype=np.float64), gobs=gobs, gcalc=gcalc, method=method,
-            meta=extra_meta,
+            r=np.asarray(fit.r, dtype=np.float64), gobs=np.asarray(fit.gobs, dtype=np.float64),
+            gcalc=np.asarray(fit.gcalc, dtype=np.float64), method=fit.method, meta=extra_meta,
         ))
     solved.sort(key=lambda c: c.rw)
     for i, c in enumerate(solved, start=1):
