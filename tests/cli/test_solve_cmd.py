@@ -82,3 +82,47 @@ def test_measured_pt_file(measured_gr, tmp_path):
     best = report["candidates"][0]
     assert best["family"] == "metal" and best["rw"] < 0.4
     assert best["params"]["expansion"] == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A 10-step model on Ti/Zn rocksalt clusters (as tests/cli/test_sample_cmd.py): untrained samples, but the
+    --model path runs end to end."""
+    import dataclasses
+
+    from torch_geometric.data import Data
+
+    from pdfusion.config import DataConfig, preset
+    from pdfusion.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    small = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
+    base = preset("tiny")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=small.n_r, max_atoms=48),
+                              data=DataConfig(batch_size=4), pdf=small)
+    data = []
+    for radius in (2.0, 2.5, 2.8):  # TiO6 octahedra (7 atoms): within the tiny model's max_atoms
+        p = make_particle("rocksalt", "Ti", radius)
+        g = simulate_pdf(torch.as_tensor(p.positions)[None], torch.as_tensor(p.numbers)[None], None, small)[0]
+        data.append(Data(pos=torch.tensor(p.positions, dtype=torch.float32), z=torch.tensor(p.numbers),
+                         x=torch.zeros(len(p), 7), y=g.float().reshape(1, -1), metal=torch.tensor([22]),
+                         num_nodes=len(p)))
+    tr = Trainer(cfg)
+    tr.fit(data, progress=False, max_steps=10)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    tr.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 5}})
+    return path
+
+
+def test_model_candidates_are_ranked_with_the_library(tiny_checkpoint, ceo2_gr, tmp_path):
+    path, _, _ = ceo2_gr
+    out = tmp_path / "m"
+    code = main(["solve", str(path), "--model", str(tiny_checkpoint), "-k", "3", "--radii", "5", "--top", "2",
+                 "--families", "oxide", "--no-plot", "--quiet", "-o", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    gen = [s for s in report["screening"] if s["family"] == "generated"]
+    assert len(gen) == 3 and all(s["structure_type"] == "generated" for s in gen)
+    kinds = [c["family"] for c in report["candidates"]]
+    assert "generated" in kinds and report["model"] == str(tiny_checkpoint)
+    assert report["candidates"][0]["family"] == "oxide"  # an untrained model does not beat the library

@@ -390,9 +390,14 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
     for s in tqdm(picked, desc=f"refine ({backend})", disable=not progress, unit="cand"):
         p = cands[s.index]
         t_fit = time.perf_counter()
+        fit = None
         if backend == "pdf.refine" and s.rw <= full_limit:
-            fit = _refine_pdf(p, s, target, r_all, g_all, cfg)
-        else:  # refinement off, pdf.refine absent, or far behind the leader: the screening model's local fit
+            try:
+                fit = _refine_pdf(p, s, target, r_all, g_all, cfg)
+            except ValueError as exc:  # e.g. a generated candidate with atoms closer than the model allows
+                fit = _refine_local(p, s, target)
+                fit.warnings.append(f"pdf.refine refused this candidate ({exc}); screening-model fit instead")
+        if fit is None:  # refinement off, pdf.refine absent, or far behind the leader: the screening model's fit
             fit = _refine_local(p, s, target)
         params = dict(fit.params)
         structure = fit.structure if isinstance(fit.structure, Particle) else \
