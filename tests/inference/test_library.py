@@ -57,3 +57,15 @@ def test_metal_library_and_filters():
         build_library("Pt", radii=(5.0,), families=("sulfide",))
     with pytest.raises(ValueError, match="radii"):
         build_library("Pt", radii=(-1.0,))
+
+
+def test_inference_keeps_its_layer():
+    """structures -> pdf -> data -> diffusion -> inference -> evaluation: no import of the layers above."""
+    import re
+    from pathlib import Path
+
+    import pdfusion.inference
+
+    for path in Path(pdfusion.inference.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"pdfusion\.(evaluation|training|serving|tuning|cli)\b", text), path.name
