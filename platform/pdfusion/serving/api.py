@@ -35,6 +35,7 @@ from pdfusion.serving.schemas import (
     request_model,
 )
 from pdfusion.serving.service import SampleJob
+from pdfusion.serving.solve_route import add_solve_route
 from pdfusion.structures.particle import OXYGEN
 
 log = logging.getLogger("pdfusion.serving")
@@ -125,6 +126,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
         "Every error answers `{\"error\": {\"field\", \"message\"}}`.",
     )
     app.add_middleware(BodySizeLimit, max_bytes=bounds.max_body_bytes)
+    add_solve_route(app, cfg)  # POST /v1/solve: pdfusion solve over HTTP (serving/solve_route.py)
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError):

@@ -1,0 +1,201 @@
+"""`POST /v1/solve`: the HTTP face of `pdfusion solve` -- which structure is this measured particle?
+
+The same reader as the CLI (:func:`pdfusion.pdf.files.parse_pdf_bytes` for an upload, whose header gives
+Qmin/Qmax and the composition; :func:`~pdfusion.pdf.files.validate_pdf_arrays` for JSON arrays) and the same
+solve code (:func:`pdfusion.inference.solve`): library of oxide prototypes / metal motifs -> screen -> refine
+the best -> ranked candidates with refined parameters, uncertainties, Rw and XYZ text. The library only: the
+served model's samples are `POST /v1/sample`'s. One solve runs at a time per replica (a few CPU-seconds to
+a minute); a request waits for its turn within the request timeout, then gets 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pdfusion.config import ServeConfig
+from pdfusion.serving.pdf_input import InputError, check_pdf_arrays
+
+MAX_TOP = 10
+MAX_RADII = 12
+MAX_RADIUS = 25.0  # Å; larger particles cost more than a request should
+
+
+class SolveOptions(BaseModel):
+    """The options of `pdfusion solve` a request may set (form fields or JSON keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+    composition: str | None = Field(None, max_length=64, description="e.g. CeO2, Fe2O3, Pt; default: the file header's")
+    top: int = Field(5, ge=1, le=MAX_TOP, description="candidates refined and returned")
+    radii: list[float] | None = Field(None, max_length=MAX_RADII, description="library radii (Å)")
+    families: list[str] | None = Field(None, max_length=2, description="'oxide' and/or 'metal'")
+    rmin: float = Field(1.5, ge=0.0, le=20.0)
+    rmax: float | None = Field(None, gt=0.0, le=60.0)
+    qmin: float | None = Field(None, ge=0.0, le=10.0)
+    qmax: float | None = Field(None, gt=0.0, le=60.0)
+    qdamp: float = Field(0.04, ge=0.0, le=1.0)
+    qbroad: float = Field(0.0, ge=0.0, le=1.0)
+    refine: bool = Field(True, description="least-squares refinement of the best (else the screening fit)")
+    return_curves: bool = Field(False, description="include r, G_obs and G_calc of each candidate")
+
+
+class SolveJSON(SolveOptions):
+    r: list[float] = Field(..., min_length=2)
+    g: list[float] = Field(..., min_length=2)
+
+
+def _form_options(form) -> SolveOptions:
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if key == "file":
+            continue
+        if not isinstance(value, str):
+            raise InputError(key, "must be a plain form value, not a file")
+        if key in fields:
+            raise InputError(key, "given more than once")
+        if value == "":
+            continue
+        fields[key] = [v for v in value.replace(",", " ").split()] if key in ("radii", "families") else value
+    try:
+        return SolveOptions.model_validate(fields)
+    except ValidationError as exc:
+        raise InputError(*_first(exc)) from None
+
+
+def _first(exc: ValidationError) -> tuple[str, str]:
+    errs = exc.errors()
+    if not errs:
+        return "body", "invalid request"
+    e = errs[0]
+    field = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+    msg = "unknown field; see the schema at /docs" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
+    return field, msg
+
+
+def _xyz(numbers: np.ndarray, positions: np.ndarray, comment: str) -> str:
+    from pymatgen.core import Element
+
+    lines = [str(len(numbers)), comment]
+    lines += [f"{Element.from_Z(int(z)).symbol} {x:.6f} {y:.6f} {w:.6f}" for z, (x, y, w) in zip(numbers, positions,
+                                                                                                 strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+def _candidate_out(c, return_curves: bool) -> dict[str, Any]:
+    out = c.to_dict()
+    out["xyz"] = _xyz(c.structure.numbers, c.structure.positions,
+                      f"pdfusion solve rank {c.rank} {c.structure_type} Rw={c.rw:.5f}")
+    if return_curves:
+        out["curves"] = {"r": c.r.round(6).tolist(), "gobs": c.gobs.tolist(), "gcalc": c.gcalc.tolist()}
+    return out
+
+
+def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
+    """Register `POST /v1/solve` on ``app`` (errors through the app's InputError handler)."""
+    gate = asyncio.Semaphore(1)
+    limits = cfg.limits
+
+    async def parse(request: Request) -> tuple[SolveOptions, np.ndarray, np.ndarray, dict[str, Any]]:
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=len(SolveOptions.model_fields) + 1)
+            except StarletteHTTPException:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any multipart parse problem is the client's
+                raise InputError("body", f"cannot parse the multipart form: {exc}", status=400) from None
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError("file", "upload a .gr or .csv PDF file in the 'file' form field")
+            opts = _form_options(form)
+            from pdfusion.pdf.files import parse_pdf_bytes
+
+            try:
+                pdf = parse_pdf_bytes(await upload.read(), upload.filename or "", max_points=limits.max_points)
+            except ValueError as exc:
+                raise InputError("file", str(exc)) from None
+            r, g = check_pdf_arrays(pdf.r, pdf.g, limits, origin="file")
+            return opts, r, g, dict(pdf.meta or {})
+        if ctype not in ("application/json", ""):
+            raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
+                             status=415)
+        try:
+            obj = json.loads(await request.body())
+        except (ValueError, RecursionError):
+            raise InputError("body", "is not valid JSON", status=400) from None
+        try:
+            body = SolveJSON.model_validate(obj)
+        except ValidationError as exc:
+            raise InputError(*_first(exc)) from None
+        r, g = check_pdf_arrays(body.r, body.g, limits)
+        return SolveOptions.model_validate(body.model_dump(exclude={"r", "g"})), r, g, {}
+
+    @app.post("/v1/solve", responses={code: {"description": "error"} for code in (400, 413, 415, 422, 504)})
+    async def solve_route(request: Request):
+        """Rank candidate structures (oxide prototypes, metal motifs) for one measured PDF; each with refined
+        scale, expansion, Uiso, delta2 (+ uncertainties), Rw, size and XYZ text."""
+        from pdfusion.inference.library import parse_composition
+        from pdfusion.inference.solve import SolveConfig, solve
+
+        t0 = time.perf_counter()
+        opts, r, g, meta = await parse(request)
+        composition = opts.composition or (meta.get("composition") if isinstance(meta.get("composition"), str) else None)
+        if not composition:
+            raise InputError("composition", "the file header names no composition; give one, e.g. CeO2, Fe2O3 or Pt")
+        try:
+            parse_composition(composition)
+            radii = tuple(sorted(float(x) for x in opts.radii)) if opts.radii else None
+            if radii and (radii[0] <= 0 or radii[-1] > MAX_RADIUS):
+                raise InputError("radii", f"need radii in (0, {MAX_RADIUS:g}] Å, got {list(radii)}")
+            scfg = SolveConfig(top=opts.top, rmin=opts.rmin, rmax=opts.rmax, qmin=opts.qmin, qmax=opts.qmax,
+                               qdamp=opts.qdamp, qbroad=opts.qbroad, refine=opts.refine, use_ray=False,
+                               families=tuple(opts.families) if opts.families else None, max_radius=MAX_RADIUS,
+                               **({"radii": radii} if radii else {}))
+        except InputError:
+            raise
+        except ValueError as exc:
+            field = str(exc).split(":", 1)[0] if ":" in str(exc) else "body"
+            raise InputError(field if field.isidentifier() else "body", str(exc)) from None
+
+        def run():
+            return solve(r, g, composition, scfg, meta=meta, progress=False)
+
+        remaining = limits.request_timeout_s - (time.perf_counter() - t0)
+        try:
+            await asyncio.wait_for(gate.acquire(), timeout=max(remaining, 0.001))
+        except TimeoutError:
+            return _timeout(limits.request_timeout_s)
+        # the gate opens when the work ends, not when a timed-out request gives up on it (a thread cannot be
+        # stopped; the next solve must not run beside it)
+        work = asyncio.ensure_future(asyncio.to_thread(run))
+        work.add_done_callback(lambda _: gate.release())
+        try:
+            remaining = limits.request_timeout_s - (time.perf_counter() - t0)
+            result = await asyncio.wait_for(asyncio.shield(work), timeout=max(remaining, 0.001))
+        except TimeoutError:
+            return _timeout(limits.request_timeout_s)
+        except ValueError as exc:  # the data or window do not allow a fit: the client's
+            msg = str(exc)
+            field = msg.split(":", 1)[0] if ":" in msg and msg.split(":", 1)[0].isidentifier() else "body"
+            raise InputError(field, msg) from None
+        return {
+            "composition": result.composition, "window": result.window, "timings_s": result.timings,
+            "config": result.config, "n_library": len(result.screening),
+            "candidates": [_candidate_out(c, opts.return_curves) for c in result.candidates],
+            "screening": result.screening[:20], "elapsed_s": time.perf_counter() - t0,
+        }
+
+
+def _timeout(limit: float):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"field": "server", "message": f"solve did not finish within {limit:g} s; use "
+                                   "fewer radii, a shorter window or retry later"}}, status_code=504)
