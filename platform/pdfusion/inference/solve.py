@@ -196,34 +196,22 @@ def refine_backend() -> str:
 
 def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r: np.ndarray, g: np.ndarray,
                 cfg: SolveConfig) -> _Fit:
-    """pdf.refine.fit_particle from the screening optimum. The particle is handed over already expanded by the
-    screened factor (fit_particle bounds the expansion to +-10 % of its input), so the reported expansion is
-    the product of the two."""
+    """pdf.refine.fit_particle from the screening optimum (its expansion bound contains the screen's range)."""
     import warnings
 
     from pdfusion.pdf.refine import fit_particle
 
     free = ["scale", "expansion", "uiso", "delta2"] + (["qdamp"] if cfg.refine_qdamp else [])
-    s0 = score.expansion
-    start = Particle(particle.numbers, particle.positions * s0, dict(particle.meta))
-    init = {"scale": score.scale, "expansion": 1.0, "uiso": score.uiso, "delta2": score.delta2}
+    init = {"scale": score.scale, "expansion": score.expansion, "uiso": score.uiso, "delta2": score.delta2}
     sc = target.cfg
     with warnings.catch_warnings(record=True) as caught:  # kept in the report instead of printed
         warnings.simplefilter("always")
-        fit = fit_particle(start, r, g, free=tuple(free), init=init, qmin=sc.qmin, qmax=sc.qmax, qdamp=sc.qdamp,
+        fit = fit_particle(particle, r, g, free=tuple(free), init=init, qmin=sc.qmin, qmax=sc.qmax, qdamp=sc.qdamp,
                            qbroad=cfg.qbroad, rmin=sc.rmin, rmax=target.rmax)
     params = {k: float(v) for k, v in fit.params.items()}
     unc = {k: float(v) for k, v in fit.uncertainties.items()}
-    params["expansion"] = params.get("expansion", 1.0) * s0
-    if "expansion" in unc:
-        unc["expansion"] *= s0
     notes = list(getattr(fit, "warnings", []) or []) + [str(w.message) for w in caught]
     notes = [n for n in notes if "torch.jit" not in n]  # a torch deprecation notice, not about the fit
-    reach = target.rmax + 6 * 2 * math.pi / sc.qmax  # the refinement model's pair range (srreal's)
-    diameter = 2 * float(np.linalg.norm(start.positions - start.positions.mean(0), axis=1).max())
-    if diameter > reach + 1.0:
-        notes.append(f"particle diameter {diameter:.0f} Å exceeds the refinement model's pair range (~{reach:.0f} Å): "
-                     f"pairs beyond it are left out; the all-pairs screening model gives Rw {score.rw:.4f}")
     return _Fit(params, unc, float(fit.rw), np.asarray(fit.r), np.asarray(fit.gobs), np.asarray(fit.gcalc),
                 fit.structure, "pdf.refine", sorted(set(notes)), int(getattr(fit, "nfev", 0) or 0))
 

@@ -43,6 +43,7 @@ N_RIPPLES = 6
 DEFAULT_DR = 0.01  # Å; the calculation grid is at least this fine
 NODE_STEP = 1.0 / 256  # Å; distance-grid spacing for particle pair histograms
 MIN_DISTANCE = 0.5  # Å; atoms closer than this are duplicates
+PEAK_TAIL = 1.5  # Å; room past the longest pair for its Gaussian tail
 _EPS = 1e-12
 _CHUNK = 1 << 22  # peak-window values evaluated at once
 DTYPE = torch.float64
@@ -105,8 +106,13 @@ def choose_dr(r_out: np.ndarray) -> float:
     return min(DEFAULT_DR, float(steps.min()))
 
 
-def make_rgrid(r_out, *, qmin: float = 0.0, qmax: float | None = None, dr: float | None = None) -> RGrid:
-    """The calculation grid for output points ``r_out`` (Å, ≥ 0) and the Q window [qmin, qmax)."""
+def make_rgrid(r_out, *, qmin: float = 0.0, qmax: float | None = None, dr: float | None = None,
+               r_extent: float = 0.0) -> RGrid:
+    """The calculation grid for output points ``r_out`` (Å, ≥ 0) and the Q window [qmin, qmax).
+
+    The grid reaches 6 ripples past the last output point (srreal's range), and at least ``r_extent`` Å: a finite
+    particle passes every pair distance here, since each pair's termination ripples (and the Qmin cut's broad
+    kernel) reach into the window from any distance."""
     r_out = np.asarray(r_out, dtype=np.float64).reshape(-1)
     if r_out.size == 0:
         raise ValueError("r: no points to evaluate G(r) on")
@@ -122,7 +128,7 @@ def make_rgrid(r_out, *, qmin: float = 0.0, qmax: float | None = None, dr: float
     if qmax_eff is not None and qmin >= qmax_eff:
         raise ValueError(f"qmin: must be below qmax, got qmin={qmin}, qmax={qmax}")
     ext = N_RIPPLES * 2 * math.pi / qmax_eff if qmax_eff is not None else 0.0
-    n = int(math.ceil((float(r_out.max()) + ext) / dr)) + 3
+    n = int(math.ceil(max(float(r_out.max()) + ext, float(r_extent)) / dr)) + 3
     npad = 1 << int(math.ceil(math.log2(n)))
     qstep = math.pi / (npad * dr)
     nqmin = _min_steps(qmin, qstep) if qmin > 0 else 0
@@ -237,6 +243,24 @@ def element_types(numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return z, local.reshape(-1)
 
 
+def pair_distances(pos: np.ndarray, other: np.ndarray | None = None, block: int = 2048):
+    """Yield the distances of every pair i < j within ``pos`` (``other`` None) or of every (pos, other) pair,
+    in blocks of rows (scipy pdist / cdist)."""
+    from scipy.spatial.distance import cdist, pdist
+
+    if other is None:
+        n = len(pos)
+        for i0 in range(0, n, block):
+            i1 = min(n, i0 + block)
+            if i1 - i0 > 1:
+                yield pdist(pos[i0:i1])
+            if i1 < n:
+                yield cdist(pos[i0:i1], pos[i1:]).ravel()
+    else:
+        for i0 in range(0, len(pos), block):
+            yield cdist(pos[i0:i0 + block], other).ravel()
+
+
 def check_min_distance(positions: np.ndarray, min_distance: float = MIN_DISTANCE, what: str = "structure") -> None:
     """ValueError naming the closest pair when two atoms are closer than ``min_distance`` Å."""
     if len(positions) < 2:
@@ -270,7 +294,13 @@ class ParticleModel:
         if not np.all(np.isfinite(positions)):
             raise ValueError("structure: positions contain NaN or inf")
         check_min_distance(positions, min_distance)
-        self.grid = make_rgrid(r, qmin=qmin, qmax=qmax, dr=dr)
+        # every pair counts (as in the particle's F(Q)): the grid covers the longest pair at the largest expansion
+        # plus its peak tail and 6 ripples, so no ripple of a long pair is cut or folded back into the window
+        self.max_pair = 2 * float(np.linalg.norm(positions - positions.mean(0), axis=1).max()) + 1e-6
+        ripples = N_RIPPLES * 2 * math.pi / qmax if qmax else 0.0
+        self.grid = make_rgrid(r, qmin=qmin, qmax=qmax, dr=dr,
+                               r_extent=self.max_pair * (1.1 if free_positions else 1.0) * max_expansion
+                               + PEAK_TAIL + ripples)
         self.numbers, self.positions0 = numbers, positions
         self.z_types, self.local = element_types(numbers)
         t = len(self.z_types)
@@ -281,7 +311,7 @@ class ParticleModel:
         self._ptype_of[tc, ta] = np.arange(len(ta))
         self.node_step = float(node_step)
         self.free_positions = free_positions
-        self.reach = (self.grid.r_end + 1.5) * max_expansion  # pairs farther apart cannot reach the grid
+        self.reach = self.max_pair * (1.1 if free_positions else 1.0)  # every pair (positions may move a little)
         self.n_nodes = int(math.ceil(self.reach / self.node_step)) + 4
         n_atoms = len(numbers)
         self.n_atoms = n_atoms
@@ -296,31 +326,18 @@ class ParticleModel:
             self._hist = self._histogram_np(positions)
 
     # pair histogram ---------------------------------------------------------------------------
-    def _pairs_np(self, positions: np.ndarray):
-        """Yield (i, j, d) chunks of all pairs i < j with d <= reach (numpy)."""
-        n = len(positions)
-        rows = max(1, (1 << 22) // max(n, 1))
-        for i0 in range(0, n - 1, rows):
-            i1 = min(n - 1, i0 + rows)
-            ii = np.repeat(np.arange(i0, i1), n)
-            jj = np.tile(np.arange(n), i1 - i0)
-            sel = jj > ii
-            ii, jj = ii[sel], jj[sel]
-            d = np.linalg.norm(positions[jj] - positions[ii], axis=1)
-            keep = d <= self.reach
-            yield ii[keep], jj[keep], d[keep]
-
     def _histogram_np(self, positions: np.ndarray) -> Tensor:
-        t2 = len(self.pair_types)
-        hist = np.zeros(t2 * self.n_nodes)
-        for ii, jj, d in self._pairs_np(positions):
-            pt = self._ptype_of[self.local[ii], self.local[jj]]
-            u = d / self.node_step
-            k = np.floor(u).astype(np.int64)
-            s = u - k
-            for o, w in enumerate(_lagrange4(s)):  # weight 2: both orders (i, j) and (j, i)
-                hist += np.bincount(pt * self.n_nodes + k - 1 + o, weights=2.0 * w, minlength=hist.size)
-        return torch.as_tensor(hist.reshape(t2, self.n_nodes), dtype=DTYPE)
+        t = len(self.z_types)
+        hist = np.zeros((len(self.pair_types), self.n_nodes))
+        groups = [positions[self.local == a] for a in range(t)]
+        for k, (a, c) in enumerate(self.pair_types):
+            for d in pair_distances(groups[a], None if a == c else groups[c]):
+                u = d[d <= self.reach] / self.node_step
+                i = np.floor(u).astype(np.int64)
+                s = u - i
+                for o, w in enumerate(_lagrange4(s)):  # weight 2: both orders (i, j) and (j, i)
+                    hist[k] += np.bincount(i - 1 + o, weights=2.0 * w, minlength=self.n_nodes)[: self.n_nodes]
+        return torch.as_tensor(hist, dtype=DTYPE)
 
     def _histogram_torch(self, positions: Tensor) -> Tensor:
         n = positions.shape[0]
