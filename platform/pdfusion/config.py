@@ -535,3 +535,147 @@ class EvalConfig:
         _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         _check(self.num_tasks >= 1, "num_tasks", f"must be >= 1, got {self.num_tasks}")
         _check(self.guidance is None or self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fitting and solving measured PDFs (pdf.refine, inference)
+# --------------------------------------------------------------------------------------------------
+PARTICLE_EXPANSION = (0.8, 1.25)  # the isotropic expansion a particle refinement may reach (pdf.refine bounds)
+FIT_WEIGHTS = ("unit", "dg")
+FIT_CONVENTIONS = ("srreal", "pdffit2")
+
+
+def _free_names(free: Any) -> tuple[str, ...] | None:
+    """'scale, a' / ['scale', 'a'] / ('scale', 'a') -> ('scale', 'a'); None stays None."""
+    if free is None:
+        return None
+    if isinstance(free, str):
+        return tuple(f.strip() for f in free.split(",") if f.strip())
+    return tuple(str(f) for f in free)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Options of a least-squares fit to a measured PDF (`pdf.refine.fit_periodic` / `fit_particle`, `pdfusion fit`).
+
+    ``free`` None: the model's default free parameters. ``qmax`` must be known for a fit (the Qmax the PDF was
+    computed with; the CLI reads it from the file header). Lengths in Å, Q in 1/Å."""
+
+    free: tuple[str, ...] | None = None
+    rmin: float = 1.5
+    rmax: float | None = None  # None: the end of the data
+    qmin: float = 0.0
+    qmax: float | None = None
+    qdamp: float = 0.04
+    qbroad: float = 0.0
+    spdiameter: float | None = None  # periodic: starting spherical-particle diameter (None: no envelope)
+    weights: Literal["unit", "dg"] = "unit"
+    radiation: Literal["xray", "neutron"] = "xray"
+    max_nfev: int = 200
+    position_steps: int = 60  # particle: L-BFGS iterations when 'positions' is free
+    min_distance: float = 0.5  # atoms closer than this are refused as duplicates
+    convention: Literal["srreal", "pdffit2"] = "srreal"  # periodic engine
+    nyquist: bool = False  # fit the data resampled onto rmin + k pi/Qmax, as PDFgui does
+    expansion_bounds: tuple[float, float] = PARTICLE_EXPANSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "free", _free_names(self.free))
+        object.__setattr__(self, "expansion_bounds", tuple(float(b) for b in self.expansion_bounds))
+        _check(self.free is None or len(self.free) > 0, "free", "no parameter to refine")
+        _check(math.isfinite(self.rmin) and self.rmin >= 0, "rmin", f"must be finite and >= 0 Å, got {self.rmin}")
+        _check(self.rmax is None or (math.isfinite(self.rmax) and self.rmax > self.rmin), "fit window",
+               f"need rmin < rmax, got rmin = {self.rmin:g}, rmax = {self.rmax} Å")
+        _check(self.qmax is None or (math.isfinite(self.qmax) and self.qmax > 0), "qmax",
+               f"must be a positive number (the Qmax the PDF was computed with), got {self.qmax}")
+        _check(math.isfinite(self.qmin) and 0 <= self.qmin < (self.qmax if self.qmax is not None else math.inf),
+               "qmin", f"must satisfy 0 <= qmin < qmax = {self.qmax}, got {self.qmin}")
+        _check(math.isfinite(self.qdamp) and self.qdamp >= 0, "qdamp", f"must be finite and >= 0, got {self.qdamp}")
+        _check(math.isfinite(self.qbroad) and self.qbroad >= 0, "qbroad", f"must be finite and >= 0, got {self.qbroad}")
+        _check(self.spdiameter is None or self.spdiameter > 0, "spdiameter", f"must be None or > 0 Å, got {self.spdiameter}")
+        _check(self.weights in FIT_WEIGHTS, "weights", f"must be 'unit' or 'dg', got {self.weights!r}")
+        _check(self.radiation in RADIATIONS, "radiation", f"must be one of {RADIATIONS}, got {self.radiation!r}")
+        _check(self.max_nfev >= 1, "max_nfev", f"must be >= 1, got {self.max_nfev}")
+        _check(self.position_steps >= 1, "position_steps", f"must be >= 1, got {self.position_steps}")
+        _check(self.min_distance > 0, "min_distance", f"must be > 0 Å, got {self.min_distance}")
+        _check(self.convention in FIT_CONVENTIONS, "convention", f"must be one of {FIT_CONVENTIONS}, got {self.convention!r}")
+        lo, hi = self.expansion_bounds if len(self.expansion_bounds) == 2 else (math.nan, math.nan)
+        _check(0 < lo <= 1 <= hi, "expansion_bounds", f"need (lo, hi) with 0 < lo <= 1 <= hi, got {self.expansion_bounds}")
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """How `pdfusion solve` scores candidate particles against a measured PDF (`inference.screen`).
+    Lengths in Å, Q in 1/Å, Uiso in Å^2."""
+
+    rmin: float = 1.5
+    rmax: float | None = None  # None: end of the data, capped at rmax_cap
+    rmax_cap: float = 30.0
+    qmin: float = 1.0
+    qmax: float = 25.0
+    qdamp: float = 0.04
+    radiation: Literal["xray", "neutron"] = "xray"
+    expansion: tuple[float, float] = (0.85, 1.15)  # isotropic expansion search range (inside PARTICLE_EXPANSION)
+    expansion_step: float = 0.005  # coarse grid; then +- one step at expansion_step / 10
+    uiso: tuple[float, ...] = (0.002, 0.0035, 0.005, 0.0065, 0.008, 0.01, 0.0125, 0.016, 0.02)
+    screen_rstep: float = 0.02  # data thinned to about this r step while screening (peaks are >= 0.1 Å wide)
+    max_pair_distance: float = 80.0  # sets the Q step of the sine transform (pi / this); longer pairs cut
+
+    def __post_init__(self) -> None:
+        _check(self.rmin >= 0, "rmin", f"must be >= 0 Å, got {self.rmin}")
+        _check(self.rmax is None or self.rmax > self.rmin, "rmax", f"must exceed rmin {self.rmin}, got {self.rmax}")
+        _check(self.rmax_cap > self.rmin, "rmax_cap", f"must exceed rmin {self.rmin}, got {self.rmax_cap}")
+        _check(self.qmax > self.qmin >= 0, "qmax", f"need qmax > qmin >= 0, got qmin={self.qmin}, qmax={self.qmax}")
+        _check(self.qdamp >= 0, "qdamp", f"must be >= 0, got {self.qdamp}")
+        _check(self.radiation in RADIATIONS, "radiation", f"must be 'xray' or 'neutron', got {self.radiation!r}")
+        lo, hi = self.expansion
+        _check(PARTICLE_EXPANSION[0] <= lo <= 1 <= hi <= PARTICLE_EXPANSION[1], "expansion",
+               f"need {PARTICLE_EXPANSION[0]} <= lo <= 1 <= hi <= {PARTICLE_EXPANSION[1]} (the refinement's bounds), "
+               f"got {self.expansion}")
+        _check(self.expansion_step > 0, "expansion_step", f"must be > 0, got {self.expansion_step}")
+        _check(len(self.uiso) > 0 and all(u >= 0 for u in self.uiso), "uiso", f"need values >= 0, got {self.uiso}")
+        _check(self.screen_rstep >= 0, "screen_rstep", f"must be >= 0, got {self.screen_rstep}")
+        _check(self.max_pair_distance > 0, "max_pair_distance", f"must be > 0, got {self.max_pair_distance}")
+
+
+@dataclass(frozen=True)
+class SolveConfig:
+    """Options of `pdfusion solve` (`inference.solve.solve`, `POST /v1/solve`).
+
+    ``qmin`` / ``qmax`` None: from the file header, else 1 and 25 1/Å. ``refine_qdamp`` frees Qdamp in the
+    refinement (default fixed at ``qdamp``, the instrument's value)."""
+
+    top: int = 5
+    per_type: int = 1
+    radii: tuple[float, ...] = (5.0, 6.5, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
+    families: tuple[str, ...] | None = None
+    oxide_types: tuple[str, ...] | None = None
+    cluster_types: tuple[str, ...] | None = None
+    max_atoms: int = 6000
+    rmin: float = 1.5
+    rmax: float | None = None
+    rmax_cap: float = 30.0
+    qmin: float | None = None
+    qmax: float | None = None
+    qdamp: float = 0.04
+    qbroad: float = 0.0
+    refine_qdamp: bool = False
+    uiso: tuple[float, ...] = ScreenConfig.uiso
+    expansion: tuple[float, float] = ScreenConfig.expansion
+    refine: bool = True
+    rescore: int = 16  # the best this many get the second screening stage (delta2 x Uiso grid)
+    refine_margin: float = 0.25  # full refinement for screen Rw <= best * (1 + margin) (or best + 0.05)
+    extend_sizes: bool = True  # grow a leading type's sizes while its best is the largest screened
+    max_radius: float = 30.0  # Å, limit of that growth
+    max_atoms_extended: int = 12000
+    use_ray: bool | None = None
+    num_cpus: int = 2
+
+    def __post_init__(self) -> None:
+        _check(self.top >= 1, "top", f"must be >= 1, got {self.top}")
+        _check(self.per_type >= 1, "per_type", f"must be >= 1, got {self.per_type}")
+        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii", f"need positive radii, got {self.radii}")
+        _check(self.max_atoms >= 2, "max_atoms", f"must be >= 2, got {self.max_atoms}")
+        _check(self.qbroad >= 0, "qbroad", f"must be >= 0, got {self.qbroad}")
+        _check(self.rescore >= 0, "rescore", f"must be >= 0, got {self.rescore}")
+        _check(self.refine_margin >= 0, "refine_margin", f"must be >= 0, got {self.refine_margin}")
+        _check(self.num_cpus >= 1, "num_cpus", f"must be >= 1, got {self.num_cpus}")

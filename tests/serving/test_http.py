@@ -149,6 +149,36 @@ def test_measured_pt_gr_is_interpolated(url, measured_gr):
     assert set(symbols) <= {"Pt", "O"} and len(symbols) == 13
 
 
+
+def test_solve_over_http_ranks_refined_candidates(url):
+    """POST /v1/solve on the deployed app: a simulated Pt particle's .gr (composition, Qmin and Qmax in the
+    header) comes back as ranked metal candidates with refined parameters, uncertainties and Rw."""
+    import math
+
+    from pdfusion.config import PDFConfig
+    from pdfusion.structures.clusters import bulk_sphere
+
+    truth = bulk_sphere("Pt", 6.0)
+    cfg = PDFConfig(rmin=0.0, rmax=20.0, rstep=0.02, qmin=1.0, qmax=20.0, qdamp=0.04, biso=8 * math.pi**2 * 0.006,
+                    normalize=False)
+    g = 0.4 * simulate(truth.numbers, truth.positions * 1.01, cfg)
+    r = np.arange(len(g)) * 0.02
+    text = "[PDF]\ncomposition = Pt\nqmin = 1.0\nqmax = 20.0\n\n#### start data\n#S 1\n" + \
+        "\n".join(f"{a:.4f} {b:.8g}" for a, b in zip(r, g, strict=True))
+    resp = httpx.post(url + "/v1/solve", files={"file": ("pt.gr", text.encode())},
+                      data={"top": "2", "radii": "4 6"}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    assert out["composition"] == "Pt" and out["config"]["qmax"] == 20.0 and out["n_library"] >= 2
+    cands = out["candidates"]
+    assert 1 <= len(cands) <= 2 and [c["rw"] for c in cands] == sorted(c["rw"] for c in cands)
+    best = cands[0]
+    assert best["family"] == "metal" and best["refine_method"] == "pdf.refine" and best["rw"] < 0.1
+    params, unc = best["params"], best["uncertainties"]
+    assert params["expansion"] == pytest.approx(1.01, abs=0.005) and params["scale"] > 0 and "uiso_Pt" in params
+    assert {"scale", "expansion", "uiso_Pt"} <= set(unc) and all(u is None or u >= 0 for u in unc.values())
+    assert best["xyz"].splitlines()[0] == str(best["n_atoms"])
+
 BAD_JSON = [
     ("mismatched lengths", lambda r, g: {"r": r, "g": g[:-1], "metal": "Ti"}, 422, "g"),
     ("non-increasing r", lambda r, g: {"r": r[:5] + [r[3]] + r[6:], "g": g, "metal": "Ti"}, 422, "r"),

@@ -161,9 +161,9 @@ def _cut_particle(path: Path, radius: float):
     oxy = numbers == 8
     cutoff = 0.0
     if metal.size and oxy.any():  # keep the oxygens bonded to kept metals (1.4 x the shortest M-O distance)
-        from pdfusion.structures.particles import BOND_FACTOR, _translations
+        from pdfusion.structures.particles import BOND_FACTOR, lattice_translations
 
-        shifts = _translations(cr.lattice, 6.0) @ cr.lattice
+        shifts = lattice_translations(cr.lattice, 6.0) @ cr.lattice
         d = np.linalg.norm(cart[oxy][None, :, None, :] + shifts[None, None] - cart[metal][:, None, None, :], axis=-1)
         cutoff = BOND_FACTOR * float(d[d > 0.1].min())
     z, pos = cut_sphere(cart, numbers, cr.lattice, centre, radius, cutoff)
@@ -242,6 +242,7 @@ def _write_outputs(res, out: Path, stem: str, args, title: str, cmd: str) -> lis
 # the command
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
+    from pdfusion.config import FitConfig
     from pdfusion.pdf.refine import FREE_PARTICLE, FREE_PERIODIC, FitWarning, fit_particle, fit_periodic
 
     t0 = time.perf_counter()
@@ -258,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
     if args.convention == "pdffit2" and not args.periodic:
         raise ValueError("--convention pdffit2 applies to --periodic fits only")
     init = _parse_init(args.init)
+    cfg = FitConfig(qmin=qmin, qmax=qmax, qdamp=args.qdamp, qbroad=args.qbroad, rmin=args.rmin, rmax=args.rmax,
+                    weights=args.weights, max_nfev=args.max_nfev, convention=args.convention, nyquist=args.nyquist)
     is_cif = spath.suffix.lower() == ".cif"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FitWarning)
@@ -270,10 +273,7 @@ def run(args: argparse.Namespace) -> int:
             symbols = _symbols(structure.numbers)
             free = _free_list(FREE_PERIODIC, _parse_list(args.free), _parse_list(args.fix), symbols,
                               lattice_family(structure).names)
-            res = fit_periodic(structure, r, g, free=free, init=init, qmin=qmin, qmax=qmax, qdamp=args.qdamp,
-                               qbroad=args.qbroad, rmin=args.rmin, rmax=args.rmax, spdiameter=args.spdiameter,
-                               dg=dg, weights=args.weights, max_nfev=args.max_nfev, convention=args.convention,
-                               nyquist=args.nyquist)
+            res = fit_periodic(structure, r, g, cfg, free=free, spdiameter=args.spdiameter, init=init, dg=dg)
         else:
             if args.spdiameter is not None:
                 raise ValueError("--spdiameter applies to --periodic fits (a particle model has its own shape)")
@@ -290,9 +290,7 @@ def run(args: argparse.Namespace) -> int:
                 particle = read_structure(spath)
             symbols = _symbols(particle.numbers)
             free = _free_list(FREE_PARTICLE, _parse_list(args.free), _parse_list(args.fix), symbols)
-            res = fit_particle(particle, r, g, free=free, init=init, qmin=qmin, qmax=qmax, qdamp=args.qdamp,
-                               qbroad=args.qbroad, rmin=args.rmin, rmax=args.rmax, dg=dg, weights=args.weights,
-                               max_nfev=args.max_nfev, nyquist=args.nyquist)
+            res = fit_particle(particle, r, g, cfg, free=free, init=init, dg=dg)
     for w in caught:
         if issubclass(w.category, FitWarning):
             print(f"pdfusion fit: warning: {w.message}", file=sys.stderr)

@@ -114,9 +114,10 @@ def model_candidates(checkpoint: str, data_path: str | Path, metal: str, n_sampl
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pdfusion.config import SolveConfig
     from pdfusion.inference.library import DEFAULT_RADII, parse_composition
     from pdfusion.inference.report import format_table, write_report
-    from pdfusion.inference.solve import SolveConfig, solve
+    from pdfusion.inference.solve import solve
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     t0 = time.perf_counter()

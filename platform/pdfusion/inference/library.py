@@ -17,12 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdfusion.config import SolveConfig
 from pdfusion.structures.particle import Particle
 
 __all__ = ["DEFAULT_RADII", "FAMILIES", "NOBLE_METALS", "ParsedComposition", "build_library", "default_families",
            "parse_composition"]
 
-DEFAULT_RADII: tuple[float, ...] = (5.0, 6.5, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0)
+DEFAULT_RADII: tuple[float, ...] = SolveConfig.radii
 FAMILIES = ("oxide", "metal")
 # metals whose nanoparticles are usually metallic even when the sample formula names oxygen
 NOBLE_METALS = frozenset({"Au", "Ag", "Pt", "Pd", "Ir", "Rh", "Ru", "Os", "Re"})

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from pdfusion.config import ScreenConfig
+from pdfusion.pdf.realspace import pair_distances
+from pdfusion.pdf.refine import FitResult
 from pdfusion.structures.particle import Particle
 
 __all__ = ["ScreenConfig", "ScreenScore", "ScreenTarget", "Curves", "local_fit", "prepare_target", "rescore",
@@ -37,43 +40,6 @@ NODE_STEP = 0.005  # Å, pair-distance histogram spacing (linear weights: relati
 FINE_DQ = 0.01  # 1/Å, largest spacing of the FFT's Q grid (cubic interpolation onto s*Q)
 DELTA2_RANGE = 12.0  # Å; pairs shorter than this get the delta2 correction in `rescore`
 DELTA2_GRID = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0)  # Å^2
-
-
-@dataclass(frozen=True)
-class ScreenConfig:
-    """How candidates are scored against a measured PDF (a small frozen config local to inference; the
-    project's config.py is not extended for it). Lengths in Å, Q in 1/Å, Uiso in Å^2."""
-
-    rmin: float = 1.5
-    rmax: float | None = None  # None: end of the data, capped at rmax_cap
-    rmax_cap: float = 30.0
-    qmin: float = 1.0
-    qmax: float = 25.0
-    qdamp: float = 0.04
-    radiation: str = "xray"
-    expansion: tuple[float, float] = (0.85, 1.15)  # isotropic expansion search range
-    expansion_step: float = 0.005  # coarse grid; then +- one step at expansion_step / 10
-    uiso: tuple[float, ...] = (0.002, 0.0035, 0.005, 0.0065, 0.008, 0.01, 0.0125, 0.016, 0.02)
-    screen_rstep: float = 0.02  # data thinned to about this r step while screening (peaks are >= 0.1 Å wide)
-    max_pair_distance: float = 80.0  # sets the Q step of the sine transform (pi / this); longer pairs cut
-
-    def __post_init__(self) -> None:
-        def need(ok: bool, name: str, msg: str) -> None:
-            if not ok:
-                raise ValueError(f"{name}: {msg}")
-
-        need(self.rmin >= 0, "rmin", f"must be >= 0 Å, got {self.rmin}")
-        need(self.rmax is None or self.rmax > self.rmin, "rmax", f"must exceed rmin {self.rmin}, got {self.rmax}")
-        need(self.rmax_cap > self.rmin, "rmax_cap", f"must exceed rmin {self.rmin}, got {self.rmax_cap}")
-        need(self.qmax > self.qmin >= 0, "qmax", f"need qmax > qmin >= 0, got qmin={self.qmin}, qmax={self.qmax}")
-        need(self.qdamp >= 0, "qdamp", f"must be >= 0, got {self.qdamp}")
-        need(self.radiation in ("xray", "neutron"), "radiation", f"must be 'xray' or 'neutron', got {self.radiation!r}")
-        lo, hi = self.expansion
-        need(0 < lo <= 1 <= hi, "expansion", f"need 0 < lo <= 1 <= hi, got {self.expansion}")
-        need(self.expansion_step > 0, "expansion_step", f"must be > 0, got {self.expansion_step}")
-        need(len(self.uiso) > 0 and all(u >= 0 for u in self.uiso), "uiso", f"need values >= 0, got {self.uiso}")
-        need(self.screen_rstep >= 0, "screen_rstep", f"must be >= 0, got {self.screen_rstep}")
-        need(self.max_pair_distance > 0, "max_pair_distance", f"must be > 0, got {self.max_pair_distance}")
 
 
 @dataclass
@@ -140,23 +106,6 @@ def prepare_target(r: np.ndarray, g: np.ndarray, cfg: ScreenConfig = ScreenConfi
 # --------------------------------------------------------------------------------------------------
 # one candidate: pair histogram -> P(Q) -> F(Q) for any expansion and Uiso
 # --------------------------------------------------------------------------------------------------
-def _pair_distances(pos: np.ndarray, other: np.ndarray | None, block: int = 2048):
-    """Distances of every pair i < j within ``pos`` (other None) or every (pos, other) pair, in blocks."""
-    from scipy.spatial.distance import cdist, pdist
-
-    if other is None:
-        n = len(pos)
-        for i0 in range(0, n, block):
-            i1 = min(n, i0 + block)
-            if i1 - i0 > 1:
-                yield pdist(pos[i0:i1])
-            if i1 < n:
-                yield cdist(pos[i0:i1], pos[i1:]).ravel()
-    else:
-        for i0 in range(0, len(pos), block):
-            yield cdist(pos[i0:i0 + block], other).ravel()
-
-
 def _pair_weights(numbers: np.ndarray, pos: np.ndarray, h: float, dcut: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """Per element pair (a <= b) the linear-weight histogram of pair distances on nodes n·h (pairs beyond
@@ -169,7 +118,7 @@ def _pair_weights(numbers: np.ndarray, pos: np.ndarray, h: float, dcut: float
     w = np.zeros((len(pairs), n_nodes))
     groups = [pos[local == t] for t in range(len(types))]
     for k, (a, b) in enumerate(pairs):
-        for d in _pair_distances(groups[a], None if a == b else groups[b]):
+        for d in pair_distances(groups[a], None if a == b else groups[b]):
             d = d[(d > 1e-8) & (d <= dmax)] / h
             i = d.astype(np.int64)
             f = d - i
@@ -389,31 +338,11 @@ def screen(candidates: Sequence[Particle], target: ScreenTarget, *, use_ray: boo
 # a local refinement on the same model (used when pdf.refine is unavailable, and for generated candidates'
 # first sizing)
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class LocalFit:
-    """Refined (scale, expansion, uiso) on the full fit window; attribute names as pdf.refine's FitResult."""
-
-    params: dict[str, float]
-    uncertainties: dict[str, float]
-    rw: float
-    r: np.ndarray
-    gobs: np.ndarray
-    gcalc: np.ndarray
-    structure: Particle
-    method: str = "screen-local"
-
-    @property
-    def gdiff(self) -> np.ndarray:
-        return self.gobs - self.gcalc
-
-    def to_json(self) -> dict[str, Any]:
-        return {"params": self.params, "uncertainties": self.uncertainties, "rw": self.rw, "method": self.method}
-
-
-def local_fit(particle: Particle, target: ScreenTarget, init: ScreenScore | None = None) -> LocalFit:
+def local_fit(particle: Particle, target: ScreenTarget, init: ScreenScore | None = None) -> FitResult:
     """Continuous refinement of expansion, Uiso and delta2 (Nelder-Mead; scale in closed form) with the
     screening model on the full-resolution fit window, from ``init`` (default: a fresh two-stage screen).
-    Uncertainties from the Gauss-Newton curvature of the residuals, scaled by the reduced chi^2."""
+    Uncertainties from the Gauss-Newton curvature of the residuals, scaled by the reduced chi^2. Returns a
+    ``pdf.refine.FitResult`` (one 'uiso' for every element; ``meta['method']`` 'screen-local')."""
     from scipy.optimize import minimize
 
     if init is None:
@@ -466,7 +395,8 @@ def local_fit(particle: Particle, target: ScreenTarget, init: ScreenScore | None
                          {**particle.meta, "expansion": float(x[0])})
     params = {"scale": scale, "expansion": float(x[0]), "uiso": float(p0[2]), "delta2": float(p0[3]),
               "qdamp": target.cfg.qdamp}
-    return LocalFit(params, unc, rw, target.r, g, gcalc, structure)
+    return FitResult(params=params, uncertainties=unc, rw=rw, r=target.r, gobs=g, gcalc=gcalc, gdiff=g - gcalc,
+                     structure=structure, free=list(names), meta={"model": "particle", "method": "screen-local"})
 
 
 def with_window(cfg: ScreenConfig, **changes) -> ScreenConfig:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from pdfusion.inference.library import DEFAULT_RADII, build_library, parse_composition
+from pdfusion.config import ScreenConfig, SolveConfig
+from pdfusion.inference.library import build_library, parse_composition
 from pdfusion.inference.screen import (
-    ScreenConfig,
     ScreenScore,
     ScreenTarget,
     local_fit,
@@ -31,59 +31,21 @@ from pdfusion.inference.screen import (
     rescore,
     screen,
 )
+from pdfusion.pdf.refine import FitResult
 from pdfusion.structures.particle import Particle
 
-__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend", "solve"]
+__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend", "screen_config",
+           "solve"]
 
 DEFAULT_QMIN = 1.0  # used when neither the caller nor the file header gives Qmin / Qmax
 DEFAULT_QMAX = 25.0
 
 
-@dataclass(frozen=True)
-class SolveConfig:
-    """Options of :func:`solve` (a frozen dataclass local to inference; config.py is not extended).
-
-    ``qmin`` / ``qmax`` None: from the file header (``meta``), else the defaults above. ``refine_qdamp``
-    frees Qdamp in the refinement (default fixed at ``qdamp``, the instrument's value)."""
-
-    top: int = 5
-    per_type: int = 1
-    radii: tuple[float, ...] = DEFAULT_RADII
-    families: tuple[str, ...] | None = None
-    oxide_types: tuple[str, ...] | None = None
-    cluster_types: tuple[str, ...] | None = None
-    max_atoms: int = 6000
-    rmin: float = 1.5
-    rmax: float | None = None
-    rmax_cap: float = 30.0
-    qmin: float | None = None
-    qmax: float | None = None
-    qdamp: float = 0.04
-    qbroad: float = 0.0
-    refine_qdamp: bool = False
-    uiso: tuple[float, ...] = ScreenConfig.uiso
-    expansion: tuple[float, float] = ScreenConfig.expansion
-    refine: bool = True
-    rescore: int = 16  # the best this many get the second screening stage (delta2 x Uiso grid)
-    refine_margin: float = 0.25  # full refinement for screen Rw <= best * (1 + margin) (or best + 0.05)
-    extend_sizes: bool = True  # grow a leading type's sizes while its best is the largest screened
-    max_radius: float = 30.0  # Å, limit of that growth
-    max_atoms_extended: int = 12000
-    use_ray: bool | None = None
-    num_cpus: int = 2
-
-    def __post_init__(self) -> None:
-        if self.top < 1:
-            raise ValueError(f"top: must be >= 1, got {self.top}")
-        if self.per_type < 1:
-            raise ValueError(f"per_type: must be >= 1, got {self.per_type}")
-        if self.qbroad < 0:
-            raise ValueError(f"qbroad: must be >= 0, got {self.qbroad}")
-
-    def screen_config(self, meta: dict[str, Any] | None = None) -> ScreenConfig:
-        qmin, qmax = resolve_q(self, meta)
-        return ScreenConfig(rmin=self.rmin, rmax=self.rmax, rmax_cap=self.rmax_cap, qmin=qmin, qmax=qmax,
-                            qdamp=self.qdamp, uiso=tuple(self.uiso), expansion=tuple(self.expansion))
+def screen_config(cfg: SolveConfig, meta: dict[str, Any] | None = None) -> ScreenConfig:
+    """The screening options of ``cfg``, with Qmin / Qmax resolved against the file header ``meta``."""
+    qmin, qmax = resolve_q(cfg, meta)
+    return ScreenConfig(rmin=cfg.rmin, rmax=cfg.rmax, rmax_cap=cfg.rmax_cap, qmin=qmin, qmax=qmax,
+                        qdamp=cfg.qdamp, uiso=tuple(cfg.uiso), expansion=tuple(cfg.expansion))
 
 
 def _meta_float(meta: dict[str, Any] | None, *keys: str) -> float | None:
@@ -195,7 +157,7 @@ def refine_backend() -> str:
 
 
 def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r: np.ndarray, g: np.ndarray,
-                cfg: SolveConfig) -> _Fit:
+                cfg: SolveConfig) -> FitResult:
     """pdf.refine.fit_particle from the screening optimum (its expansion bound contains the screen's range)."""
     import warnings
 
@@ -208,26 +170,10 @@ def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r:
         warnings.simplefilter("always")
         fit = fit_particle(particle, r, g, free=tuple(free), init=init, qmin=sc.qmin, qmax=sc.qmax, qdamp=sc.qdamp,
                            qbroad=cfg.qbroad, rmin=sc.rmin, rmax=target.rmax)
-    params = {k: float(v) for k, v in fit.params.items()}
-    unc = {k: float(v) for k, v in fit.uncertainties.items()}
-    notes = list(getattr(fit, "warnings", []) or []) + [str(w.message) for w in caught]
-    notes = [n for n in notes if "torch.jit" not in n]  # a torch deprecation notice, not about the fit
-    return _Fit(params, unc, float(fit.rw), np.asarray(fit.r), np.asarray(fit.gobs), np.asarray(fit.gcalc),
-                fit.structure, "pdf.refine", sorted(set(notes)), int(getattr(fit, "nfev", 0) or 0))
-
-
-@dataclass
-class _Fit:
-    params: dict[str, float]
-    uncertainties: dict[str, float]
-    rw: float
-    r: np.ndarray
-    gobs: np.ndarray
-    gcalc: np.ndarray
-    structure: Any
-    method: str
-    warnings: list[str] = field(default_factory=list)
-    nfev: int = 0
+    notes = list(fit.warnings) + [str(w.message) for w in caught]
+    fit.warnings = sorted({n for n in notes if "torch.jit" not in n})  # not a torch deprecation notice
+    fit.meta["method"] = "pdf.refine"
+    return fit
 
 
 def _per_element(values: dict[str, float], particle: Particle) -> dict[str, float]:
@@ -242,10 +188,11 @@ def _per_element(values: dict[str, float], particle: Particle) -> dict[str, floa
     return out
 
 
-def _refine_local(particle: Particle, score: ScreenScore, target: ScreenTarget) -> _Fit:
+def _refine_local(particle: Particle, score: ScreenScore, target: ScreenTarget) -> FitResult:
     fit = local_fit(particle, target, score)
-    return _Fit(_per_element(fit.params, particle), _per_element(fit.uncertainties, particle), fit.rw, fit.r,
-                fit.gobs, fit.gcalc, fit.structure, fit.method)
+    fit.params = _per_element(fit.params, particle)
+    fit.uncertainties = _per_element(fit.uncertainties, particle)
+    return fit
 
 
 def _pick(scores: Sequence[ScreenScore], candidates: Sequence[Particle], cfg: SolveConfig) -> list[ScreenScore]:
@@ -342,7 +289,7 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
     Raises ValueError for a bad composition, window or empty library."""
     t0 = time.perf_counter()
     comp = parse_composition(composition)
-    scfg = cfg.screen_config(meta)
+    scfg = screen_config(cfg, meta)
     target = prepare_target(r, g, scfg)
     library = build_library(comp, cfg.radii, families=cfg.families, oxide_types=cfg.oxide_types,
                             cluster_types=cfg.cluster_types, max_atoms=cfg.max_atoms)
@@ -399,6 +346,7 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
         extra_meta["fit_seconds"] = round(time.perf_counter() - t_fit, 2)
         if fit.nfev:
             extra_meta["nfev"] = fit.nfev
+        method = fit.meta["method"]
         solved.append(SolvedCandidate(
             rank=0, structure_type=str(p.meta.get("structure_type", "?")), family=str(p.meta.get("family", "?")),
             label=str(p.meta.get("label", f"candidate_{s.index}")), n_atoms=len(p),
@@ -407,7 +355,7 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
             lattice_params=_lattice(p.meta, expansion),
             structure=Particle(structure.numbers, pos, {**p.meta, "expansion": expansion}),
             r=np.asarray(fit.r, dtype=np.float64), gobs=np.asarray(fit.gobs, dtype=np.float64),
-            gcalc=np.asarray(fit.gcalc, dtype=np.float64), method=fit.method, meta=extra_meta,
+            gcalc=np.asarray(fit.gcalc, dtype=np.float64), method=method, meta=extra_meta,
         ))
     solved.sort(key=lambda c: c.rw)
     for i, c in enumerate(solved, start=1):

@@ -49,6 +49,7 @@ from pdfusion.pdf.realspace import (
     peak_sigma2,
     q_window,
 )
+from pdfusion.structures.particles import lattice_translations
 
 LATTICE_NAMES = ("a", "b", "c", "alpha", "beta", "gamma")
 DEFAULT_UISO = 0.005  # Å², used when a structure gives none
@@ -317,14 +318,6 @@ def family_lattice(lat0: np.ndarray, family: LatticeFamily, values: dict[str, An
 # --------------------------------------------------------------------------------------------------
 # Shell enumeration
 # --------------------------------------------------------------------------------------------------
-def _translations(lattice: np.ndarray, reach: float) -> np.ndarray:
-    vol = abs(np.linalg.det(lattice))
-    heights = [vol / np.linalg.norm(np.cross(lattice[(i + 1) % 3], lattice[(i + 2) % 3])) for i in range(3)]
-    n = [int(math.ceil(reach / h)) + 1 for h in heights]
-    grid = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"), axis=-1).reshape(-1, 3)
-    return grid.astype(np.float64)
-
-
 def _family_samples(lat0: np.ndarray, family: LatticeFamily, n: int, rng) -> np.ndarray:
     """Metric vectors (n + 1, 6) of the cell and of ``n`` random lattices of the family: two pairs have the same
     distance in every lattice of the family iff their squared distances agree in all of these (d² is linear in
@@ -361,7 +354,7 @@ def crystal_shells(crystal: Crystal, reach: float, family: LatticeFamily, fzero:
     that stay degenerate for every lattice of ``family``."""
     lat = crystal.lattice
     lat0 = np.array(crystal.lattice_parameters)
-    shifts = _translations(lat, reach)
+    shifts = lattice_translations(lat, reach)
     frac = crystal.frac
     n_dof = len(family.groups)
     samples = _family_samples(lat0, family, n_dof, np.random.default_rng(12345))  # (S, 6)

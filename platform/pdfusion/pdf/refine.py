@@ -30,6 +30,7 @@ Conventions (PDFgui):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -42,6 +43,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
+from pdfusion.config import PARTICLE_EXPANSION, FitConfig  # noqa: F401  (PARTICLE_EXPANSION re-exported)
 from pdfusion.pdf.periodic import (
     DEFAULT_UISO,
     LATTICE_NAMES,
@@ -50,14 +52,13 @@ from pdfusion.pdf.periodic import (
     as_crystal,
     lattice_family,
 )
-from pdfusion.pdf.realspace import DTYPE, MIN_DISTANCE, ParticleModel
+from pdfusion.pdf.realspace import DTYPE, ParticleModel
 from pdfusion.structures.particle import Particle
 
 FREE_PARTICLE = ("scale", "expansion", "uiso", "delta2")
 FREE_PERIODIC = ("scale", "lattice", "uiso", "delta2", "qdamp", "qbroad")
 SCALAR_PARAMS = ("scale", "delta1", "delta2", "qdamp", "qbroad", "spdiameter")
 LENGTH_RANGE = 0.05  # lattice lengths / expansion may change by at most ±5 % in a periodic fit
-PARTICLE_EXPANSION = (0.8, 1.25)  # allowed isotropic expansion of a particle
 START_IF_ZERO = {"qdamp": 0.01, "qbroad": 0.01}  # free parameters whose derivative vanishes at 0
 BOUNDS = {"scale": (-np.inf, np.inf), "delta1": (0.0, 10.0), "delta2": (0.0, 100.0), "qdamp": (0.0, 1.0),
           "qbroad": (0.0, 1.0), "spdiameter": (2.0, 1e5), "uiso": (1e-6, 1.0)}
@@ -547,6 +548,30 @@ def _nudge_zero_starts(spec: _Spec, init: dict | None) -> None:
             spec.values[name] = start
 
 
+def _fit_config(cfg: FitConfig | None, options: dict[str, Any]) -> FitConfig:
+    """``cfg`` (default FitConfig()) with keyword ``options`` applied (validated); unknown names are refused."""
+    cfg = FitConfig() if cfg is None else cfg
+    if not isinstance(cfg, FitConfig):
+        raise TypeError(f"cfg: expected a FitConfig, got {type(cfg).__name__}")
+    known = {f.name for f in dataclasses.fields(FitConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"unknown fit option(s) {unknown}; FitConfig has {sorted(known)}")
+    return dataclasses.replace(cfg, **options) if options else cfg
+
+
+def _setup(values: dict, bounds: dict, names: list[str], init: dict | None, symbols: list[str], r, g, dg,
+           cfg: FitConfig) -> tuple[_Spec, _Data]:
+    """Starting values (``init``, nudged off zero), the data window, and starts clipped into their bounds."""
+    _apply_init(values, init, symbols)
+    spec = _Spec(values, bounds, names)
+    _nudge_zero_starts(spec, init)
+    data = prepare_data(r, g, dg, rmin=cfg.rmin, rmax=cfg.rmax, weights=cfg.weights, n_free=len(names),
+                        nyquist_qmax=cfg.qmax if cfg.nyquist else None)
+    _check_bounds(spec, data.warnings)
+    return spec, data
+
+
 def _check_qrange(qmin: float, qmax: float | None) -> None:
     if qmax is None or not math.isfinite(float(qmax)) or float(qmax) <= 0:
         raise ValueError(f"qmax: must be a positive number (the Qmax the PDF was computed with), got {qmax}")
@@ -557,20 +582,23 @@ def _check_qrange(qmin: float, qmax: float | None) -> None:
 # --------------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------------
-def fit_periodic(cell, r, g, *, free: Sequence[str] = FREE_PERIODIC, init: dict | None = None, qmin: float = 0.0,
-                 qmax: float, qdamp: float = 0.04, qbroad: float = 0.0, rmin: float = 1.5,
-                 rmax: float | None = None, spdiameter: float | None = None, dg=None, weights: str = "unit",
-                 radiation: str = "xray", max_nfev: int = 200, min_distance: float = MIN_DISTANCE,
-                 convention: str = "srreal", nyquist: bool = False) -> FitResult:
+def fit_periodic(cell, r, g, cfg: FitConfig | None = None, *, init: dict | None = None, dg=None,
+                 **options) -> FitResult:
     """Refine a crystal (Crystal, pymatgen Structure or CIF path) against G(r) with the periodic model.
 
-    ``free`` names the refined parameters: any of 'scale', 'lattice' (the lattice parameters the crystal system
-    allows: 'a', 'c', ...) or 'expansion' (isotropic), 'uiso' (every element) or 'uiso_<El>', 'delta1',
-    'delta2', 'qdamp', 'qbroad', 'spdiameter' (needs a starting ``spdiameter``). The rest stay at ``init``
-    (same names; 'biso'/'biso_<El>' accepted) or the defaults: the cell's lattice, Uiso 0.005 Å²,
-    δ1 = δ2 = 0, and ``qdamp``/``qbroad``. Scale starts at its linear optimum unless given.
-    ``convention='pdffit2'`` uses PDFgui's engine instead of srreal's PDFCalculator (``pdfusion.pdf.periodic``);
-    ``nyquist=True`` fits the data resampled onto the Nyquist grid rmin + k·π/Qmax, as PDFgui does."""
+    Options come from ``cfg`` (:class:`pdfusion.config.FitConfig`), any of its fields given as keywords replacing
+    its values (``qmax`` must be given one way or the other). ``free`` names the refined parameters (default
+    FREE_PERIODIC): any of 'scale', 'lattice' (the lattice parameters the crystal system allows: 'a', 'c', ...) or
+    'expansion' (isotropic), 'uiso' (every element) or 'uiso_<El>', 'delta1', 'delta2', 'qdamp', 'qbroad',
+    'spdiameter' (needs a starting ``spdiameter``). The rest stay at ``init`` (same names; 'biso'/'biso_<El>'
+    accepted) or the defaults: the cell's lattice, Uiso 0.005 Å², δ1 = δ2 = 0, and ``qdamp``/``qbroad``. Scale
+    starts at its linear optimum unless given. ``convention='pdffit2'`` uses PDFgui's engine instead of srreal's
+    PDFCalculator (``pdfusion.pdf.periodic``); ``nyquist=True`` fits the data resampled onto the Nyquist grid
+    rmin + k·π/Qmax, as PDFgui does."""
+    cfg = _fit_config(cfg, options)
+    free = cfg.free if cfg.free is not None else FREE_PERIODIC
+    qmin, qmax, qdamp, qbroad, spdiameter = cfg.qmin, cfg.qmax, cfg.qdamp, cfg.qbroad, cfg.spdiameter
+    radiation, convention = cfg.radiation, cfg.convention
     t0 = time.perf_counter()
     _check_qrange(qmin, qmax)
     crystal = as_crystal(cell)
@@ -601,16 +629,11 @@ def fit_periodic(cell, r, g, *, free: Sequence[str] = FREE_PERIODIC, init: dict 
         raise ValueError("free: 'spdiameter' needs a starting value (spdiameter=... or init={'spdiameter': ...})")
     if init and "spdiameter" in {k.lower() for k in init} and "spdiameter" not in values:
         values["spdiameter"] = float(dict((k.lower(), v) for k, v in init.items())["spdiameter"])
-    _apply_init(values, init, symbols)
-    spec = _Spec(values, bounds, names)
-    _nudge_zero_starts(spec, init)
-    data = prepare_data(r, g, dg, rmin=rmin, rmax=rmax, weights=weights, n_free=len(names),
-                        nyquist_qmax=qmax if nyquist else None)
-    _check_bounds(spec, data.warnings)
+    spec, data = _setup(values, bounds, names, init, symbols, r, g, dg, cfg)
     u0 = max(v for k, v in spec.values.items() if k.startswith("uiso_"))
     model = PeriodicModel(crystal, data.r, qmin=qmin, qmax=qmax, radiation=radiation, mode=mode,
                           max_expansion=1.0 / (1 - LENGTH_RANGE), max_uiso=max(0.05, 4 * u0),
-                          max_qbroad=max(0.03, 2 * spec.values["qbroad"]), min_distance=min_distance,
+                          max_qbroad=max(0.03, 2 * spec.values["qbroad"]), min_distance=cfg.min_distance,
                           convention=convention, data_step=data.dr)
     fam_names = [n for n, _ in model.family.groups]
 
@@ -622,7 +645,7 @@ def fit_periodic(cell, r, g, *, free: Sequence[str] = FREE_PERIODIC, init: dict 
 
     if "scale" not in {k.lower() for k in (init or {})}:
         _auto_scale(evaluate, spec, data)
-    x, jw, nfev, message, _ = _least_squares(evaluate, spec, data, max_nfev)
+    x, jw, nfev, message, _ = _least_squares(evaluate, spec, data, cfg.max_nfev)
     fin = _finish(evaluate, spec, data, x, jw, nfev, message, qmax, t0, "periodic")
     vals = fin["values"]
     lat6 = model.lattice({n: vals[n] for n in fam_names}).numpy()
@@ -636,7 +659,7 @@ def fit_periodic(cell, r, g, *, free: Sequence[str] = FREE_PERIODIC, init: dict 
             dunc[name] = fin["unc"][src] * (lat0[k] if src == "expansion" else 1.0)
     derived["volume"] = refined.volume
     meta = {"qmin": float(qmin), "qmax": float(qmax), "rmin": float(data.r[0]), "rmax": float(data.r[-1]),
-            "radiation": radiation, "weights": weights, "convention": convention, "nyquist": bool(nyquist),
+            "radiation": radiation, "weights": cfg.weights, "convention": convention, "nyquist": cfg.nyquist,
             "lattice_system": model.family.system,
             "n_shells": int(len(model.shells.weight)), "n_pairs": int(model.shells.n_pairs),
             "derived": {k: v for k, v in derived.items() if k not in vals}, "derived_uncertainties": dunc,
@@ -644,16 +667,21 @@ def fit_periodic(cell, r, g, *, free: Sequence[str] = FREE_PERIODIC, init: dict 
     return _result(fin, data, refined, spec, meta)
 
 
-def fit_particle(particle: Particle, r, g, *, free: Sequence[str] = FREE_PARTICLE, init: dict | None = None,
-                 qmin: float = 0.0, qmax: float, qdamp: float = 0.04, qbroad: float = 0.0, rmin: float = 1.5,
-                 rmax: float | None = None, dg=None, weights: str = "unit", radiation: str = "xray",
-                 max_nfev: int = 200, position_steps: int = 60, min_distance: float = MIN_DISTANCE,
-                 nyquist: bool = False) -> FitResult:
-    """Refine a finite particle against G(r) with the Debye model (srreal DebyePDFCalculator semantics).
+def fit_particle(particle: Particle, r, g, cfg: FitConfig | None = None, *, init: dict | None = None, dg=None,
+                 **options) -> FitResult:
+    """Refine a finite particle against G(r) with the Debye model (srreal DebyePDFCalculator semantics, every
+    pair summed).
 
-    ``free``: any of 'scale', 'expansion', 'uiso' / 'uiso_<El>', 'delta1', 'delta2', 'qdamp', 'qbroad',
-    'positions' (every atom, by L-BFGS between two least-squares rounds; reported as an rms shift). Fixed
-    parameters stay at ``init`` or the defaults (expansion 1, Uiso 0.005 Å², δ = 0, ``qdamp``, ``qbroad``)."""
+    Options as :func:`fit_periodic` (``cfg`` and/or FitConfig fields as keywords). ``free`` (default
+    FREE_PARTICLE): any of 'scale', 'expansion' (bounded by ``expansion_bounds``, default 0.8–1.25), 'uiso' /
+    'uiso_<El>', 'delta1', 'delta2', 'qdamp', 'qbroad', 'positions' (every atom, by L-BFGS between two
+    least-squares rounds; reported as an rms shift). Fixed parameters stay at ``init`` or the defaults
+    (expansion 1, Uiso 0.005 Å², δ = 0, ``qdamp``, ``qbroad``)."""
+    cfg = _fit_config(cfg, options)
+    if cfg.spdiameter is not None:
+        raise ValueError("spdiameter: applies to periodic fits (a particle model has its own shape)")
+    free = cfg.free if cfg.free is not None else FREE_PARTICLE
+    qmin, qmax, qdamp, qbroad, radiation = cfg.qmin, cfg.qmax, cfg.qdamp, cfg.qbroad, cfg.radiation
     t0 = time.perf_counter()
     _check_qrange(qmin, qmax)
     if not isinstance(particle, Particle):
@@ -662,24 +690,19 @@ def fit_particle(particle: Particle, r, g, *, free: Sequence[str] = FREE_PARTICL
     symbols = _element_symbols(z_types)
     values, bounds = _common_values(symbols, {}, qdamp, qbroad, None)
     values["expansion"] = 1.0
-    bounds["expansion"] = PARTICLE_EXPANSION
+    bounds["expansion"] = cfg.expansion_bounds
     allowed = {"scale", "expansion", "delta1", "delta2", "qdamp", "qbroad", "positions"}
     names = _expand_free(free, symbols=symbols, lattice_names=[], allowed=allowed, kind="particle")
     move = "positions" in names
     names = [n for n in names if n != "positions"]
     if move and not names:
         names = ["scale"]
-    _apply_init(values, init, symbols)
-    spec = _Spec(values, bounds, names)
-    _nudge_zero_starts(spec, init)
-    data = prepare_data(r, g, dg, rmin=rmin, rmax=rmax, weights=weights, n_free=len(names),
-                        nyquist_qmax=qmax if nyquist else None)
-    _check_bounds(spec, data.warnings)
+    spec, data = _setup(values, bounds, names, init, symbols, r, g, dg, cfg)
     positions = np.array(particle.positions, dtype=np.float64)
 
     def build(pos):
         return ParticleModel(particle.numbers, pos, data.r, qmin=qmin, qmax=qmax, radiation=radiation,
-                             max_expansion=1.0 / PARTICLE_EXPANSION[0], min_distance=min_distance)
+                             max_expansion=cfg.expansion_bounds[1], min_distance=cfg.min_distance)
 
     model = build(positions)
 
@@ -693,17 +716,16 @@ def fit_particle(particle: Particle, r, g, *, free: Sequence[str] = FREE_PARTICL
     evaluate = make_eval(model)
     if "scale" not in {k.lower() for k in (init or {})}:
         _auto_scale(evaluate, spec, data)
-    x, jw, nfev, message, _ = _least_squares(evaluate, spec, data, max_nfev)
+    x, jw, nfev, message, _ = _least_squares(evaluate, spec, data, cfg.max_nfev)
     shift = 0.0
     if move:
         spec.values.update({n: float(v) for n, v in zip(names, x, strict=True)})
-        positions, extra = _refine_positions(particle, positions, spec, data, symbols, qmin, qmax, radiation,
-                                             position_steps, min_distance)
+        positions, extra = _refine_positions(particle, positions, spec, data, symbols, cfg)
         nfev += extra
         shift = float(np.sqrt(((positions - particle.positions) ** 2).sum(1).mean()))
         model = build(positions)
         evaluate = make_eval(model)
-        x, jw, nfev2, message, _ = _least_squares(evaluate, spec, data, max_nfev)
+        x, jw, nfev2, message, _ = _least_squares(evaluate, spec, data, cfg.max_nfev)
         nfev += nfev2
     fin = _finish(evaluate, spec, data, x, jw, nfev, message, qmax, t0, "particle")
     if move:
@@ -712,19 +734,19 @@ def fit_particle(particle: Particle, r, g, *, free: Sequence[str] = FREE_PARTICL
     refined = Particle(particle.numbers.copy(), positions * vals["expansion"], dict(particle.meta))
     refined.meta.update({"fit_rw": round(fin["rw"], 6), **{k: v for k, v in vals.items() if k.startswith("uiso_")}})
     meta = {"qmin": float(qmin), "qmax": float(qmax), "rmin": float(data.r[0]), "rmax": float(data.r[-1]),
-            "radiation": radiation, "weights": weights, "nyquist": bool(nyquist), "n_atoms": len(particle),
+            "radiation": radiation, "weights": cfg.weights, "nyquist": cfg.nyquist, "n_atoms": len(particle),
             "formula": particle.formula}
     if move:
         meta["positions_rms_shift"] = shift
     return _result(fin, data, refined, spec, meta)
 
 
-def _refine_positions(particle, positions, spec: _Spec, data: _Data, symbols, qmin, qmax, radiation, steps,
-                      min_distance) -> tuple[np.ndarray, int]:
+def _refine_positions(particle, positions, spec: _Spec, data: _Data, symbols, cfg: FitConfig
+                      ) -> tuple[np.ndarray, int]:
     """L-BFGS on every coordinate (scale, expansion, Uiso, ... held) with a soft pair repulsion below 0.85x the
     starting shortest distance; returns the new (unexpanded) positions and the number of evaluations."""
-    model = ParticleModel(particle.numbers, positions, data.r, qmin=qmin, qmax=qmax, radiation=radiation,
-                          free_positions=True, max_expansion=1.0 / PARTICLE_EXPANSION[0], min_distance=min_distance)
+    model = ParticleModel(particle.numbers, positions, data.r, qmin=cfg.qmin, qmax=cfg.qmax, radiation=cfg.radiation,
+                          free_positions=True, max_expansion=cfg.expansion_bounds[1], min_distance=cfg.min_distance)
     v = {k: torch.tensor(x, dtype=DTYPE) for k, x in spec.values.items()}
     uiso = torch.stack([v[f"uiso_{s}"] for s in symbols])
     pos = torch.tensor(positions, dtype=DTYPE, requires_grad=True)
@@ -733,7 +755,7 @@ def _refine_positions(particle, positions, spec: _Spec, data: _Data, symbols, qm
     dmin = 0.85 * particle.min_distance()
     iu, ju = torch.triu_indices(len(positions), len(positions), offset=1)
     norm = float((w * gobs**2).sum())
-    opt = torch.optim.LBFGS([pos], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([pos], lr=1.0, max_iter=cfg.position_steps, line_search_fn="strong_wolfe")
     count = {"n": 0}
 
     def closure():

@@ -8,7 +8,6 @@ deployment) and in-process. Every error, 4xx or 5xx, has one body: `{"error": {"
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,12 +17,19 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pdfusion.config import ServeConfig
-from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, parse_upload, to_model_grid
+from pdfusion.serving.pdf_input import (
+    InputError,
+    check_pdf_arrays,
+    first_error,
+    is_multipart,
+    parse_upload,
+    read_form,
+    read_json,
+    to_model_grid,
+)
 from pdfusion.serving.schemas import (
     Bounds,
     ErrorResponse,
@@ -79,19 +85,6 @@ class BodySizeLimit:
         return await self.app(scope, limited, send)
 
 
-def _first_error(exc: ValidationError | RequestValidationError, prefix: str = "") -> tuple[str, str]:
-    errs = exc.errors()
-    if not errs:
-        return prefix or "body", "invalid request"
-    e = errs[0]
-    loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
-    field = ".".join(loc) or prefix or "body"
-    msg = e.get("msg", "invalid value")
-    if e.get("type") == "extra_forbidden":
-        msg = "unknown field; see the schema at /docs"
-    if len(errs) > 1:
-        msg += f" (and {len(errs) - 1} more problem(s))"
-    return field, msg
 
 
 def _metal(symbol: str, n_metals: int) -> tuple[str, int]:
@@ -134,7 +127,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
-        return error_response(422, *_first_error(exc))
+        return error_response(422, *first_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -163,46 +156,11 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
         }
 
     async def _parse(request: Request) -> tuple[Any, np.ndarray, np.ndarray, str]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=len(FormReq.model_fields) + 1)
-            except StarletteHTTPException:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any multipart parse problem is the client's
-                raise InputError("body", f"cannot parse the multipart form: {exc}", status=400) from None
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InputError("file", "upload a .gr or .csv PDF file in the 'file' form field")
-            fields: dict[str, Any] = {}
-            for key, value in form.multi_items():
-                if key == "file":
-                    continue
-                if not isinstance(value, str):
-                    raise InputError(key, "must be a plain form value, not a file")
-                if key in fields:
-                    raise InputError(key, "given more than once")
-                if value != "":
-                    fields[key] = value
-            try:
-                params = FormReq.model_validate(fields)
-            except ValidationError as exc:
-                raise InputError(*_first_error(exc)) from None
-            raw = await upload.read()
-            r, g = parse_upload(raw, upload.filename or "", cfg.limits)  # pdfusion.pdf.files: the CLI's reader
+        if is_multipart(request):
+            params, upload = await read_form(request, FormReq)
+            r, g = parse_upload(await upload.read(), upload.filename or "", cfg.limits)  # the CLI's reader
             return params, r, g, "file"
-        if ctype not in ("application/json", ""):
-            raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
-                             status=415)
-        body = await request.body()
-        try:
-            obj = json.loads(body)
-        except (ValueError, RecursionError):
-            raise InputError("body", "is not valid JSON", status=400) from None
-        try:
-            params = JsonReq.model_validate(obj)
-        except ValidationError as exc:
-            raise InputError(*_first_error(exc)) from None
+        params = await read_json(request, JsonReq)
         r, g = check_pdf_arrays(params.r, params.g, cfg.limits)
         return params, r, g, ""
 

@@ -67,3 +67,82 @@ def to_model_grid(r: np.ndarray, g: np.ndarray, grid: np.ndarray, normalize: boo
     for note in mapped.warnings:
         log.warning("request PDF: %s", note)
     return mapped.g.astype(np.float32), mapped.interpolated
+
+
+# --------------------------------------------------------------------------------------------------
+# request bodies: one multipart / JSON reader for POST /v1/sample and POST /v1/solve
+# --------------------------------------------------------------------------------------------------
+def first_error(exc, prefix: str = "") -> tuple[str, str]:
+    """(field, message) of the first problem of a pydantic / FastAPI validation error."""
+    errs = exc.errors()
+    if not errs:
+        return prefix or "body", "invalid request"
+    e = errs[0]
+    loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+    field = ".".join(loc) or prefix or "body"
+    msg = e.get("msg", "invalid value")
+    if e.get("type") == "extra_forbidden":
+        msg = "unknown field; see the schema at /docs"
+    if len(errs) > 1:
+        msg += f" (and {len(errs) - 1} more problem(s))"
+    return field, msg
+
+
+def validated(schema, data):
+    """``schema.model_validate(data)``, a validation error becoming the InputError of its first problem."""
+    from pydantic import ValidationError
+
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(*first_error(exc)) from None
+
+
+def is_multipart(request) -> bool:
+    """True for multipart/form-data, False for JSON (or no content type); 415 for anything else."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return True
+    if ctype not in ("application/json", ""):
+        raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
+                         status=415)
+    return False
+
+
+async def read_form(request, schema, lists: tuple[str, ...] = ()):
+    """(validated ``schema`` of the plain form fields, the 'file' upload) of a multipart request. Fields named in
+    ``lists`` are split at commas / spaces; a field given twice, or a file where a value belongs, is refused."""
+    from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    try:
+        form = await request.form(max_files=1, max_fields=len(schema.model_fields) + 1)
+    except StarletteHTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any multipart parse problem is the client's
+        raise InputError("body", f"cannot parse the multipart form: {exc}", status=400) from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise InputError("file", "upload a .gr or .csv PDF file in the 'file' form field")
+    fields: dict = {}
+    for key, value in form.multi_items():
+        if key == "file":
+            continue
+        if not isinstance(value, str):
+            raise InputError(key, "must be a plain form value, not a file")
+        if key in fields:
+            raise InputError(key, "given more than once")
+        if value != "":
+            fields[key] = value.replace(",", " ").split() if key in lists else value
+    return validated(schema, fields), upload
+
+
+async def read_json(request, schema):
+    """The JSON body of ``request`` validated as ``schema`` (400 for a body that is not JSON)."""
+    import json
+
+    try:
+        obj = json.loads(await request.body())
+    except (ValueError, RecursionError):
+        raise InputError("body", "is not valid JSON", status=400) from None
+    return validated(schema, obj)

@@ -11,18 +11,15 @@ a minute); a request waits for its turn within the request timeout, then gets 50
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel, ConfigDict, Field
 
 from pdfusion.config import ServeConfig
-from pdfusion.serving.pdf_input import InputError, check_pdf_arrays
+from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, is_multipart, read_form, read_json
 
 MAX_TOP = 10
 MAX_RADII = 12
@@ -52,34 +49,6 @@ class SolveJSON(SolveOptions):
     g: list[float] = Field(..., min_length=2)
 
 
-def _form_options(form) -> SolveOptions:
-    fields: dict[str, Any] = {}
-    for key, value in form.multi_items():
-        if key == "file":
-            continue
-        if not isinstance(value, str):
-            raise InputError(key, "must be a plain form value, not a file")
-        if key in fields:
-            raise InputError(key, "given more than once")
-        if value == "":
-            continue
-        fields[key] = [v for v in value.replace(",", " ").split()] if key in ("radii", "families") else value
-    try:
-        return SolveOptions.model_validate(fields)
-    except ValidationError as exc:
-        raise InputError(*_first(exc)) from None
-
-
-def _first(exc: ValidationError) -> tuple[str, str]:
-    errs = exc.errors()
-    if not errs:
-        return "body", "invalid request"
-    e = errs[0]
-    field = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-    msg = "unknown field; see the schema at /docs" if e.get("type") == "extra_forbidden" else e.get("msg", "invalid")
-    return field, msg
-
-
 def _xyz(numbers: np.ndarray, positions: np.ndarray, comment: str) -> str:
     from pymatgen.core import Element
 
@@ -104,37 +73,17 @@ def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
     limits = cfg.limits
 
     async def parse(request: Request) -> tuple[SolveOptions, np.ndarray, np.ndarray, dict[str, Any]]:
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=len(SolveOptions.model_fields) + 1)
-            except StarletteHTTPException:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any multipart parse problem is the client's
-                raise InputError("body", f"cannot parse the multipart form: {exc}", status=400) from None
-            upload = form.get("file")
-            if not isinstance(upload, UploadFile):
-                raise InputError("file", "upload a .gr or .csv PDF file in the 'file' form field")
-            opts = _form_options(form)
+        if is_multipart(request):
             from pdfusion.pdf.files import parse_pdf_bytes
 
+            opts, upload = await read_form(request, SolveOptions, lists=("radii", "families"))
             try:
                 pdf = parse_pdf_bytes(await upload.read(), upload.filename or "", max_points=limits.max_points)
             except ValueError as exc:
                 raise InputError("file", str(exc)) from None
             r, g = check_pdf_arrays(pdf.r, pdf.g, limits, origin="file")
             return opts, r, g, dict(pdf.meta or {})
-        if ctype not in ("application/json", ""):
-            raise InputError("body", f"unsupported content type {ctype!r}; send application/json or multipart/form-data",
-                             status=415)
-        try:
-            obj = json.loads(await request.body())
-        except (ValueError, RecursionError):
-            raise InputError("body", "is not valid JSON", status=400) from None
-        try:
-            body = SolveJSON.model_validate(obj)
-        except ValidationError as exc:
-            raise InputError(*_first(exc)) from None
+        body = await read_json(request, SolveJSON)
         r, g = check_pdf_arrays(body.r, body.g, limits)
         return SolveOptions.model_validate(body.model_dump(exclude={"r", "g"})), r, g, {}
 
@@ -142,8 +91,9 @@ def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
     async def solve_route(request: Request):
         """Rank candidate structures (oxide prototypes, metal motifs) for one measured PDF; each with refined
         scale, expansion, Uiso, delta2 (+ uncertainties), Rw, size and XYZ text."""
+        from pdfusion.config import SolveConfig
         from pdfusion.inference.library import parse_composition
-        from pdfusion.inference.solve import SolveConfig, solve
+        from pdfusion.inference.solve import solve
 
         t0 = time.perf_counter()
         opts, r, g, meta = await parse(request)

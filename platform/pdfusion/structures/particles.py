@@ -30,7 +30,7 @@ def bond_cutoff(cell) -> float:
     return BOND_FACTOR * min_mo_distance(cell)
 
 
-def _translations(lattice: np.ndarray, reach: float) -> np.ndarray:
+def lattice_translations(lattice: np.ndarray, reach: float) -> np.ndarray:
     """Integer cell translations covering a sphere of radius ``reach`` around any point of the cell."""
     vol = abs(np.linalg.det(lattice))
     heights = [vol / np.linalg.norm(np.cross(lattice[(i + 1) % 3], lattice[(i + 2) % 3])) for i in range(3)]
@@ -46,7 +46,7 @@ def cut_sphere(
 
     Returns (numbers, positions relative to ``center``), metals first, each sorted by distance."""
     reach = radius + cutoff + 1e-6
-    shifts = _translations(lattice, reach) @ lattice
+    shifts = lattice_translations(lattice, reach) @ lattice
     pos = (cell_cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3) - center
     z = np.tile(numbers, len(shifts))
     dist = np.linalg.norm(pos, axis=1)
@@ -143,7 +143,7 @@ def min_radius(structure_type: str, metal: str | int, lattice: Sequence[float] |
     particle is a single coordination polyhedron (used by config validation)."""
     cell = unit_cell(structure_type, metal, lattice)
     cart = cell.cart_coords[cell.numbers != 8]
-    shifts = _translations(cell.lattice, 0.0) @ cell.lattice
+    shifts = lattice_translations(cell.lattice, 0.0) @ cell.lattice
     allm = (cart[None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     d = np.linalg.norm(allm[:, None, :] - cart[None, :, :], axis=-1)
     return float(d[d > 1e-6].min())
