@@ -58,3 +58,32 @@ def tiny_config(store_root, pdf_cfg, **overrides):
                   diffusion=replace(base.diffusion, schedule=ScheduleConfig(timesteps=20)),
                   data=DataConfig(path=str(store_root), split_by="metal", val_fraction=0.25, batch_size=4))
     return replace(cfg, **overrides)
+
+
+def train_tiny_checkpoint(path, particles, pdf_cfg, *, max_atoms: int = 48, steps: int = 10, defaults=None):
+    """A `preset('tiny')` model trained ``steps`` steps on ``particles`` ((numbers, positions, metal Z) triples, PDFs
+    simulated with ``pdf_cfg``), saved at ``path`` (returned); untrained samples, but every --model path runs."""
+    import dataclasses
+
+    import torch
+    from torch_geometric.data import Data
+
+    from pdfusion.config import DataConfig, preset
+    from pdfusion.pdf import simulate_pdf
+    from pdfusion.training.trainer import Trainer
+
+    torch.set_num_threads(1)
+    base = preset("tiny")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=pdf_cfg.n_r, max_atoms=max_atoms),
+                              data=DataConfig(batch_size=4), pdf=pdf_cfg)
+    data = []
+    for numbers, pos, metal in particles:
+        g = simulate_pdf(torch.as_tensor(pos, dtype=torch.float64)[None], torch.as_tensor(numbers)[None], None,
+                         pdf_cfg)[0]
+        data.append(Data(pos=torch.tensor(pos, dtype=torch.float32), z=torch.tensor(numbers),
+                         x=torch.zeros(len(numbers), 7), y=g.float().reshape(1, -1), metal=torch.tensor([metal]),
+                         num_nodes=len(numbers)))
+    tr = Trainer(cfg)
+    tr.fit(data, progress=False, max_steps=steps)
+    tr.save_checkpoint(path, extra={"defaults": defaults or {"guidance": 1.0, "steps": 5}})
+    return path

@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Data
 
 from pdfusion.cli import main
-from pdfusion.config import DataConfig, PDFConfig, preset
+from pdfusion.config import PDFConfig
 
 SMALL_PDF = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
 
@@ -39,25 +38,11 @@ def write_gr(path, r, g):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from pdfusion.training.trainer import Trainer
+    from pdfusion_testdata import train_tiny_checkpoint
 
-    torch.set_num_threads(1)
-    base = preset("tiny")
-    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=SMALL_PDF.n_r, max_atoms=48),
-                              data=DataConfig(batch_size=4), pdf=SMALL_PDF)
-    data = []
-    for radius in (2.5, 3.0, 3.3, 3.7):
-        for metal in (22, 30):
-            numbers, pos = rocksalt_cluster(radius, metal)
-            g = simulate(numbers, pos).float()
-            data.append(Data(pos=torch.tensor(pos - pos.mean(0), dtype=torch.float32), z=torch.tensor(numbers),
-                             x=torch.zeros(len(numbers), 7), y=g.reshape(1, -1), metal=torch.tensor([metal]),
-                             num_nodes=len(numbers)))
-    tr = Trainer(cfg)
-    tr.fit(data, progress=False, max_steps=10)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    tr.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 5}})
-    return path
+    clusters = [rocksalt_cluster(radius, metal) for radius in (2.5, 3.0, 3.3, 3.7) for metal in (22, 30)]
+    particles = [(numbers, pos - pos.mean(0), int(numbers.max())) for numbers, pos in clusters]
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", particles, SMALL_PDF)
 
 
 @pytest.fixture(scope="module")

@@ -86,32 +86,13 @@ def test_measured_pt_file(measured_gr, tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
-    """A 10-step model on Ti/Zn rocksalt clusters (as tests/cli/test_sample_cmd.py): untrained samples, but the
-    --model path runs end to end."""
-    import dataclasses
+    """A 10-step model on TiO6 octahedra (7 atoms, within the tiny model's max_atoms): untrained samples, but
+    the --model path runs end to end."""
+    from pdfusion_testdata import train_tiny_checkpoint
 
-    from torch_geometric.data import Data
-
-    from pdfusion.config import DataConfig, preset
-    from pdfusion.training.trainer import Trainer
-
-    torch.set_num_threads(1)
-    small = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
-    base = preset("tiny")
-    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, pdf_points=small.n_r, max_atoms=48),
-                              data=DataConfig(batch_size=4), pdf=small)
-    data = []
-    for radius in (2.0, 2.5, 2.8):  # TiO6 octahedra (7 atoms): within the tiny model's max_atoms
-        p = make_particle("rocksalt", "Ti", radius)
-        g = simulate_pdf(torch.as_tensor(p.positions)[None], torch.as_tensor(p.numbers)[None], None, small)[0]
-        data.append(Data(pos=torch.tensor(p.positions, dtype=torch.float32), z=torch.tensor(p.numbers),
-                         x=torch.zeros(len(p), 7), y=g.float().reshape(1, -1), metal=torch.tensor([22]),
-                         num_nodes=len(p)))
-    tr = Trainer(cfg)
-    tr.fit(data, progress=False, max_steps=10)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    tr.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 5}})
-    return path
+    particles = [(p.numbers, p.positions, 22) for p in (make_particle("rocksalt", "Ti", r) for r in (2.0, 2.5, 2.8))]
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt", particles,
+                                 PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0))
 
 
 def test_model_candidates_are_ranked_with_the_library(tiny_checkpoint, ceo2_gr, tmp_path):
