@@ -315,3 +315,27 @@ def test_particle_larger_than_the_window_sums_every_pair():
     ref = simulate_pdf(torch.tensor(p.positions), torch.tensor(p.numbers), cfg=cfg).numpy()
     ref = np.interp(r, np.arange(len(ref)) * 0.01, ref)
     assert rw(ref, g) <= 0.005
+
+
+def test_fit_options_are_one_typed_config():
+    """FitConfig (config.py) and keyword options are the same fit; bad values fail naming the field."""
+    from pdfusion.config import PARTICLE_EXPANSION, ConfigError, FitConfig, ScreenConfig, from_dict, to_dict
+
+    p = _ni_particle(4.0)
+    r = np.arange(0, 10, 0.01)
+    g = ParticleModel(p.numbers, p.positions * 1.02, r, qmax=25.0)(uiso=0.006, qdamp=0.04).numpy()
+    cfg = FitConfig(qmax=25.0, free="scale, expansion, uiso", rmax=9.0)
+    assert from_dict(FitConfig, to_dict(cfg)) == cfg and cfg.free == ("scale", "expansion", "uiso")
+    a = fit_particle(p, r, g, cfg)
+    b = fit_particle(p, r, g, qmax=25.0, free=["scale", "expansion", "uiso"], rmax=9.0)
+    assert a.params == b.params and a.params["expansion"] == pytest.approx(1.02, abs=1e-4)
+    assert fit_particle(p, r, g, cfg, rmax=8.0).meta["rmax"] == pytest.approx(8.0)  # a keyword replaces a field
+    with pytest.raises(TypeError, match="unknown fit option"):
+        fit_particle(p, r, g, cfg, qmaxx=20.0)
+    for bad, field in [({"qdamp": -1.0}, "qdamp"), ({"weights": "dG"}, "weights"), ({"max_nfev": 0}, "max_nfev"),
+                       ({"expansion_bounds": (1.1, 1.2)}, "expansion_bounds")]:
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            FitConfig(**bad)
+    assert FitConfig().expansion_bounds == PARTICLE_EXPANSION == (0.8, 1.25)
+    with pytest.raises(ConfigError, match="^expansion:"):  # the screen may not search beyond the refinement's bounds
+        ScreenConfig(expansion=(0.7, 1.1))
