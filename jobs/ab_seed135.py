@@ -40,7 +40,8 @@ def launch(arm: str, sets: list[str], minutes: float, out: Path, extra: list[str
 
 def x0_row(checkpoint: Path) -> dict[int, float]:
     sys.path.insert(0, str(HERE))
-    from diag_denoiser import load_one, x0_errors
+    from diag_denoiser import x0_errors
+    from exp_overfit_one import load_one
     from pdfusion.training.trainer import Trainer
 
     data, _ = load_one(SHARED / PROBE)
