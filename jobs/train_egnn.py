@@ -79,7 +79,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="tiny", choices=("tiny", "cpu", "gpu"), help="base config (default tiny)")
+    p.add_argument("--preset", default="cpu", choices=("tiny", "cpu", "gpu"),
+                   help="base config (default cpu: the best recipe measured on 2 CPU cores, docs/training.md)")
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields overriding the preset (+ optional 'run')")
     p.add_argument("--data", help="pdfusion store directory or seed-oxides folder of .h5 files")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. model.hidden=32")
