@@ -37,7 +37,7 @@ def target():
 
 
 def post(url, **kw) -> httpx.Response:
-    return httpx.post(url + "/v1/sample", timeout=60, **kw)
+    return httpx.post(url + "/v1/sample", timeout=330, **kw)
 
 
 def parse_xyz(text: str):
@@ -166,7 +166,7 @@ def test_solve_over_http_ranks_refined_candidates(url):
     text = "[PDF]\ncomposition = Pt\nqmin = 1.0\nqmax = 20.0\n\n#### start data\n#S 1\n" + \
         "\n".join(f"{a:.4f} {b:.8g}" for a, b in zip(r, g, strict=True))
     resp = httpx.post(url + "/v1/solve", files={"file": ("pt.gr", text.encode())},
-                      data={"top": "2", "radii": "4 6"}, timeout=120)
+                      data={"top": "2", "radii": "4 6"}, timeout=330)
     assert resp.status_code == 200, resp.text
     out = resp.json()
     assert out["composition"] == "Pt" and out["config"]["qmax"] == 20.0 and out["n_library"] >= 2
