@@ -256,7 +256,7 @@ def test_sigma_spacing_is_descending_from_T_and_denser_at_low_noise():
     from pdfusion.diffusion.samplers import strided_timesteps
 
     s = build_schedule(ScheduleConfig(timesteps=500))
-    ts = strided_timesteps(500, 100, s.alphas_cumprod)
+    ts = strided_timesteps(500, 100, s)
     assert ts[0] == 500 and ts[-1] >= 1 and all(a > b for a, b in zip(ts, ts[1:], strict=False))
     linear = strided_timesteps(500, 100)
     assert sum(t <= 50 for t in ts) > 1.5 * sum(t <= 50 for t in linear)  # 18 vs 10 steps

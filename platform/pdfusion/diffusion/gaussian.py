@@ -118,11 +118,8 @@ class GaussianDiffusion:
         cfg = self.diffusion_cfg
         if cfg.t_sampling == "uniform":
             return torch.randint(1, self.T + 1, (b,), generator=generator, device=device)
-        abar = self.schedule.alphas_cumprod.to(device=device, dtype=torch.float64)[1:]
-        sigma = ((1 - abar) / abar).sqrt()  # increasing in t
         draw = torch.randn(b, generator=generator, device=device, dtype=torch.float64)
-        target = torch.exp(cfg.t_log_sigma_mean + cfg.t_log_sigma_std * draw)
-        return (torch.searchsorted(sigma, target).clamp(0, self.T - 1) + 1).long()
+        return self.schedule.time_at_sigma(torch.exp(cfg.t_log_sigma_mean + cfg.t_log_sigma_std * draw))
 
     def training_loss(self, model: torch.nn.Module, batch: DenseBatch, generator: torch.Generator | None = None,
                       *, count_loss_weight: float = 0.1, step: int | None = None

@@ -17,6 +17,7 @@ from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import GaussianDiffusion, types_to_numbers
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
+from pdfusion.diffusion.schedules import NoiseSchedule
 
 __all__ = ["SampleResult", "sample", "guided_epsilon", "predict_n_atoms", "strided_timesteps"]
 
@@ -62,19 +63,17 @@ def guided_epsilon(model: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, mas
     return torch.lerp(ex[b:], ex[:b], g), torch.lerp(eh[b:], eh[:b], g)
 
 
-def strided_timesteps(T: int, steps: int, alphas_cumprod: torch.Tensor | None = None, rho: float = 7.0) -> list[int]:
+def strided_timesteps(T: int, steps: int, schedule: NoiseSchedule | None = None, rho: float = 7.0) -> list[int]:
     """Descending integer times from T to 1, `steps` of them (fewer if T < steps or times coincide): evenly
-    spaced in t, or, given the schedule's ᾱ, evenly in σ^(1/ρ) with σ = √((1−ᾱ)/ᾱ) ≤ 80 (Karras et al. 2022)."""
+    spaced in t, or, given the schedule, evenly in σ^(1/ρ) with σ = √((1−ᾱ)/ᾱ) ≤ 80 (Karras et al. 2022)."""
     steps = max(1, min(int(steps), T))
-    if alphas_cumprod is None:
+    if schedule is None:
         ts = torch.linspace(T, 1, steps, dtype=torch.float64).round().long().tolist()
     else:
-        abar = alphas_cumprod.to(torch.float64)[1:]
-        sigma = ((1 - abar) / abar).sqrt()
+        sigma = schedule.x0_sigmas
         # above EDM's σ_max = 80 (data std ~1 here) x_t is pure noise: start at T, spend no steps up there
-        lo, hi = float(sigma[0]) ** (1 / rho), min(float(sigma[-1]), 80.0) ** (1 / rho)
-        target = torch.linspace(hi, lo, steps, dtype=torch.float64) ** rho
-        ts = (torch.searchsorted(sigma, target).clamp(0, T - 1) + 1).tolist()
+        lo, hi = float(sigma[1]) ** (1 / rho), min(float(sigma[-1]), 80.0) ** (1 / rho)
+        ts = schedule.time_at_sigma(torch.linspace(hi, lo, steps, dtype=torch.float64) ** rho).tolist()
         ts[0] = T
     out: list[int] = []
     for t in ts:
@@ -166,17 +165,17 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             if tuple(init.mask.shape) != tuple(mask.shape) or not torch.equal(init.mask.bool().to(dev), mask):
                 raise ValueError(f"init: the starting structures must have the sampled atom counts {n_atoms.tolist()}")
             t_start = min(int(cfg.init_t), T)
-            x0, h0 = diffusion.encode(init.to(dev) if hasattr(init, "to") else init)
+            x0, h0 = diffusion.encode(init.to(dev))
             tt0 = torch.full((b,), t_start, dtype=torch.long, device=dev)
-            x = remove_mean(diffusion.q_sample(x0.to(dev), tt0, x), mask)
-            h = diffusion.q_sample(h0.to(dev), tt0, h) * mask.unsqueeze(-1)
+            x = remove_mean(diffusion.q_sample(x0, tt0, x), mask)
+            h = diffusion.q_sample(h0, tt0, h) * mask.unsqueeze(-1)
         traj = [diffusion.decode(x, h, mask)[0].cpu()] if return_trajectory else None
         m3 = mask.unsqueeze(-1).float()
         clip = None if cfg.clip_x0 is None else cfg.clip_x0 / diffusion.model_cfg.position_scale
         if cfg.steps is None:
             times = list(range(t_start, 0, -1))
         else:
-            times = strided_timesteps(T, cfg.steps, s.alphas_cumprod if cfg.spacing == "sigma" else None)
+            times = strided_timesteps(T, cfg.steps, s if cfg.spacing == "sigma" else None)
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):

@@ -81,6 +81,8 @@ class NoiseSchedule:
         self.sqrt_alphas_cumprod = abar.sqrt()
         self.sqrt_one_minus_alphas_cumprod = (1.0 - abar).sqrt()
         self.sqrt_recip_alphas_cumprod = abar.rsqrt()
+        # noise of x_t/√ᾱ_t around x_0 per coordinate, σ_t = √((1−ᾱ)/ᾱ): increasing in t
+        self.x0_sigmas = ((1.0 - abar) / abar).sqrt()
         # Posterior q(x_{t-1} | x_t, x_0) for t >= 1; entry 0 is 0 (there is no step below t = 0).
         one_minus = 1.0 - abar
         var = self.betas * (1.0 - prev) / one_minus
@@ -93,6 +95,11 @@ class NoiseSchedule:
         self.posterior_mean_coef2 = ct  # multiplies x_t
 
     # ------------------------------------------------------------------------------------------
+    def time_at_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The first integer time in 1..T whose σ_t (`x0_sigmas`) reaches `sigma` (T where none does)."""
+        tab = self.x0_sigmas[1:].to(sigma.device)
+        return (torch.searchsorted(tab, sigma.to(tab.dtype)).clamp(0, self.timesteps - 1) + 1).long()
+
     def gather(self, table: str | torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Table values at integer times t (B,), shaped (B, 1, ..., 1) to broadcast against `like`."""
         if isinstance(table, str):
