@@ -16,7 +16,7 @@ import torch
 
 from pdfusion.config import ModelConfig
 
-__all__ = ["EdgePDF", "STENCIL", "first_peak", "gaussian_blur_rows"]
+__all__ = ["EdgePDF", "STENCIL", "angstrom_scale", "first_peak", "gaussian_blur_rows"]
 
 STENCIL = torch.linspace(-0.6, 0.6, 7)  # Å offsets around each edge's distance
 SHARP_BLUR = 0.25  # Å, the blurred half of the stencil
@@ -36,6 +36,14 @@ def first_peak(pdf: torch.Tensor, rstep: float, rmin: float = 1.2, rel: float = 
     first = torch.where(ok.any(-1), ok.float().argmax(-1),
                         torch.where(above, g, torch.full_like(g, -math.inf)).argmax(-1))
     return r[first]
+
+
+def angstrom_scale(cfg: ModelConfig, pdf: torch.Tensor) -> torch.Tensor:
+    """(B,) Å per model unit for each target: `position_scale`, or in a bond-length frame position_scale ×
+    (the target's first peak / `bond_length`)."""
+    if cfg.bond_length is None:
+        return torch.full((pdf.shape[0],), cfg.position_scale, device=pdf.device)
+    return cfg.position_scale * first_peak(pdf.float(), cfg.pdf_rstep) / cfg.bond_length
 
 
 def gaussian_blur_rows(pdf: torch.Tensor, width: torch.Tensor, rstep: float) -> torch.Tensor:
@@ -66,15 +74,13 @@ class EdgePDF:
     `graph`. Built once per forward from the target curves, the rows' condition mask and noise levels."""
 
     def __init__(self, cfg: ModelConfig, pdf: torch.Tensor, cond_mask: torch.Tensor,
-                 noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 noise: tuple[torch.Tensor, torch.Tensor] | None = None, scale: torch.Tensor | None = None) -> None:
         """noise: (√ᾱ_t, √(1 − ᾱ_t)) per row, for `edge_pdf="noise_aware"`: x_t = √ᾱ·x0 + √(1−ᾱ)·ε, so an edge of
-        x_t is read at d/√ᾱ, and the blurred half is widened by the pair distance's spread √2·σ, σ = √(1−ᾱ)/√ᾱ."""
+        x_t is read at d/√ᾱ, and the blurred half is widened by the pair distance's spread √2·σ, σ = √(1−ᾱ)/√ᾱ.
+        scale: `angstrom_scale(cfg, pdf)` when the caller already has it."""
         self.rstep = cfg.pdf_rstep
         pdf = pdf.float()
-        if cfg.bond_length is None:
-            self.scale = torch.full((pdf.shape[0],), cfg.position_scale, device=pdf.device)
-        else:
-            self.scale = cfg.position_scale * first_peak(pdf, self.rstep) / cfg.bond_length
+        self.scale = angstrom_scale(cfg, pdf) if scale is None else scale
         width = torch.full((pdf.shape[0],), SHARP_BLUR, device=pdf.device)
         if noise is not None:
             shrink, spread = (v.float().to(pdf.device) for v in noise)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pdfusion.config import ModelConfig, from_dict
-from pdfusion.diffusion.edge_pdf import EdgePDF
+from pdfusion.diffusion.edge_pdf import EdgePDF, angstrom_scale
 from pdfusion.diffusion.egnn import EGNN
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.pdf_gradient import pdf_gradient
@@ -166,13 +166,14 @@ class PDFusionDenoiser(nn.Module):
             keep = keep.to(x.device)
             curves = pdf if pdf is not None else x.new_zeros(b, self.cfg.pdf_points)
             abar = None if self.abar is None else self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()]
+            scale = angstrom_scale(self.cfg, curves)  # once for both readers (a first-peak search per row)
             if self.cfg.edge_pdf != "off":
                 noise = (abar.sqrt(), (1 - abar).sqrt()) if self.cfg.edge_pdf == "noise_aware" else None
-                edge_fn = EdgePDF(self.cfg, curves, keep, noise).features
+                edge_fn = EdgePDF(self.cfg, curves, keep, noise, scale).features
             if self.cfg.pdf_gradient:
                 if bool(keep.any()):  # rows without the condition get zeros (and any valid Z to simulate with)
                     metal_z = torch.where(keep, metal.long().reshape(-1).to(x.device), OXYGEN)
-                    descent, size = pdf_gradient(self.cfg, x, h, mask, curves, metal_z, keep, abar)
+                    descent, size = pdf_gradient(self.cfg, x, h, mask, curves, metal_z, keep, abar, scale)
                 else:
                     descent, size = torch.zeros_like(x), x.new_zeros(b, n, 1)
                 parts.append(size)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from pdfusion.config import ModelConfig, PDFConfig
-from pdfusion.diffusion.edge_pdf import first_peak, gaussian_blur_rows
+from pdfusion.diffusion.edge_pdf import angstrom_scale, gaussian_blur_rows
 from pdfusion.diffusion.guards import check_finite
 
 __all__ = ["pdf_gradient"]
@@ -27,20 +27,18 @@ def _condition_pdf_config(cfg: ModelConfig) -> PDFConfig:
 
 
 def pdf_gradient(cfg: ModelConfig, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, pdf: torch.Tensor,
-                 metal: torch.Tensor, keep: torch.Tensor, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 metal: torch.Tensor, keep: torch.Tensor, abar: torch.Tensor, scale: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(unit-RMS descent direction (B,N,3), its per-atom size (B,N,1)); zeros where `keep` is False.
 
-    x (B,N,3) model units at noise ᾱ (B,); h noisy type features (argmax decides metal / oxygen)."""
+    x (B,N,3) model units at noise ᾱ (B,); h noisy type features (argmax decides metal / oxygen); scale:
+    `edge_pdf.angstrom_scale(cfg, pdf)` when the caller already has it."""
     from pdfusion.diffusion.gaussian import types_to_numbers
     from pdfusion.pdf.fitting import simulate_safe
 
     m = mask.bool()
-    b = x.shape[0]
     pdf = pdf.float()
-    if cfg.bond_length is None:
-        scale = torch.full((b,), cfg.position_scale, device=x.device)
-    else:
-        scale = cfg.position_scale * first_peak(pdf, cfg.pdf_rstep) / cfg.bond_length
+    scale = angstrom_scale(cfg, pdf) if scale is None else scale
     shrink = abar.float().clamp_min(1e-8).sqrt()
     spread = (1 - abar.float()).clamp_min(0).sqrt() / shrink * scale  # Å per coordinate of x_t / √ᾱ
     target = gaussian_blur_rows(pdf, (2 ** 0.5 * spread).clamp(max=2.0), cfg.pdf_rstep)
