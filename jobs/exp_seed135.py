@@ -117,14 +117,14 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "median_library_lookup": float(np.median(lib_rwp)),
         "frac_pdfs_model_beats_library": float(np.mean(rwp[:, 0] < lib_rwp)),
         "n_atoms_exact_frac": float(np.mean(n_pred == n_true[:, None])),
-        "valid_frac": float(np.mean([min_distance(c.positions) >= VALID_DISTANCE for cands in ranked for c in cands])),
+        "valid_frac": valid_fraction(ranked),
         "sample_seconds": sample_s,
     }
     if diffusion.model_cfg.bond_length is None:
         # the bar is stated after the isotropic expansion fit: give Å-frame candidates the same step
         expanded = best_expanded(ranked, pdfs, pdf_cfg)
         result["median_best_of_k_expanded"] = float(np.median(expanded))
-    # the bar is stated after the expansion fit: give the library the same step, in either frame
+    # and the library the same step, in either frame
     _, lib_exp_rwp = library_lookup_expanded(pdfs, train_data, pdf_cfg)
     result.update({"median_library_lookup_expanded": float(np.median(lib_exp_rwp)),
                    "frac_pdfs_model_beats_library_expanded": float(np.mean(rwp[:, 0] < lib_exp_rwp))})
@@ -161,7 +161,7 @@ def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg
     from pdfusion.data.batching import DenseBatch
     from pdfusion.diffusion.gaussian import types_to_numbers
     from pdfusion.diffusion.samplers import sample
-    from pdfusion.evaluation.ranking import Candidate, pad_structures, size_and_score
+    from pdfusion.evaluation.ranking import candidates_from, pad_structures, size_and_score
     from pdfusion.pdf import rwp as rwp_fn
 
     lib_pdfs = torch.cat([d.y for d in library]).double()
@@ -177,22 +177,23 @@ def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg
                      generator=torch.Generator().manual_seed(cfg.seed + i))
         mask = out.mask.bool()
         numbers = types_to_numbers(out.types.long(), metal) * mask
-        p, g_sim, scores, factor = size_and_score(out.positions.float(), numbers, mask, pdfs[i].expand(k, -1).float(),
-                                                  pdf_cfg, diffusion.model_cfg.bond_length)
-        cands = [Candidate(numbers=numbers[j][mask[j]].numpy().astype(np.int64),
-                           positions=(p[j][mask[j]] - p[j][mask[j]].mean(0)).double().numpy(), n_atoms=int(mask[j].sum()),
-                           rwp=float(scores[j]), rwp_before_refine=None, g_sim=g_sim[j].detach().numpy(),
-                           expansion=None if factor is None else float(factor[j])) for j in range(k)]
-        ranked.append(sorted(cands, key=lambda c: c.rwp))
+        scored = size_and_score(out.positions.float(), numbers, mask, pdfs[i].expand(k, -1).float(), pdf_cfg,
+                                diffusion.model_cfg.bond_length)
+        ranked.append(sorted(candidates_from(numbers, mask, *scored), key=lambda c: c.rwp))
     return ranked
 
 
 VALID_DISTANCE = 1.2  # Å: a candidate is valid when no two atoms are closer
 
 
-def min_distance(pos: np.ndarray) -> float:
-    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    return float((d + np.eye(len(pos)) * 1e9).min())
+def valid_fraction(ranked) -> float:
+    """Fraction of all candidates whose shortest interatomic distance is at least VALID_DISTANCE."""
+    from pdfusion.evaluation.ranking import pad_structures
+    from pdfusion.pdf.fitting import min_pair_distance
+
+    cands = [c for row in ranked for c in row]
+    pos, _, mask = pad_structures([c.positions for c in cands], [c.numbers for c in cands])
+    return float((min_pair_distance(torch.as_tensor(pos), torch.as_tensor(mask)) >= VALID_DISTANCE).double().mean())
 
 
 def best_expanded(ranked, pdfs: torch.Tensor, pdf_cfg) -> np.ndarray:

@@ -103,6 +103,20 @@ def size_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor,
     return fit.positions.to(pos.dtype), fit.g_sim.to(pos.dtype), fit.rwp.to(pos.dtype), fit.factor
 
 
+def candidates_from(numbers: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, g_sim: torch.Tensor,
+                    scores: torch.Tensor, factor: torch.Tensor | None) -> list[Candidate]:
+    """One Candidate per row of a scored batch (numbers, mask and `size_and_score`'s output), centred."""
+    out = []
+    for j in range(mask.shape[0]):
+        m = mask[j]
+        p = pos[j][m].double()
+        out.append(Candidate(numbers=numbers[j][m].cpu().numpy().astype(np.int64), positions=(p - p.mean(0)).cpu().numpy(),
+                             n_atoms=int(m.sum()), rwp=float(scores[j]), rwp_before_refine=None,
+                             g_sim=g_sim[j].detach().cpu().numpy(),
+                             expansion=None if factor is None else float(factor[j])))
+    return out
+
+
 @torch.no_grad()
 def sample_and_score(
     model: torch.nn.Module,
@@ -158,21 +172,9 @@ def sample_and_score(
 
             raise NonFiniteError("sample_and_score: sampler returned non-finite positions")
         numbers = types_to_numbers(res.types.long(), rep_metal[idx]) * mask
-        pos, g_sim, scores, factor = size_and_score(pos, numbers, mask, rep_pdf[idx], pdf_cfg,
-                                                    diffusion.model_cfg.bond_length)
-        for j, flat in enumerate(idx.tolist()):
-            m = mask[j]
-            p = pos[j][m].double()
-            p = p - p.mean(0)
-            results[flat] = Candidate(
-                numbers=numbers[j][m].cpu().numpy().astype(np.int64),
-                positions=p.cpu().numpy(),
-                n_atoms=int(m.sum()),
-                rwp=float(scores[j]),
-                rwp_before_refine=None,
-                g_sim=g_sim[j].detach().cpu().numpy(),
-                expansion=None if factor is None else float(factor[j]),
-            )
+        scored = size_and_score(pos, numbers, mask, rep_pdf[idx], pdf_cfg, diffusion.model_cfg.bond_length)
+        for flat, cand in zip(idx.tolist(), candidates_from(numbers, mask, *scored), strict=True):
+            results[flat] = cand
         bar.update(len(idx))
         start += size
     bar.close()
