@@ -8,6 +8,7 @@ the same output.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,11 @@ from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.model import remove_mean
 from pdfusion.diffusion.schedules import NoiseSchedule
 
-__all__ = ["SampleResult", "sample", "guided_epsilon", "predict_n_atoms", "strided_timesteps"]
+__all__ = ["SampleResult", "SamplingCancelled", "sample", "guided_epsilon", "predict_n_atoms", "strided_timesteps"]
+
+
+class SamplingCancelled(RuntimeError):
+    """`sample(..., should_stop=...)` stopped between steps because `should_stop()` returned True."""
 
 
 @dataclass
@@ -109,14 +114,16 @@ def predict_n_atoms(model: torch.nn.Module, pdf: torch.Tensor, metal: torch.Tens
 def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tensor | None,
            metal: torch.Tensor | None, n_atoms: torch.Tensor | list[int], cfg: SampleConfig | None = None, *,
            generator: torch.Generator | None = None, return_trajectory: bool = False,
-           progress: bool = False, pdf_cfg: PDFConfig | None = None, init=None) -> SampleResult:
+           progress: bool = False, pdf_cfg: PDFConfig | None = None, init=None,
+           should_stop: Callable[[], bool] | None = None) -> SampleResult:
     """Generate one structure per row. pdf (B,n_r) and metal (B,) condition the model (both None: an
     unconditional model); n_atoms (B,) fixes each particle's size (use `predict_n_atoms` to draw it).
     `cfg.steps` None → ancestral DDPM over all T steps; else DDIM-style over `cfg.steps` strided steps with
     stochasticity `cfg.eta`. Without a generator, one seeded with `cfg.seed` is used. `cfg.pdf_guidance` > 0
     also steers every x̂0 toward `pdf` through the simulator configured by `pdf_cfg` (diffusion.pdf_guidance).
     `init` (a DenseBatch of starting structures, one per row) with `cfg.init_t`: start from them noised to
-    init_t (SDEdit) and run only the times ≤ init_t."""
+    init_t (SDEdit) and run only the times ≤ init_t. `should_stop` (e.g. "was the request cancelled?") is
+    called before every step; when it returns True, `SamplingCancelled` is raised."""
     cfg = cfg or SampleConfig()
     dev = _model_device(model)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long).reshape(-1).to(dev)
@@ -179,6 +186,8 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
+            if should_stop is not None and should_stop():
+                raise SamplingCancelled(f"sampling cancelled before step t={t_now}")
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance)
             if cfg.steps is None:
