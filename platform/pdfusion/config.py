@@ -431,6 +431,11 @@ class ServeLimits:
     max_pdf_guidance: float = 2.0  # A per sampler step (SampleConfig.pdf_guidance)
     max_pdf_guidance_iters: int = 10  # each costs one simulation + gradient per sampler step
     request_timeout_s: float = 120.0
+    # seconds a client may take to send its whole body (a body that never finishes is answered 408)
+    body_timeout_s: float = 30.0
+    # estimated sampling seconds one request may cost on this server (from the replica's measured speed,
+    # n_samples x n_atoms x steps); None = half of request_timeout_s, so an admitted request fits the timeout
+    max_cost_s: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_samples", "max_atoms", "max_steps", "max_points", "max_body_bytes"):
@@ -442,6 +447,9 @@ class ServeLimits:
                "must be finite and >= 0")
         _check(self.max_pdf_guidance_iters >= 1, "limits.max_pdf_guidance_iters", "must be >= 1")
         _check(self.request_timeout_s > 0, "limits.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        _check(self.body_timeout_s > 0, "limits.body_timeout_s", f"must be > 0, got {self.body_timeout_s}")
+        _check(self.max_cost_s is None or 0 < self.max_cost_s <= self.request_timeout_s, "limits.max_cost_s",
+               f"must be None or in (0, request_timeout_s={self.request_timeout_s}], got {self.max_cost_s}")
 
 
 @dataclass(frozen=True)
