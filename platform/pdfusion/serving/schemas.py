@@ -9,11 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from pdfusion.config import ServeLimits
 
 SEED_MAX = 2**63 - 1
+NUMBER_FIELDS = ("n_atoms", "n_samples", "guidance", "steps", "seed", "pdf_guidance", "pdf_guidance_iters")
+
+
+def no_bool(value: Any) -> Any:
+    """JSON `true` is not a number: pydantic's lax mode would read `n_samples: true` as 1."""
+    if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def no_bool_validator(*fields: str):
+    """A model validator (for ``create_model(__validators__=...)``) refusing booleans in number fields."""
+    return {"no_bool": field_validator(*fields, mode="before")(no_bool)}
 
 
 class Bounds(BaseModel):
@@ -72,7 +85,8 @@ def request_model(b: Bounds) -> type[BaseModel]:
         "g": (list[float], Field(min_length=2, max_length=b.max_points, description="G(r) values, one per r.")),
         **_sampling_fields(b),
     }
-    return create_model("SampleRequest", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model("SampleRequest", __config__=ConfigDict(extra="forbid"),
+                        __validators__=no_bool_validator("r", "g", *NUMBER_FIELDS), **fields)
 
 
 def form_model(b: Bounds) -> type[BaseModel]:

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pdfusion.config import ServeConfig
 from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, is_multipart, read_form, read_json
+from pdfusion.serving.schemas import no_bool
 
 MAX_TOP = 10
 MAX_RADII = 12
@@ -42,11 +43,13 @@ class SolveOptions(BaseModel):
     qbroad: float = Field(0.0, ge=0.0, le=1.0)
     refine: bool = Field(True, description="least-squares refinement of the best (else the screening fit)")
     return_curves: bool = Field(False, description="include r, G_obs and G_calc of each candidate")
+    _numbers = field_validator("top", "radii", "rmin", "rmax", "qmin", "qmax", "qdamp", "qbroad", mode="before")(no_bool)
 
 
 class SolveJSON(SolveOptions):
     r: list[float] = Field(..., min_length=2)
     g: list[float] = Field(..., min_length=2)
+    _arrays = field_validator("r", "g", mode="before")(no_bool)
 
 
 def _xyz(numbers: np.ndarray, positions: np.ndarray, comment: str) -> str:
