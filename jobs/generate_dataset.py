@@ -6,7 +6,10 @@
 One Ray task per shard (``--shard-size`` structures). A rerun with the same settings verifies the shards
 already listed in the store's manifest by checksum, skips them and completes the rest, so an interrupted
 run loses and duplicates nothing. Writes ``summary.json`` (counts per type) and ``atom_counts.png``.
-``--local`` runs the same units in this process, without Ray.
+``--local`` runs the same units in this process, without Ray. ``--off-library`` makes every structure an
+off-library variant (``pdfusion.structures.variants``; ``default`` or KEY=FRACTION items of
+``VariantMixConfig``, e.g. ``ellipsoid=0.4 faceted=0.4 off_centre=0.5 vacancies=0.5 strain=0.3 relaxation=0.5
+thermal=0.5``), each row recording its parameters in ``variant_params``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,31 @@ def _range(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _mix(items: list[str] | None):
+    """--off-library items -> VariantMixConfig (None without the flag): 'default' and/or KEY=VALUE."""
+    if items is None:
+        return None
+    from dataclasses import fields, replace
+
+    from pdfusion.config import DEFAULT_VARIANT_MIX, VariantMixConfig
+
+    mix = DEFAULT_VARIANT_MIX if not items else VariantMixConfig()
+    names = {f.name for f in fields(VariantMixConfig)}
+    changes = {}
+    for item in items:
+        if item == "default":
+            mix = DEFAULT_VARIANT_MIX
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise ConfigError(f"--off-library: expected 'default' or KEY=VALUE with KEY in {sorted(names)}, got {item!r}")
+        try:
+            changes[key] = tuple(float(v) for v in value.split(",")) if "," in value else float(value)
+        except ValueError:
+            raise ConfigError(f"--off-library {key}: expected a number or LOW,HIGH, got {value!r}") from None
+    return replace(mix, **changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = GenerateConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-range", type=_range, default=None, help="augmentation: LOW,HIGH scale factor")
     p.add_argument("--qdamp-range", type=_range, default=None, help="augmentation: LOW,HIGH qdamp")
     p.add_argument("--biso-range", type=_range, default=None, help="augmentation: LOW,HIGH Biso (Å²)")
+    p.add_argument("--off-library", nargs="*", default=None, metavar="KEY=FRACTION",
+                   help="off-library variants: 'default' or fractions such as ellipsoid=0.4 faceted=0.4 "
+                        "off_centre=0.5 vacancies=0.5 strain=0.3 relaxation=0.5 thermal=0.5 (VariantMixConfig)")
     p.add_argument("--local", action="store_true", help="run in this process, without Ray")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray cluster (default: all)")
     p.add_argument("--ship-package", action="store_true",
@@ -57,9 +88,15 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     aug = AugmentConfig(noise_std=args.noise_std, scale_range=args.scale_range or (1.0, 1.0),
                         qdamp_range=args.qdamp_range, biso_range=args.biso_range)
     pdf = PDFConfig(qmax=args.qmax, rmax=args.rmax)
-    return GenerateConfig(out_dir=args.out, types=tuple(args.types), metals=tuple(args.metals), radii=tuple(args.radii),
-                          variants=args.variants, seed=args.seed, shard_size=args.shard_size,
-                          min_distance=args.min_distance, pdf=pdf, augment=aug)
+    kwargs = dict(out_dir=args.out, types=tuple(args.types), metals=tuple(args.metals), radii=tuple(args.radii),
+                  variants=args.variants, seed=args.seed, shard_size=args.shard_size,
+                  min_distance=args.min_distance, pdf=pdf, augment=aug)
+    mix = _mix(getattr(args, "off_library", None))
+    if mix is not None:
+        from pdfusion.config import VariantGenerateConfig
+
+        return VariantGenerateConfig(**kwargs, off_library=mix)
+    return GenerateConfig(**kwargs)
 
 
 def _unit_task(cfg: GenerateConfig, unit) -> dict:

@@ -255,6 +255,10 @@ class ModelConfig:
     # Learned guidance (diffusion.pdf_gradient): each atom's descent direction of the misfit between G(x_t/√ᾱ)
     # and the target broadened by the noise, an equivariant per-atom input gated by a learned scalar.
     pdf_gradient: bool = False
+    # Self-conditioning (Chen et al. 2022): the previous estimate (x̂0, ĥ0) is an input — its distance from x_t per
+    # atom, its types, each edge's x̂0 distance (and, with edge_pdf, the target read there), and a gated per-atom
+    # vector x̂0 − x_t. Training feeds a no-grad first estimate on half the batches; the sampler feeds the last step's.
+    self_condition: bool = False
 
     def __post_init__(self) -> None:
         _check(self.hidden > 0, "model.hidden", f"must be positive, got {self.hidden}")
@@ -689,3 +693,125 @@ class SolveConfig:
         _check(self.rescore >= 0, "rescore", f"must be >= 0, got {self.rescore}")
         _check(self.refine_margin >= 0, "refine_margin", f"must be >= 0, got {self.refine_margin}")
         _check(self.num_cpus >= 1, "num_cpus", f"must be >= 1, got {self.num_cpus}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Off-library structural variants (structures.variants, issue 20)
+# --------------------------------------------------------------------------------------------------
+VARIANT_SHAPES = ("sphere", "ellipsoid", "faceted")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Exactly how one off-library particle is made (`structures.variants.make_variant`): a pure function of
+    these fields, stored as ``meta['variant_params']`` so a dataset row rebuilds from its own metadata.
+
+    Lengths in Å. ``radius``: sphere radius; ellipsoid semi-axes are ``radius * axis_ratios`` (product 1, so
+    the volume is the sphere's); faceted: the {100} planes at ``facet_100 * radius`` and the {111} planes at
+    ``facet_111 * radius`` from the centre (None: that family absent), Miller planes of the cell's own
+    reciprocal lattice. ``orientation``: unit quaternion (w, x, y, z) turning the ellipsoid's axes in the
+    crystal frame. ``center``: fractional cell coordinates of the cut's centre (None: a metal atom, the seed
+    convention). ``seed`` drives the vacancies and the random displacements."""
+
+    structure_type: str = "rocksalt"
+    metal: str = "Ti"
+    radius: float = 6.0
+    shape: Literal["sphere", "ellipsoid", "faceted"] = "sphere"
+    axis_ratios: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    orientation: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
+    facet_100: float | None = None
+    facet_111: float | None = None
+    center: tuple[float, float, float] | None = None
+    vacancy_fraction: float = 0.0  # of the under-coordinated (surface) atoms, removed
+    mo_bound: float = 0.15  # |M:O / M:O(formula) - 1| a vacancy may not push the particle beyond
+    strain: float = 0.0  # radial strain of the shell against the core (core-shell lattice mismatch)
+    core_fraction: float = 0.6  # core radius / outer radius
+    relax_amplitude: float = 0.0  # outward (+) / inward (-) shift of surface atoms (surface relaxation)
+    surface_sigma: float = 0.0  # random displacement at the surface, per coordinate (surface disorder)
+    decay_length: float = 2.0  # both surface terms decay as exp(-depth / decay_length) into the particle
+    thermal_sigma: float = 0.0  # random displacement of every atom, per coordinate (thermal snapshot)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("axis_ratios", "orientation", "center"):
+            v = getattr(self, name)
+            if isinstance(v, list):
+                object.__setattr__(self, name, tuple(float(x) for x in v))
+        _check(self.shape in VARIANT_SHAPES, "shape", f"must be one of {VARIANT_SHAPES}, got {self.shape!r}")
+        _check(math.isfinite(self.radius) and self.radius > 0, "radius", f"must be a positive length in Å, got {self.radius}")
+        _check(len(self.axis_ratios) == 3 and all(math.isfinite(a) and a > 0 for a in self.axis_ratios), "axis_ratios",
+               f"need three positive ratios, got {self.axis_ratios}")
+        _check(len(self.orientation) == 4 and math.isfinite(sum(self.orientation))
+               and abs(math.sqrt(sum(x * x for x in self.orientation)) - 1) < 1e-6, "orientation",
+               f"need a unit quaternion (w, x, y, z), got {self.orientation}")
+        for name in ("facet_100", "facet_111"):
+            v = getattr(self, name)
+            _check(v is None or (math.isfinite(v) and v > 0), name, f"must be None or > 0, got {v}")
+        _check(self.shape != "faceted" or self.facet_100 is not None or self.facet_111 is not None, "facet_100",
+               "a faceted cut needs facet_100 and/or facet_111")
+        _check(self.center is None or (len(self.center) == 3 and all(math.isfinite(c) for c in self.center)), "center",
+               f"must be None or fractional (x, y, z), got {self.center}")
+        _check(0 <= self.vacancy_fraction <= 1, "vacancy_fraction", f"must be in [0, 1], got {self.vacancy_fraction}")
+        _check(0 <= self.mo_bound < 1, "mo_bound", f"must be in [0, 1), got {self.mo_bound}")
+        _check(-0.2 < self.strain < 0.2, "strain", f"must be in (-0.2, 0.2), got {self.strain}")
+        _check(0 < self.core_fraction < 1, "core_fraction", f"must be in (0, 1), got {self.core_fraction}")
+        for name in ("surface_sigma", "thermal_sigma"):
+            _check(0 <= getattr(self, name) < 0.5, name, f"must be in [0, 0.5) Å, got {getattr(self, name)}")
+        _check(abs(self.relax_amplitude) < 0.5, "relax_amplitude", f"must be in (-0.5, 0.5) Å, got {self.relax_amplitude}")
+        _check(self.decay_length > 0, "decay_length", f"must be > 0 Å, got {self.decay_length}")
+
+
+@dataclass(frozen=True)
+class VariantMixConfig:
+    """How often the generator applies each off-library modification (independent fractions in [0, 1];
+    ``ellipsoid + faceted <= 1``, the rest spheres) and the ranges their parameters are drawn from
+    (`structures.variants.sample_variant`). All zero: every structure a perfect atom-centred sphere."""
+
+    ellipsoid: float = 0.0
+    faceted: float = 0.0
+    off_centre: float = 0.0
+    vacancies: float = 0.0
+    strain: float = 0.0
+    relaxation: float = 0.0  # radially decaying: surface relaxation + surface disorder
+    thermal: float = 0.0
+    axis_ratio_max: float = 1.8  # each semi-axis ratio log-uniform in [1/sqrt(m), sqrt(m)] before normalising
+    # faceted: {111} distance / {100} distance (< 1/sqrt(3): octahedron; > sqrt(3): cube), both then scaled so
+    # the polyhedron has the sphere's volume (so `radius` means the same size for every shape)
+    facet_111_over_100: tuple[float, float] = (0.65, 1.6)
+    vacancy_range: tuple[float, float] = (0.05, 0.3)
+    mo_bound: float = 0.15
+    strain_range: tuple[float, float] = (-0.04, 0.04)
+    core_fraction_range: tuple[float, float] = (0.4, 0.8)
+    relax_range: tuple[float, float] = (-0.15, 0.15)
+    surface_sigma_range: tuple[float, float] = (0.02, 0.1)
+    decay_range: tuple[float, float] = (1.0, 3.0)
+    thermal_range: tuple[float, float] = (0.02, 0.08)
+
+    def __post_init__(self) -> None:
+        for name in ("ellipsoid", "faceted", "off_centre", "vacancies", "strain", "relaxation", "thermal"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, name, f"must be a fraction in [0, 1], got {v}")
+        _check(self.ellipsoid + self.faceted <= 1 + 1e-9, "faceted", "ellipsoid + faceted must be <= 1")
+        _check(self.axis_ratio_max >= 1, "axis_ratio_max", f"must be >= 1, got {self.axis_ratio_max}")
+        for name in ("facet_111_over_100", "vacancy_range", "strain_range", "core_fraction_range",
+                     "relax_range", "surface_sigma_range", "decay_range", "thermal_range"):
+            lo, hi = getattr(self, name)
+            _check(lo <= hi, name, f"need (low, high) with low <= high, got {(lo, hi)}")
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, k) > 0 for k in ("ellipsoid", "faceted", "off_centre", "vacancies", "strain",
+                                                  "relaxation", "thermal"))
+
+
+# the mix `jobs/generate_dataset.py --off-library default` and the beyond-library benchmark use
+DEFAULT_VARIANT_MIX = VariantMixConfig(ellipsoid=0.4, faceted=0.4, off_centre=0.5, vacancies=0.5, strain=0.3,
+                                       relaxation=0.5, thermal=0.5)
+
+
+@dataclass(frozen=True)
+class VariantGenerateConfig(GenerateConfig):
+    """A :class:`GenerateConfig` grid whose structures are off-library variants drawn from ``off_library``
+    (one seeded :class:`VariantConfig` per structure); its own config hash, so it never resumes a plain grid."""
+
+    off_library: VariantMixConfig = field(default_factory=lambda: DEFAULT_VARIANT_MIX)

@@ -9,7 +9,10 @@ seed, derived from the global seed and the structure's grid key, so the data do 
 size, the order in which tasks run, or on how often the job was interrupted.
 
 Variant 0 of every grid point is the seed-oxides convention (particle centred on a metal atom); variants
->= 1 centre the sphere on a random point of the cell, which gives genuinely different particles.
+>= 1 centre the sphere on a random point of the cell, which gives genuinely different particles. A
+:class:`~pdfusion.config.VariantGenerateConfig` instead makes every structure an off-library variant
+(:mod:`pdfusion.structures.variants`: shape, centre, vacancies, strain, displacements) drawn from its own seed,
+recorded in the row's ``variant_params``.
 """
 
 from __future__ import annotations
@@ -171,6 +174,15 @@ def item_seed(cfg: GenerateConfig, item: WorkItem) -> np.random.SeedSequence:
 # one shard
 # --------------------------------------------------------------------------------------------------
 def _particle(cfg: GenerateConfig, item: WorkItem, rng: np.random.Generator) -> Particle | None:
+    mix = getattr(cfg, "off_library", None)
+    if mix is not None:
+        from pdfusion.structures.variants import make_variant, sample_variant
+
+        try:
+            return make_variant(sample_variant(item.structure_type, item.metal, item.radius, rng, mix),
+                                min_distance=cfg.min_distance)
+        except ValueError:  # a thin shape that holds no metal with a bonded oxygen: dropped like a close pair
+            return None
     center = None if item.variant == 0 else tuple(rng.random(3))
     return make_particle(item.structure_type, item.metal, item.radius, center=center, min_distance=cfg.min_distance)
 
