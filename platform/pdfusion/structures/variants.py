@@ -9,7 +9,8 @@ complete coordination polyhedra), then applies, in this fixed order:
 
 1. the cut: sphere, ellipsoid (``axis_ratios``, any ``orientation``) or faceted ({100} and/or {111} planes),
    centred on a metal atom or anywhere in the cell (``center``);
-2. surface vacancies: a fraction of the under-coordinated atoms removed in a seeded random order, a removal
+2. surface vacancies: a fraction of the under-coordinated atoms (:func:`surface_atoms`) removed in a seeded
+   random order, a removal
    refused when it would push M:O outside ``mo_bound`` of the formula (a small perfect cut is O-rich, since
    its polyhedra are complete, so there only removals that move M:O toward the formula pass); oxygens left
    without a metal go with their metal;
@@ -45,7 +46,7 @@ from pdfusion.structures.prototypes import (
 )
 
 __all__ = ["VariantConfig", "VariantMixConfig", "facet_normals", "facet_volume", "is_off_library", "make_variant",
-           "mo_deviation", "sample_variant", "variant_from_meta"]
+           "mo_deviation", "sample_variant", "surface_atoms", "variant_from_meta"]
 
 SQRT3 = math.sqrt(3.0)
 
@@ -198,6 +199,20 @@ def _coordination(numbers: np.ndarray, pos: np.ndarray, cutoff: float) -> np.nda
 # --------------------------------------------------------------------------------------------------
 # imperfections
 # --------------------------------------------------------------------------------------------------
+def surface_atoms(numbers: np.ndarray, pos: np.ndarray, bulk: np.ndarray, cutoff: float) -> np.ndarray:
+    """Under-coordinated atoms (bool mask): oxygens with fewer metal bonds than in the crystal, and metals
+    bonded to such an oxygen. (The cut keeps every metal's polyhedron complete, so a surface metal misses
+    no oxygen; it shows as the owner of an unsaturated one.)"""
+    coord = _coordination(numbers, pos, cutoff)
+    is_m = numbers != OXYGEN
+    open_o = ~is_m & (coord < bulk)
+    out = open_o | (is_m & (coord < bulk))
+    if open_o.any() and is_m.any():
+        near = cKDTree(pos[open_o]).query(pos[is_m], k=1, distance_upper_bound=cutoff)[0] < cutoff
+        out[np.flatnonzero(is_m)[near]] = True
+    return out
+
+
 def formula_mo(structure_type: str) -> float:
     """Metals per oxygen of a prototype's formula unit."""
     m, o = PROTOTYPES[canonical_type(structure_type)].formula_unit
@@ -218,7 +233,7 @@ def _vacancies(vc: VariantConfig, numbers: np.ndarray, pos: np.ndarray, bulk: np
     """Keep-mask after removing up to round(fraction x under-coordinated) surface atoms (see module doc)."""
     keep = np.ones(len(numbers), dtype=bool)
     coord = _coordination(numbers, pos, cutoff)
-    under = np.flatnonzero(coord < bulk)
+    under = np.flatnonzero(surface_atoms(numbers, pos, bulk, cutoff))
     n_target = int(round(vc.vacancy_fraction * under.size))
     if n_target == 0:
         return keep
@@ -258,7 +273,7 @@ def _vacancies(vc: VariantConfig, numbers: np.ndarray, pos: np.ndarray, bulk: np
 
 def _depth(numbers: np.ndarray, pos: np.ndarray, bulk: np.ndarray, cutoff: float) -> np.ndarray:
     """Distance (Å) of every atom to the nearest under-coordinated one (0 on the surface)."""
-    surface = _coordination(numbers, pos, cutoff) < bulk
+    surface = surface_atoms(numbers, pos, bulk, cutoff)
     if not surface.any():
         return np.full(len(numbers), np.inf)
     d, _ = cKDTree(pos[surface]).query(pos, k=1)
