@@ -24,15 +24,13 @@ def _app_args() -> dict:
     return app["args"]
 
 
-def test_config_yaml_builds_the_application(tmp_path, monkeypatch):
+def test_config_yaml_builds_the_application(tiny_checkpoint, monkeypatch):
     from ray._common.utils import import_attr
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
     from pdfusion.serving.deployments import INGRESS_NAME, SAMPLER_NAME
 
-    ckpt = tmp_path / "model.pt"
-    ckpt.write_bytes(b"not loaded at build time")
-    args = {**_app_args(), "model": str(ckpt), "num_gpus": "0"}
+    args = {**_app_args(), "model": str(tiny_checkpoint), "num_gpus": "0"}
     monkeypatch.syspath_prepend(str(ROOT))
     app = call_user_app_builder_with_args_if_necessary(import_attr("serve.app:app_builder"), args)
     ingress = app._bound_deployment
@@ -50,6 +48,26 @@ def test_builder_refuses_a_missing_checkpoint(monkeypatch):
 
     with pytest.raises(ConfigError, match="does not exist"):
         app_builder({**_app_args(), "model": "no/such/model.pt"})
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
+def test_builder_refuses_a_corrupt_checkpoint_naming_it(tiny_checkpoint, tmp_path, damage):
+    """Issue 22 (b), build side: a corrupt model file fails `serve run` / `serve deploy` at build time with
+    one message naming the file -- nothing is deployed, so no replica can crash-loop on it (before: the
+    builder only checked that the path existed and every replica then failed on the file)."""
+    import torch
+
+    from pdfusion.serving.app import app_builder
+
+    bad = tmp_path / f"{damage}.pt"
+    if damage == "garbage":
+        bad.write_bytes(b"\x00\x01 not a checkpoint " * 100)
+    elif damage == "truncated":
+        bad.write_bytes(tiny_checkpoint.read_bytes()[:2000])
+    else:
+        torch.save({"weights": torch.zeros(2)}, bad)
+    with pytest.raises(ConfigError, match=r"^model: .*" + bad.name):
+        app_builder({**_app_args(), "model": str(bad), "num_gpus": "0"})
 
 
 def test_gpu_fraction_needs_cuda_device():

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from pdfusion.config import ServeConfig
 from pdfusion.serving.pdf_input import (
@@ -40,12 +41,15 @@ from pdfusion.serving.schemas import (
     form_openapi_schema,
     request_model,
 )
-from pdfusion.serving.service import SampleJob
+from pdfusion.serving.service import SampleJob, estimate_seconds
 from pdfusion.serving.solve_route import add_solve_route
 from pdfusion.structures.particle import OXYGEN
 
 log = logging.getLogger("pdfusion.serving")
 SampleFn = Callable[[SampleJob], Awaitable[dict[str, Any]]]
+ProbeFn = Callable[[], Awaitable[dict[str, Any]]]
+HEALTH_PROBE_S = 2.0  # a sampler replica that cannot answer its load within this is not ready
+RETRY_AFTER_S = 20  # about what Serve needs to restart a dead sampler replica on CPU
 
 
 def error_response(status: int, field: str, message: str) -> JSONResponse:
@@ -57,12 +61,26 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` (declared Content-Length or bytes actually
-    streamed) before the app buffers them."""
+class BodyTimeout(StarletteHTTPException):
+    def __init__(self, limit: float) -> None:
+        super().__init__(408, f"the request body did not arrive within {limit:g} s; send it in one go")
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+class ServiceUnavailable(Exception):
+    """The sampler cannot take the request now (its replica died and no other answered): 503 + Retry-After."""
+
+    def __init__(self, message: str, retry_after_s: int = 20) -> None:
+        super().__init__(message)
+        self.message, self.retry_after_s = message, retry_after_s
+
+
+class BodyLimits:
+    """ASGI middleware: refuse bodies over `max_bytes` (declared Content-Length or bytes actually
+    streamed) before the app buffers them, and bodies that have not fully arrived `timeout_s` after the
+    app first asked for them (408; a client that never finishes its body is not held open forever)."""
+
+    def __init__(self, app, max_bytes: int, timeout_s: float | None = None) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -72,19 +90,28 @@ class BodySizeLimit:
             resp = error_response(413, "body", f"request body exceeds {self.max_bytes} bytes; send a smaller PDF")
             return await resp(scope, receive, send)
         seen = 0
+        done = False
+        deadline: float | None = None
 
         async def limited():
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done, deadline
+            if done or self.timeout_s is None:  # body complete: later receives wait for the disconnect
+                message = await receive()
+            else:
+                loop = asyncio.get_running_loop()
+                deadline = deadline if deadline is not None else loop.time() + self.timeout_s
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.001))
+                except TimeoutError:
+                    raise BodyTimeout(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
                     raise BodyTooLarge(self.max_bytes)
+                done = not message.get("more_body", False)
             return message
 
         return await self.app(scope, limited, send)
-
-
 
 
 def _metal(symbol: str, n_metals: int) -> tuple[str, int]:
@@ -102,15 +129,19 @@ def _metal(symbol: str, n_metals: int) -> tuple[str, int]:
     return sym, z
 
 
-def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> FastAPI:
-    """Build the HTTP API for one loaded model (see the module docstring)."""
+def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: ProbeFn | None = None) -> FastAPI:
+    """Build the HTTP API for one loaded model (see the module docstring). `probe` (optional) asks a sampler
+    replica for its load (`{"ongoing", "capacity"}`); `/v1/health` answers 503 when it fails or is slow."""
     bounds = Bounds.from_limits(cfg.limits, info["max_atoms"], info["timesteps"])
     grid = np.asarray(info["r_grid"], dtype=np.float64)
     JsonReq, FormReq = request_model(bounds), form_model(bounds)
     model_ref = {"name": info["name"], "version": info["version"]}
     default_steps = int(min(info["defaults"]["steps"], bounds.max_steps))
     default_guidance = float(min(info["defaults"]["guidance"], bounds.max_guidance))
-    errors = {code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 500, 504)}
+    errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)}
+    cost = info.get("cost")  # the sampler replica's measured speed (SamplerService.calibrate); None: no admission
+    max_cost_s = cfg.limits.max_cost_s if cfg.limits.max_cost_s is not None else cfg.limits.request_timeout_s / 2
+    inflight = {"sample": 0}
 
     app = FastAPI(
         title="pdfusion sampling service",
@@ -118,7 +149,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
         description="Generate nanoparticle structures from an X-ray PDF G(r), ranked by R_wp. "
         "Every error answers `{\"error\": {\"field\", \"message\"}}`.",
     )
-    app.add_middleware(BodySizeLimit, max_bytes=bounds.max_body_bytes)
+    app.add_middleware(BodyLimits, max_bytes=bounds.max_body_bytes, timeout_s=cfg.limits.body_timeout_s)
     add_solve_route(app, cfg)  # POST /v1/solve: pdfusion solve over HTTP (serving/solve_route.py)
 
     @app.exception_handler(InputError)
@@ -134,14 +165,46 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
         field = {405: "method", 404: "path"}.get(exc.status_code, "body")
         return error_response(exc.status_code, field, str(exc.detail))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(_: Request, exc: ClientDisconnect):
+        log.info("client disconnected before its request body arrived")  # nobody to answer; no traceback
+        return error_response(400, "body", "client disconnected before the body arrived")
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(_: Request, exc: ServiceUnavailable):
+        resp = error_response(503, "sampler", exc.message)
+        resp.headers["Retry-After"] = str(exc.retry_after_s)
+        return resp
+
     @app.exception_handler(Exception)
     async def _server_error(_: Request, exc: Exception):
         log.exception("unhandled error")
         return error_response(500, "server", f"internal error: {type(exc).__name__}")
 
-    @app.get("/v1/health", response_model=Health)
+    @app.get("/v1/health", response_model=Health, responses={503: {"model": Health}})
     async def health():
-        return {"status": "ok", "model": model_ref}
+        """Ready (200) when a sampler replica answers within HEALTH_PROBE_S and has room; otherwise 503 with
+        `status` "unavailable" (no replica answered: starting, restarting, dead) or "degraded" (saturated)."""
+        if probe is None:
+            return {"status": "ok", "model": model_ref, "sampler": None}
+        try:
+            load = await asyncio.wait_for(probe(), timeout=HEALTH_PROBE_S)
+        except Exception as exc:  # noqa: BLE001 - TimeoutError, a dead actor, no replica: all "not ready"
+            busy = inflight["sample"] > 0
+            reason = (f"the sampler did not answer within {HEALTH_PROBE_S:g} s"
+                      if isinstance(exc, TimeoutError) else f"the sampler failed: {type(exc).__name__}")
+            body = {"status": "degraded" if busy else "unavailable", "model": model_ref,
+                    "sampler": {"ready": False, "reason": reason + (" while busy with requests" if busy else
+                                                                    " (no replica running, starting or restarting)"),
+                                "ingress_inflight": inflight["sample"]}}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+        saturated = load.get("ongoing", 0) >= load.get("capacity", 1 << 30)
+        body = {"status": "degraded" if saturated else "ok", "model": model_ref,
+                "sampler": {"ready": not saturated, **load, "ingress_inflight": inflight["sample"],
+                            **({"reason": "saturated: every request slot of the replica is taken"} if saturated else {})}}
+        if saturated:
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        return body
 
     @app.get("/v1/model", response_model=ModelInfo)
     async def model_info():
@@ -153,6 +216,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
             "default_samples": cfg.default_samples,
             "training": info["training"],
             "limits": bounds,
+            "cost": {**cost, "max_cost_s": max_cost_s} if cost else None,
         }
 
     async def _parse(request: Request) -> tuple[Any, np.ndarray, np.ndarray, str]:
@@ -189,11 +253,29 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn) -> Fast
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
             pdf_guidance=params.pdf_guidance, pdf_guidance_iters=params.pdf_guidance_iters,
         )
+        if cost:  # admit only what fits the timeout on this hardware (the replica's measured speed)
+            est = estimate_seconds(job, cost, bounds.max_atoms, cfg.refine_steps)
+            if est > max_cost_s:
+                field = "n_samples" if job.n_samples > 1 else "steps"
+                raise InputError(field, f"n_samples={job.n_samples} x n_atoms={job.n_atoms or bounds.max_atoms} x "
+                                        f"steps={job.steps}" + (f" x pdf_guidance_iters={job.pdf_guidance_iters}"
+                                                                if job.pdf_guidance > 0 else "")
+                                 + (" + refine" if job.refine else "")
+                                 + f" would take about {est:.3g} s on this server, over its {max_cost_s:g} s limit "
+                                   "per request; ask for fewer samples, atoms or steps")
+        remaining = bounds.request_timeout_s - (time.perf_counter() - t0)
+        job.deadline = time.time() + remaining  # the sampler stops between steps past it
+        inflight["sample"] += 1
         try:
-            result = await asyncio.wait_for(sample(job), timeout=bounds.request_timeout_s)
+            result = await asyncio.wait_for(sample(job), timeout=max(remaining, 0.001))
         except TimeoutError:
             return error_response(504, "server", f"sampling did not finish within {bounds.request_timeout_s:g} s; "
                                                  "ask for fewer samples/steps or retry later")
+        finally:
+            inflight["sample"] -= 1
+        if result.get("cancelled"):
+            return error_response(504, "server", f"sampling did not finish within {bounds.request_timeout_s:g} s "
+                                                 "and was stopped; ask for fewer samples/steps or retry later")
         if "error" in result:
             return error_response(500, "sampler", result["error"])
         return {

@@ -56,12 +56,7 @@ def serve_config_from_args(args: dict[str, Any]) -> ServeConfig:
 
 def app_builder(args: dict[str, Any]):
     """Serve application builder: `serve run serve.app:app_builder model=ckpt.pt max_replicas=2`."""
-    import os
-
     from pdfusion.serving.deployments import build_app
 
     cfg = serve_config_from_args(args)
-    if "://" not in cfg.model and ":/" not in cfg.model and not Path(cfg.model).exists():
-        raise ConfigError(f"model: checkpoint {cfg.model} does not exist (relative paths resolve against "
-                          f"{os.getcwd()}); give an absolute path or an MLflow URI models:/name/version")
-    return build_app(cfg)
+    return build_app(cfg)  # checks the model file first (missing / unreadable: ConfigError naming it)

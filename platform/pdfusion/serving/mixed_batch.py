@@ -14,7 +14,7 @@ the same order), so a seeded request gets exactly the candidates `generate_candi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -36,14 +36,16 @@ def sample_mixed(
     n_samples: Sequence[int],
     n_atoms: Sequence[int | None],
     cfg: SampleConfig,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[Candidate]]:
     """Ranked candidates (best R_wp first) for each PDF row of `pdfs` (on `bundle.r_grid`).
 
     Row i gets `n_samples[i]` candidates of `n_atoms[i]` atoms (None: drawn from the model's count
     head). `cfg` supplies what all rows share: guidance, steps, eta, clip_x0 and seed; its own
-    `n_samples`/`n_atoms` are ignored."""
+    `n_samples`/`n_atoms` are ignored. `should_stop` is checked between sampler steps (and chunks): when it
+    returns True, `diffusion.samplers.SamplingCancelled` is raised."""
     from pdfusion.diffusion.guards import NonFiniteError
-    from pdfusion.diffusion.samplers import predict_n_atoms, sample
+    from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, sample
 
     device = bundle.device
     pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
@@ -74,9 +76,11 @@ def sample_mixed(
     results: list[Candidate | None] = [None] * owner.numel()
     start = 0
     while start < order.numel():
+        if should_stop is not None and should_stop():
+            raise SamplingCancelled("sampling cancelled between chunks")
         idx = order[start : start + _chunk_size(int(sizes[order[start:]].max()))].to(device)
         res = sample(model, bundle.diffusion, rep_pdf[idx], rep_metal[idx], sizes[idx], cfg, generator=gen,
-                     pdf_cfg=bundle.pdf_config)
+                     pdf_cfg=bundle.pdf_config, should_stop=should_stop)
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_mixed: sampler returned non-finite positions")

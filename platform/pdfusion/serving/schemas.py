@@ -160,11 +160,15 @@ class ModelInfo(BaseModel):
     default_samples: int
     training: dict[str, Any] = Field(description="Summary of the training configuration.")
     limits: Bounds
+    cost: dict[str, Any] | None = Field(None, description="the replica's measured speed (s per sampler step of one "
+                                        "candidate of `atoms` atoms) and max_cost_s, the admitted estimate per request")
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok (200), or degraded / unavailable (503, with Retry-After)")
     model: ModelRef
+    sampler: dict[str, Any] | None = Field(None, description="the sampler's answer to the probe: ready, ongoing "
+                                           "requests and capacity of one replica, or why it is not ready")
 
 
 class ErrorDetail(BaseModel):

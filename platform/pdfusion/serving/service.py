@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,28 @@ class SampleJob:
     return_pdf: bool = False
     pdf_guidance: float = 0.0
     pdf_guidance_iters: int = 1
+    # wall-clock time (time.time()) after which nobody waits for the answer; the sampler stops between steps
+    deadline: float | None = None
+    # set in the sampler replica when the request is cancelled (client gone, 504): the sampler stops too
+    cancelled: bool = False
+
+    def abandoned(self) -> bool:
+        return self.cancelled or (self.deadline is not None and time.time() > self.deadline)
+
+
+CANCELLED = "cancelled: the request was cancelled or timed out before sampling finished"
+
+
+def estimate_seconds(job: SampleJob, cost: dict[str, float], model_max_atoms: int, refine_steps: int = 0) -> float:
+    """Estimated sampling seconds of one job alone from a replica's measured `cost` (`SamplerService.calibrate`):
+    `step_s` per sampler step of one candidate of `atoms` atoms, `guide_s` per PDF-guidance / refinement
+    iteration of it. Work scales with n_samples x n_atoms x steps (linear in atoms: conservative below the
+    calibrated size, where the pair terms shrink faster), never below one candidate's step."""
+    n = job.n_atoms if job.n_atoms is not None else model_max_atoms
+    load = max(1.0, job.n_samples * n / max(1, cost["atoms"]))
+    per_step = cost["step_s"] + (job.pdf_guidance_iters * cost["guide_s"] if job.pdf_guidance > 0 else 0.0)
+    refine = refine_steps * cost["guide_s"] if job.refine else 0.0
+    return load * (job.steps * per_step + refine)
 
 
 def job_atoms(job: SampleJob, model_max_atoms: int) -> int:
@@ -66,7 +89,8 @@ class SamplerService:
 
             bundle = load_bundle(cfg.model, device=cfg.device)
         self.bundle = bundle
-        self.stats = {"batches": 0, "jobs": 0, "loops": 0, "largest_batch": 0}
+        self.stats = {"batches": 0, "jobs": 0, "loops": 0, "largest_batch": 0, "cancelled": 0}
+        self.cost: dict[str, float] | None = None
 
     def info(self) -> dict[str, Any]:
         """What the HTTP layer needs to validate requests and describe the model (plain data)."""
@@ -93,6 +117,30 @@ class SamplerService:
             },
         }
 
+    def calibrate(self, atoms: int, steps: int = 2) -> dict[str, float]:
+        """Measure this replica's speed for `estimate_seconds`: seconds per sampler step of one `atoms`-atom
+        candidate (with both guidance halves), and per PDF-guidance iteration (≈ one refinement step). Runs
+        a warm-up first; a few sampler steps in all."""
+        from pdfusion.serving.mixed_batch import sample_mixed
+
+        b = self.bundle
+        pdf = np.zeros((1, len(b.r_grid)), dtype=np.float32)
+        pdf[0, len(b.r_grid) // 10] = 1.0
+
+        def timed(**kw) -> float:
+            cfg = SampleConfig(guidance=2.0, steps=steps, n_samples=1, seed=0, **kw)
+            t0 = time.perf_counter()
+            sample_mixed(b, pdf, [22], [1], [atoms], cfg)
+            return (time.perf_counter() - t0) / steps
+
+        timed()  # warm-up: first-call allocations and lazy imports
+        step_s = timed()
+        guide_s = 0.0
+        if b.config.model.bond_length is None:  # PDF guidance is refused for bond-length-frame models
+            guide_s = max(0.0, timed(pdf_guidance=0.1, pdf_guidance_iters=1) - step_s)
+        self.cost = {"atoms": int(atoms), "step_s": float(step_s), "guide_s": float(max(guide_s, 0.1 * step_s))}
+        return self.cost
+
     def run_batch(self, jobs: list[SampleJob]) -> list[dict[str, Any]]:
         """One result per job: `{"candidates": [...], "seed": ...}` or `{"error": message}`.
 
@@ -101,13 +149,21 @@ class SamplerService:
         failing job cannot take the others down with it."""
         if not jobs:
             return []
+        out: list[dict[str, Any] | None] = [None] * len(jobs)
+        live = []
+        for i, j in enumerate(jobs):  # nobody waits for these any more: do not sample them
+            if j.abandoned():
+                out[i] = {"error": CANCELLED, "cancelled": True}
+                self.stats["cancelled"] += 1
+            else:
+                live.append(i)
         shared_seed = random.SystemRandom().randrange(2**31)
         groups: dict[tuple, list[int]] = {}
-        for i, j in enumerate(jobs):
+        for i in live:
+            j = jobs[i]
             # a seeded job's random stream must not depend on its batch-mates: it is a loop of its own
             key = (j.steps, j.guidance, j.pdf_guidance, j.pdf_guidance_iters, "shared") if j.seed is None else ("own", i)
             groups.setdefault(key, []).append(i)
-        out: list[dict[str, Any] | None] = [None] * len(jobs)
         for members in groups.values():
             seed = jobs[members[0]].seed
             seed = shared_seed if seed is None else seed
@@ -121,20 +177,29 @@ class SamplerService:
         return out  # type: ignore[return-value]
 
     def _run_group(self, jobs: list[SampleJob], seed: int) -> list[dict[str, Any]]:
+        from pdfusion.diffusion.samplers import SamplingCancelled
         from pdfusion.evaluation.ranking import refine_candidates
         from pdfusion.serving.mixed_batch import sample_mixed
+
+        def should_stop() -> bool:  # checked between sampler steps: stop once nobody waits for any of them
+            return all(j.abandoned() for j in jobs)
 
         j0 = jobs[0]
         cfg = SampleConfig(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed, pdf_guidance=j0.pdf_guidance,
                            pdf_guidance_iters=j0.pdf_guidance_iters)
         try:
             ranked = sample_mixed(self.bundle, np.stack([j.pdf for j in jobs]).astype(np.float32),
-                                  [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs], cfg)
+                                  [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs], cfg,
+                                  should_stop=should_stop)
             ranked = [
-                refine_candidates(c, j.pdf, self.bundle.pdf_config, steps=self.cfg.refine_steps) if j.refine else c
+                refine_candidates(c, j.pdf, self.bundle.pdf_config, steps=self.cfg.refine_steps)
+                if j.refine and not j.abandoned() else c
                 for j, c in zip(jobs, ranked, strict=True)
             ]
             return [self._result(j, c) for j, c in zip(jobs, ranked, strict=True)]
+        except SamplingCancelled:
+            self.stats["cancelled"] += len(jobs)
+            return [{"error": CANCELLED, "cancelled": True} for _ in jobs]
         except Exception as exc:  # noqa: BLE001 - isolated below, reported per job
             if len(jobs) == 1:
                 return [{"error": f"sampling failed: {type(exc).__name__}: {exc}"}]
