@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,29 @@ def test_unconditional_cube_smoke():
         assert "loss_count" not in out or out["loss_count"] == 0.0
     after = tr.evaluate_loss(fixed, use_ema=False)
     assert after < 0.8 * before
+
+
+def test_ray_train_sample_artifacts_overlay_the_sampled_curve(data, tmp_path, monkeypatch):
+    """The MLflow overlay must draw each candidate's simulated G(r) (`g_sim`); it once read a missing `pdf`
+    attribute and silently drew the target alone."""
+    from pdfusion.evaluation import plots
+    from pdfusion.training import ray_train
+
+    drawn, logged = [], []
+    real = plots.candidate_overlay
+
+    def spy(r, target, cands, title, path, n_best=3):
+        drawn.append([c.g_sim for c in cands[:n_best]])
+        return real(r, target, cands, title, path, n_best)
+
+    monkeypatch.setattr(plots, "candidate_overlay", spy)
+
+    class Logger:
+        def log_artifact(self, path, folder):
+            logged.append((folder, Path(path).suffix, Path(path).read_bytes()[:4]))
+
+    cfg = dataclasses.replace(tiny_cfg(), val_samples=2, val_steps=3)
+    ray_train._log_samples(Trainer(cfg), data[:2], cfg, Logger(), n_pdfs=2)
+    assert len(drawn) == 2 and all(len(g) == 2 and np.isfinite(g[0]).all() and np.ptp(g[0]) > 0 for g in drawn)
+    assert sorted(f for f, *_ in logged) == ["plots", "plots", "samples", "samples"]
+    assert all(head == b"\x89PNG" for f, suffix, head in logged if f == "plots")

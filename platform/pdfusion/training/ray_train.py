@@ -292,15 +292,13 @@ def _random_sampler(sizes, cfg: TrainConfig, world: int, rank: int):
 
 
 def _log_samples(trainer, val_data, cfg: TrainConfig, logger: tracking.RunLogger, n_pdfs: int) -> None:
-    """Artifacts for a human: best-of-K candidates as XYZ and target-vs-candidate G(r) overlays."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Artifacts for a human: best-of-K candidates as XYZ and target-vs-candidate G(r) overlays (the sampled
+    curve is each candidate's `g_sim`, drawn by evaluation.plots.candidate_overlay)."""
     import numpy as np
     import torch
 
     from pdfusion.config import SampleConfig
+    from pdfusion.evaluation.plots import candidate_overlay
     from pdfusion.evaluation.ranking import sample_and_score
     from pdfusion.pdf import r_grid
 
@@ -311,44 +309,17 @@ def _log_samples(trainer, val_data, cfg: TrainConfig, logger: tracking.RunLogger
     metals = [int(d.metal.reshape(-1)[0]) for d in chosen]
     scfg = SampleConfig(steps=cfg.val_steps, n_samples=cfg.val_samples, seed=cfg.seed)
     ranked = sample_and_score(trainer.ema, trainer.diffusion, pdfs, metals, scfg, cfg.pdf, device=trainer.device)
-    r = r_grid(cfg.pdf).cpu().numpy() if torch.is_tensor(r_grid(cfg.pdf)) else np.asarray(r_grid(cfg.pdf))
+    r = np.asarray(torch.as_tensor(r_grid(cfg.pdf)).cpu())
     with tempfile.TemporaryDirectory() as tmp:
         for i, (data, cands) in enumerate(zip(chosen, ranked, strict=True)):
             best = cands[0]
             tag = f"val{i}_{getattr(data, 'formula', 'x')}"
             xyz = Path(tmp) / f"{tag}_best.xyz"
-            _write_xyz(xyz, best, f"best-of-{len(cands)} Rwp={best.rwp:.4f} target {getattr(data, 'source', '')}")
+            xyz.write_text(best.to_xyz(f"best-of-{len(cands)} Rwp={best.rwp:.4f} target {getattr(data, 'source', '')}"))
             logger.log_artifact(xyz, "samples")
-            fig, ax = plt.subplots(figsize=(7, 3.5))
-            target = data.y.reshape(-1).cpu().numpy()
-            ax.plot(r[: target.size], target, label="target", lw=1.2)
-            pred = getattr(best, "pdf", None)
-            if pred is not None:
-                pred = pred.detach().cpu().numpy() if torch.is_tensor(pred) else np.asarray(pred)
-                ax.plot(r[: pred.size], pred.reshape(-1), label=f"best sample (Rwp {best.rwp:.3f})", lw=1.0)
-            ax.set_xlabel("r (Å)")
-            ax.set_ylabel("G(r)")
-            ax.legend()
-            fig.tight_layout()
-            png = Path(tmp) / f"{tag}_pdf.png"
-            fig.savefig(png, dpi=100)
-            plt.close(fig)
+            png = candidate_overlay(r, data.y.reshape(-1).cpu().numpy(), cands, f"{tag}: best of {len(cands)}",
+                                    Path(tmp) / f"{tag}_pdf.png")
             logger.log_artifact(png, "plots")
-
-
-def _write_xyz(path: Path, cand, comment: str) -> None:
-    import numpy as np
-
-    particle = getattr(cand, "particle", None)
-    if particle is not None:
-        numbers, positions = np.asarray(particle.numbers), np.asarray(particle.positions)
-    else:
-        numbers, positions = np.asarray(cand.numbers), np.asarray(cand.positions)
-    from pymatgen.core import Element
-
-    lines = [str(len(numbers)), comment.replace("\n", " ")]
-    lines += [f"{Element.from_Z(int(z)).symbol} {x:.5f} {y:.5f} {w:.5f}" for z, (x, y, w) in zip(numbers, positions, strict=True)]
-    path.write_text("\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
