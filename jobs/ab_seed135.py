@@ -8,6 +8,9 @@ denoiser's x̂0 error is measured at t = 10 / 25 / 50 / 100 on the validation pa
     python jobs/ab_seed135.py --minutes 30 --out runs/ab/edge_pdf \\
         --a model.normalization_factor=1 --b model.normalization_factor=1 model.edge_pdf=raw
     python jobs/ab_seed135.py --out runs/ab/edge_pdf --table-only      # the table again, from the results
+    python jobs/ab_seed135.py --minutes 30 --clock cpu --pdf-guidance 0.3 --pdf-guidance-iters 3 --out runs/ab/sc \
+        --a model.edge_pdf=raw diffusion.t_sampling=lognormal --b model.edge_pdf=raw diffusion.t_sampling=lognormal \
+        model.self_condition=true                                      # CPU-time budgets, PDF-guided sampling
 """
 
 from __future__ import annotations
@@ -71,6 +74,11 @@ def main() -> None:
     ap.add_argument("--a", nargs="*", default=[], metavar="KEY=VALUE", help="arm A's config overrides")
     ap.add_argument("--b", nargs="*", default=[], metavar="KEY=VALUE", help="arm B's config overrides")
     ap.add_argument("--minutes", type=float, default=30.0, help="training time per arm (both run at once)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what --minutes counts per arm: wall time, or the arm's own CPU time (fair when other "
+                         "work shares the cores)")
+    ap.add_argument("--pdf-guidance", type=float, default=0.0, help="sample both arms with this PDF guidance")
+    ap.add_argument("--pdf-guidance-iters", type=int, default=1)
     ap.add_argument("--extra", nargs="*", default=[], help="further exp_seed135 arguments for both arms")
     ap.add_argument("--out", required=True)
     ap.add_argument("--table-only", action="store_true", help="print the table from a finished A/B")
@@ -83,7 +91,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     arms = {"A": args.a, "B": args.b}
     spec.write_text(json.dumps(arms))
-    procs = {arm: launch(arm, sets, args.minutes, out, args.extra) for arm, sets in arms.items()}
+    extra = ["--clock", args.clock, "--pdf-guidance", str(args.pdf_guidance),
+             "--pdf-guidance-iters", str(args.pdf_guidance_iters), *args.extra]
+    procs = {arm: launch(arm, sets, args.minutes, out, extra) for arm, sets in arms.items()}
     failed = [arm for arm, p in procs.items() if p.wait() != 0]
     if failed:
         sys.exit(f"arm(s) {failed} failed; see {out}/<arm>/log.txt")

@@ -36,7 +36,8 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
               seed: int = 0, oracle: int = 0, uncond: bool = False) -> list[dict]:
     """Per noise level t: mean noise per atom (Å), ε-loss, and mean ‖x̂0 − x0‖ per atom (Å), EMA model;
     with `oracle` > 0, also the ideal denoiser's error (`oracle_x0`) on the first `oracle` noise draws;
-    `uncond` drops the condition (the null embedding, γ = 0): how much the PDF tells the model."""
+    `uncond` drops the condition (the null embedding, γ = 0): how much the PDF tells the model. A
+    self-conditioned model is scored after its second pass."""
     from pdfusion.training.trainer import Trainer
 
     d, model, scale = trainer.diffusion, trainer.ema.eval(), trainer.cfg.model.position_scale
@@ -51,7 +52,10 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
             tt = torch.full((copies,), t)
             ex, eh = d.position_noise(mask, gen), d.type_noise(mask, gen)
             xt, ht = d.q_sample(x0, tt, ex), d.q_sample(h0, tt, eh)
-            px, _ = model(xt, ht, mask, tt.float() / d.T, batch.pdf, batch.metal, keep)
+            extra = {}
+            if d.model_cfg.self_condition:  # as in training: the model's own first estimate at the same t
+                extra["self_cond"] = d.first_estimate(model, xt, ht, mask, tt, batch.pdf, batch.metal, keep)
+            px, _ = model(xt, ht, mask, tt.float() / d.T, batch.pdf, batch.metal, keep, **extra)
             loss = float(((px - ex) ** 2).sum() / (mask.sum() * 3))
             err = float((d.predict_x0(xt, tt, px) - x0).norm(dim=-1)[mask].mean() * scale)
             sigma = float(d.schedule.gather("sqrt_one_minus_alphas_cumprod", tt[:1], x0[:1]).flatten()[0])

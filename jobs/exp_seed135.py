@@ -43,9 +43,11 @@ def split(ds, split_by: str, seed: int):
 
 
 def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path, log: list,
-          bf16: bool = True) -> None:
+          bf16: bool = True, clock: str = "wall") -> None:
     """Train until the time budget or step limit; checkpoint every `checkpoint_every_steps` and at the end.
-    On CUDA each step runs under bf16 autocast (as the Ray Train job does) unless `bf16` is False."""
+    On CUDA each step runs under bf16 autocast (as the Ray Train job does) unless `bf16` is False.
+    `clock="cpu"` counts this process's CPU time instead of wall time: an equal budget for arms that share
+    a loaded machine (with 1 thread, CPU seconds are compute seconds)."""
     from tqdm.auto import tqdm
 
     from pdfusion.data.batching import BucketBatchSampler
@@ -55,11 +57,12 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
     sampler = BucketBatchSampler(sizes, trainer.cfg.data.batch_size, shuffle=True, seed=trainer.cfg.seed)
     if trainer.sampler_state is not None:
         sampler.load_state_dict(trainer.sampler_state)
-    deadline = time.time() + 60 * minutes
+    now = time.process_time if clock == "cpu" else time.time
+    deadline = now() + 60 * minutes
     bar = tqdm(desc="train", initial=trainer.step)
     resumed = trainer.sampler_state is not None
     losses: list[float] = []
-    while time.time() < deadline and (max_steps is None or trainer.step < max_steps):
+    while now() < deadline and (max_steps is None or trainer.step < max_steps):
         if not resumed:
             sampler.set_epoch(trainer.epoch)
         resumed = False
@@ -74,7 +77,7 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
                             "loss_count": m.get("loss_count", 0.0)})
             if trainer.step % trainer.cfg.checkpoint_every_steps == 0:
                 trainer.save_checkpoint(ckpt, sampler_state=sampler.state_dict())
-            if time.time() >= deadline or (max_steps is not None and trainer.step >= max_steps):
+            if now() >= deadline or (max_steps is not None and trainer.step >= max_steps):
                 break
         else:
             trainer.epoch += 1
@@ -272,6 +275,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     ap.add_argument("--no-bf16", action="store_true", help="CUDA: train in float32 instead of bf16 autocast")
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="what --minutes counts: wall time, or this process's CPU time (fair on a shared machine)")
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                     help="new runs only: any config field, e.g. --set model.normalization_factor=1 --set lr=1e-3")
@@ -346,7 +351,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     if args.eval_only:
         bundle = load_bundle(args.eval_only, device=device)
         model, diffusion, pdf_cfg, step = bundle.model, bundle.diffusion, bundle.pdf_config, bundle.version
-        train_s = 0.0
+        train_s = train_cpu_s = 0.0
         if args.untrained_control:
             fresh = Trainer(Trainer.from_checkpoint(args.eval_only).cfg, device=device)
             model, step = fresh.ema.eval(), 0
@@ -362,11 +367,15 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
         if args.decay_lr:
             trainer.total_steps = args.max_steps  # the LR lambda reads it at every step
         t0 = time.time()
-        train(trainer, train_data, args.minutes, args.max_steps, out / "checkpoint.pt", log, bf16=not args.no_bf16)
+        c0 = time.process_time()
+        train(trainer, train_data, args.minutes, args.max_steps, out / "checkpoint.pt", log, bf16=not args.no_bf16,
+              clock=args.clock)
+        train_cpu_s = time.process_time() - c0
         train_s = time.time() - t0
         model, diffusion, pdf_cfg, step = trainer.ema, trainer.diffusion, trainer.cfg.pdf, trainer.step
         info["val_loss_ema"] = trainer.evaluate_loss([trainer.collate(val_data[i:i + 8]) for i in range(0, len(val_data), 8)])
-    result = {**info, "train_step": step, "train_seconds_this_call": train_s, "threads": args.threads, "device": device,
+    result = {**info, "train_step": step, "train_seconds_this_call": train_s,
+              "train_cpu_seconds_this_call": train_cpu_s, "clock": args.clock, "threads": args.threads, "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library)}

@@ -91,7 +91,8 @@ class EdgePDF:
         self.keep = cond_mask.float()
         self.stencil = STENCIL.to(pdf.device)
 
-    def features(self, d0: torch.Tensor, graph: torch.Tensor) -> torch.Tensor:
+    def features(self, d0: torch.Tensor, graph: torch.Tensor, row=None, col=None) -> torch.Tensor:
+        """(E, 14) for distances d0 (model units) of particles `graph` (row/col: the EGNN's edge ends, unused)."""
         r = d0.float()[:, None] * self.scale[graph][:, None] + self.stencil[None]
         out = torch.cat([_read(self.sharp, graph, r, self.rstep), _read(self.blurred, graph, r, self.rstep)], -1)
         return (out * self.keep[graph][:, None]).to(d0.dtype)

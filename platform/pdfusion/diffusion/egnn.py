@@ -165,8 +165,9 @@ class EGNN(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
                 edge_features=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`edge_features(d0 (E,), graph (E,)) → (E, extra_edge_dim)`: invariant features of each edge from its
-        input distance and particle index (e.g. diffusion.edge_pdf.EdgePDF.features)."""
+        """`edge_features(d0 (E,), graph (E,), row (E,), col (E,)) → (E, extra_edge_dim)`: invariant features of
+        each edge from its input distance, particle index and end nodes (sparse indices), e.g.
+        diffusion.edge_pdf.EdgePDF.features."""
         b, n, _ = x.shape
         flat, graph = dense_to_sparse_nodes(mask)
         xs = x.reshape(b * n, 3)[flat]
@@ -180,7 +181,7 @@ class EGNN(nn.Module):
             if edge_features is None:
                 raise ValueError(f"edge_features: this EGNN was built with extra_edge_dim={self.extra_edge_dim}; "
                                  "pass the callable that computes them")
-            edge_attr = torch.cat([edge_attr, edge_features(d0, graph[row])], dim=-1)
+            edge_attr = torch.cat([edge_attr, edge_features(d0, graph[row], row, col)], dim=-1)
         for i, block in enumerate(self.blocks):
             if self.checkpoint and torch.is_grad_enabled():
                 hs, xs = torch.utils.checkpoint.checkpoint(block, hs, xs, row, col, edge_attr, degree,

@@ -25,6 +25,8 @@ from pdfusion.structures.particle import OXYGEN
 
 __all__ = ["GaussianDiffusion", "atom_types", "types_to_numbers", "OXYGEN"]
 
+SELF_COND_RATE = 0.5  # fraction of training batches that see a first estimate (Chen et al. 2022)
+
 
 def atom_types(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Atomic numbers → diffusion types: 0 = metal (any non-oxygen), 1 = oxygen; padding 0."""
@@ -104,6 +106,19 @@ class GaussianDiffusion:
         mean = s.gather("posterior_mean_coef1", t, xt) * x0 + s.gather("posterior_mean_coef2", t, xt) * xt
         return mean, s.gather("posterior_variance", t, xt)
 
+    def first_estimate(self, model, xt, ht, mask, t, pdf, metal, keep) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-conditioning's no-grad first pass: (x̂0, ĥ0) from the model's own ε̂ without a previous estimate,
+        positions bounded by the EGNN's coordinate range (at t ≈ T, 1/√ᾱ amplifies ε̂'s error)."""
+        with torch.no_grad():
+            ex, eh = model(xt, ht, mask, t.float() / self.T, pdf, metal, keep)[:2]
+            return self.bound_estimate(self.predict_x0(xt, t, ex), self.predict_x0(ht, t, eh), mask)
+
+    def bound_estimate(self, x0: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A self-conditioning input as training and the sampler both give it: bounded, zero on padding."""
+        m = mask.unsqueeze(-1).to(x0.dtype)
+        bound = self.model_cfg.coords_range
+        return x0.detach().clamp(-bound, bound) * m, h0.detach().clamp(-1.0, 1.0) * m
+
     # ------------------------------------------------------------------ loss
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample weight of the ε-MSE at integer times t (B,): 1, or min(SNR, γ)/SNR for "min_snr"."""
@@ -146,7 +161,11 @@ class GaussianDiffusion:
         if with_count and int(batch.n_atoms.max()) > self.model_cfg.max_atoms:
             raise ValueError(f"batch.n_atoms: a particle has {int(batch.n_atoms.max())} atoms but model.max_atoms="
                              f"{self.model_cfg.max_atoms}; raise model.max_atoms or filter the data")
-        out = model(xt, ht, mask, t.float() / self.T, batch.pdf, batch.metal, keep, return_count=with_count)
+        tf = t.float() / self.T
+        extra = {}
+        if self.model_cfg.self_condition and bool(torch.rand((), generator=generator, device=dev) < SELF_COND_RATE):
+            extra["self_cond"] = self.first_estimate(model, xt, ht, mask, t, batch.pdf, batch.metal, keep)
+        out = model(xt, ht, mask, tf, batch.pdf, batch.metal, keep, return_count=with_count, **extra)
         pred_x, pred_h = out[0], out[1]
         m = mask.unsqueeze(-1).float()
         n_real = m.sum().clamp(min=1.0)

@@ -16,7 +16,7 @@ from torch import nn
 
 from pdfusion.config import ModelConfig, from_dict
 from pdfusion.diffusion.edge_pdf import EdgePDF, angstrom_scale
-from pdfusion.diffusion.egnn import EGNN
+from pdfusion.diffusion.egnn import EGNN, dense_to_sparse_nodes, sinusoidal_distance
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.pdf_gradient import pdf_gradient
 from pdfusion.structures.particle import OXYGEN
@@ -104,14 +104,16 @@ class PDFusionDenoiser(nn.Module):
         self.time_dim = 32
         self.time_mlp = nn.Sequential(nn.Linear(self.time_dim, e), nn.SiLU(), nn.Linear(e, e))
         cutoff = None if cfg.cutoff is None else cfg.cutoff / cfg.position_scale
-        frame_in = (FRAME_FEATURES if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
-        frame_out = (3 if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
+        frame_in = ((FRAME_FEATURES if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
+                    + (cfg.n_types + 2 if cfg.self_condition else 0))
+        frame_out = (3 if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0) + (1 if cfg.self_condition else 0)
+        extra_edge = (EdgePDF.dim() if cfg.edge_pdf != "off" else 0) + (self_condition_edge_dim(cfg) if cfg.self_condition else 0)
         self.egnn = EGNN(cfg.n_types + 1 + e + frame_in, cfg.n_types + frame_out, hidden=cfg.hidden, layers=cfg.layers,
                          attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
                          norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
                          normalization_factor=cfg.normalization_factor, cutoff=cutoff,
                          checkpoint=cfg.grad_checkpoint,
-                         extra_edge_dim=EdgePDF.dim() if cfg.edge_pdf != "off" else 0)
+                         extra_edge_dim=extra_edge)
         if frame_out:  # the extra displacement heads start near zero (EDM-style tiny updates)
             with torch.no_grad():
                 self.egnn.out.weight[cfg.n_types:].mul_(1e-3)
@@ -144,9 +146,11 @@ class PDFusionDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                 pdf: torch.Tensor | None = None, metal: torch.Tensor | None = None,
-                cond_mask: torch.Tensor | None = None, return_count: bool = False):
+                cond_mask: torch.Tensor | None = None, return_count: bool = False,
+                self_cond: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Returns (eps_x, eps_h), or (eps_x, eps_h, count_logits) with `return_count` (one forward, so DDP
-        sees every parameter used; the count head always sees the real condition, never the null one)."""
+        sees every parameter used; the count head always sees the real condition, never the null one).
+        `self_cond`: a previous estimate (x̂0, ĥ0) in diffusion space, for `model.self_condition` (None: none yet)."""
         b, n, _ = x.shape
         if h.shape[:2] != (b, n) or h.shape[-1] != self.cfg.n_types or mask.shape != (b, n):
             raise ValueError(f"h/mask: expected ({b}, {n}, {self.cfg.n_types}) and ({b}, {n}), "
@@ -160,7 +164,12 @@ class PDFusionDenoiser(nn.Module):
         parts = [h, t[:, None, None].expand(b, n, 1), cond[:, None, :].expand(b, n, -1)]
         if self.cfg.frame_features:
             parts.append(frame_features(x))
-        edge_fn, descent = None, None
+        edge_fn, descent, reader, clean_reader = None, None, None, None
+        if self.cfg.self_condition:
+            x_hat, h_hat, has = _self_cond_inputs(x, h, mask, self_cond)
+            parts += [h_hat, has[:, None, None].expand(b, n, 1), (x_hat - x).norm(dim=-1, keepdim=True)]
+        elif self_cond is not None:
+            raise ValueError("self_cond: this model was built without model.self_condition; pass self_cond=None")
         if self.cfg.edge_pdf != "off" or self.cfg.pdf_gradient:
             keep = torch.zeros(b, dtype=torch.bool, device=x.device) if cond_mask is None or pdf is None else cond_mask
             keep = keep.to(x.device)
@@ -169,7 +178,9 @@ class PDFusionDenoiser(nn.Module):
             scale = angstrom_scale(self.cfg, curves)  # once for both readers (a first-peak search per row)
             if self.cfg.edge_pdf != "off":
                 noise = (abar.sqrt(), (1 - abar).sqrt()) if self.cfg.edge_pdf == "noise_aware" else None
-                edge_fn = EdgePDF(self.cfg, curves, keep, noise, scale).features
+                reader = EdgePDF(self.cfg, curves, keep, noise, scale)
+                clean_reader = reader if noise is None else EdgePDF(self.cfg, curves, keep, None, scale)
+                edge_fn = reader.features
             if self.cfg.pdf_gradient:
                 if bool(keep.any()):  # rows without the condition get zeros (and any valid Z to simulate with)
                     metal_z = torch.where(keep, metal.long().reshape(-1).to(x.device), OXYGEN)
@@ -177,6 +188,8 @@ class PDFusionDenoiser(nn.Module):
                 else:
                     descent, size = torch.zeros_like(x), x.new_zeros(b, n, 1)
                 parts.append(size)
+        if self.cfg.self_condition:
+            edge_fn = _self_cond_edges(x_hat, mask, reader, clean_reader)
         x_out, h_out = self.egnn(x, torch.cat(parts, dim=-1), mask, edge_features=edge_fn)
         m = mask.unsqueeze(-1).to(x.dtype)
         nt = self.cfg.n_types
@@ -185,7 +198,9 @@ class PDFusionDenoiser(nn.Module):
         if self.cfg.frame_features:
             shift, extra = shift + extra[..., :3], extra[..., 3:]
         if descent is not None:  # a learned, per-atom gate on the PDF's descent direction (equivariant)
-            shift = shift + extra[..., :1] * descent
+            shift, extra = shift + extra[..., :1] * descent, extra[..., 1:]
+        if self.cfg.self_condition:  # and on the step toward the previous estimate (zero when there is none)
+            shift = shift + extra[..., :1] * (x - x_hat)
         eps_x = remove_mean(shift * m, mask)
         eps_h = h_out[..., :nt] * m
         check_finite("eps_x", eps_x)
@@ -197,3 +212,40 @@ class PDFusionDenoiser(nn.Module):
     def count_logits(self, pdf: torch.Tensor, metal: torch.Tensor) -> torch.Tensor:
         """(B, max_atoms) logits of p(N | PDF, metal); class k means N = k + 1."""
         return self.count_head(self.encode_condition(pdf, metal))
+
+
+def self_condition_edge_dim(cfg: ModelConfig) -> int:
+    """Edge features from the previous estimate: sin/cos of its pair distance, and the target read there."""
+    return 12 + (EdgePDF.dim() if cfg.edge_pdf != "off" else 0)
+
+
+def _self_cond_inputs(x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor,
+                      self_cond: tuple[torch.Tensor, torch.Tensor] | None):
+    """(x̂0, ĥ0, has (B,)): without an estimate x̂0 = x_t and ĥ0 = 0, so the inputs say "nothing yet"."""
+    b = x.shape[0]
+    if self_cond is None:
+        return x, torch.zeros_like(h), x.new_zeros(b)
+    x_hat, h_hat = self_cond
+    if x_hat.shape != x.shape or h_hat.shape != h.shape:
+        raise ValueError(f"self_cond: expected x̂0 {tuple(x.shape)} and ĥ0 {tuple(h.shape)}, "
+                         f"got {tuple(x_hat.shape)} and {tuple(h_hat.shape)}")
+    check_finite("self_cond.x", x_hat)
+    check_finite("self_cond.h", h_hat)
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return x_hat.to(x.dtype) * m, h_hat.to(h.dtype) * m, x.new_ones(b)
+
+
+def _self_cond_edges(x_hat: torch.Tensor, mask: torch.Tensor, reader: EdgePDF | None, clean_reader: EdgePDF | None):
+    """The EGNN's edge-feature callable: the edge-PDF features of x_t (if any), then the previous estimate's."""
+    flat, _ = dense_to_sparse_nodes(mask)
+    xs_hat = x_hat.reshape(-1, 3)[flat]
+
+    def features(d0: torch.Tensor, graph: torch.Tensor, row: torch.Tensor, col: torch.Tensor) -> torch.Tensor:
+        d_hat = torch.sqrt((xs_hat[row] - xs_hat[col]).pow(2).sum(-1) + 1e-8).to(d0.dtype)
+        out = [] if reader is None else [reader.features(d0, graph)]
+        out.append(sinusoidal_distance(d_hat, 6))
+        if clean_reader is not None:
+            out.append(clean_reader.features(d_hat, graph))
+        return torch.cat(out, dim=-1)
+
+    return features

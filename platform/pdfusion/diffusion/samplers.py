@@ -51,19 +51,24 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def guided_epsilon(model: torch.nn.Module, x: torch.Tensor, h: torch.Tensor, mask: torch.Tensor, t: torch.Tensor,
                    pdf: torch.Tensor | None, metal: torch.Tensor | None, guidance: float, *,
-                   shortcut: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   shortcut: bool = True, self_cond: tuple[torch.Tensor, torch.Tensor] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """ε̃ = (1 − γ)·ε_uncond + γ·ε_cond. Without a condition (pdf None) it is ε_uncond whatever γ.
     With `shortcut`, γ = 0 / γ = 1 evaluate only the half they need; otherwise both halves run in one
-    batched forward pass of 2B rows."""
+    batched forward pass of 2B rows. `self_cond` (x̂0, ĥ0): the previous step's estimate, for self-conditioned
+    models (both halves see it)."""
     b = x.shape[0]
     dev = x.device
+    sc = {} if self_cond is None else {"self_cond": self_cond}
     if pdf is None or metal is None or (shortcut and guidance == 0.0):
-        return model(x, h, mask, t, pdf, metal, torch.zeros(b, dtype=torch.bool, device=dev))
+        return model(x, h, mask, t, pdf, metal, torch.zeros(b, dtype=torch.bool, device=dev), **sc)
     if shortcut and guidance == 1.0:
-        return model(x, h, mask, t, pdf, metal, torch.ones(b, dtype=torch.bool, device=dev))
+        return model(x, h, mask, t, pdf, metal, torch.ones(b, dtype=torch.bool, device=dev), **sc)
     cond_mask = torch.cat([torch.ones(b, dtype=torch.bool, device=dev), torch.zeros(b, dtype=torch.bool, device=dev)])
+    if self_cond is not None:
+        sc = {"self_cond": (torch.cat([self_cond[0], self_cond[0]]), torch.cat([self_cond[1], self_cond[1]]))}
     ex, eh = model(torch.cat([x, x]), torch.cat([h, h]), torch.cat([mask, mask]), torch.cat([t, t]),
-                   torch.cat([pdf, pdf]), torch.cat([metal, metal]), cond_mask)
+                   torch.cat([pdf, pdf]), torch.cat([metal, metal]), cond_mask, **sc)
     g = float(guidance)
     return torch.lerp(ex[b:], ex[:b], g), torch.lerp(eh[b:], eh[:b], g)
 
@@ -185,15 +190,20 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = strided_timesteps(T, cfg.steps, s if cfg.spacing == "sigma" else None)
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
+        self_conditioned = bool(getattr(diffusion.model_cfg, "self_condition", False))
+        estimate = None
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
             if should_stop is not None and should_stop():
                 raise SamplingCancelled(f"sampling cancelled before step t={t_now}")
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
-            ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance)
+            ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance, self_cond=estimate)
             if cfg.steps is None:
-                x, h = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, guide)
+                x, h, x0, h0 = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, guide)
             else:
-                x, h = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip, guide)
+                x, h, x0, h0 = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip,
+                                          guide)
+            if self_conditioned:
+                estimate = diffusion.bound_estimate(x0, h0, mask)
             x = remove_mean(x, mask)
             h = h * m3
             check_finite("sampler.x", x, step=t_now)
@@ -227,7 +237,7 @@ def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, genera
             continue
         mean, var = diffusion.posterior_mean_var(z0, z, tt)
         out.append(mean + var.sqrt() * noise_fn(mask, generator))
-    return out[0], out[1]
+    return out[0], out[1], x0, h0
 
 
 def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: int, eta: float, mask, generator,
@@ -255,4 +265,4 @@ def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: i
         if sigma > 0:
             z_next = z_next + sigma * noise_fn(mask, generator)
         out.append(z_next)
-    return out[0], out[1]
+    return out[0], out[1], x0, h0
