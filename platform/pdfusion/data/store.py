@@ -211,7 +211,7 @@ class Manifest:
     def load(cls, root: str | Path) -> Manifest:
         path = Path(root) / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no manifest; is {root} a pdfusion store? (create one with StoreWriter or import_seed)")
+            raise FileNotFoundError(f"{path}: no manifest; is {root} a pdfusion store? (create one with `pdfusion data import-seed` or jobs/generate_dataset.py)")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as exc:

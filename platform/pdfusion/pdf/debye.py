@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pdfusion.config import PDFConfig
+from pdfusion.config import ConfigError, PDFConfig
 from pdfusion.pdf.formfactors import scattering_factors
 
 DOUBLE_EPS = float(np.finfo(np.float64).eps)
@@ -117,7 +117,14 @@ class SrrealGrid:
 
 @lru_cache(maxsize=64)
 def srreal_grid(cfg: PDFConfig) -> SrrealGrid:
-    """Replicates DebyePDFCalculator.cacheRlimitsData / updateQstep / getPDFAtQmin for ``cfg``."""
+    """Replicates DebyePDFCalculator.cacheRlimitsData / updateQstep / getPDFAtQmin for ``cfg``.
+
+    Only arithmetic: nothing is allocated, so callers can size a simulation (``memory_estimate``) first."""
+    for name in ("rmin", "rmax", "rstep", "qmin", "qmax", "qdamp", "biso", "delta2"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name}: must be a finite number, got {getattr(cfg, name)}")
+    if cfg.qstep is not None and not math.isfinite(cfg.qstep):
+        raise ConfigError(f"qstep: must be a finite number or None, got {cfg.qstep}")
     u_iso = cfg.biso / (8 * math.pi**2)
     maxfwhm = GAUSS_SIGMA_TO_FWHM * math.sqrt(2 * u_iso) if u_iso > 0 else 0.0
     sharp = float(np.max(_msd_sharpening(np.array([cfg.rmin, cfg.rmax]), cfg.delta2)))
@@ -338,6 +345,34 @@ def _pair_index_chunks(mask: Tensor, chunk_size: int):
         yield flush()
 
 
+NEAR_PAIRS_MIN_ATOMS = 4096  # a structure this large, wider than the pair range, gets its pairs from a k-d tree
+
+
+def _near_pairs(pos: np.ndarray, cutoff: float, chunk_size: int):
+    """Pairs i < j of ``pos`` (n, 3) closer than ``cutoff``, about ``chunk_size`` at a time (int64 arrays).
+
+    A 12 nm particle has ~80,000 atoms and 3.2e9 pairs, of which the ~15 % within srreal's pair range
+    (rcalchi ≈ rmax + 1.3 Å) are the only ones summed: scipy's k-d tree finds those for blocks of
+    spatially sorted atoms, each block sized so its pairs fill about one chunk, so memory stays bounded."""
+    from scipy.spatial import cKDTree
+
+    n = len(pos)
+    cell = np.floor((pos - pos.min(axis=0)) / max(cutoff / 2, 1e-6)).astype(np.int64)
+    order = np.lexsort((cell[:, 2], cell[:, 1], cell[:, 0]))  # blocks of consecutive atoms are compact
+    tree = cKDTree(pos)
+    block, start = 64, 0
+    while start < n:
+        rows = order[start:start + block]
+        start += rows.size
+        found = cKDTree(pos[rows]).sparse_distance_matrix(tree, cutoff, output_type="ndarray")
+        i, j = rows[found["i"]], found["j"].astype(np.int64)
+        keep = j > i
+        if keep.any():
+            yield i[keep], j[keep]
+        per_row = max(1.0, found.size / rows.size)
+        block = int(min(n, max(1, 2 * chunk_size / per_row)))  # i < j keeps about half of what is found
+
+
 def _fold_type_pairs(x: Tensor) -> Tensor:
     """(B, T, T, ...) sums over ordered element pairs → (B, T(T+1)/2, ...) over unordered pairs a ≤ c."""
     n_types = x.shape[1]
@@ -426,6 +461,34 @@ class PDFSimulator(torch.nn.Module):
         dmax = 2.0 * radius * (1 + 1e-12) + 1e-9
         return (dmax > self.grid.rcalchi or self.grid.rcalclo > 0), min(dmax, self.grid.rcalchi)
 
+    def _pair_chunks(self, positions: Tensor, mask: Tensor, chunk: int):
+        """Flat pair indices as :func:`_pair_index_chunks`, except that a structure of at least
+        ``NEAR_PAIRS_MIN_ATOMS`` atoms that is wider than the pair range gives only its pairs within range
+        (:func:`_near_pairs`); the rest would be masked out anyway, so the sums are the same."""
+        n_atoms = mask.sum(1).tolist()
+        cutoff = self.grid.rcalchi * (1 + 1e-9) + 1e-6
+        near = []
+        for b, n in enumerate(n_atoms):
+            if n >= NEAR_PAIRS_MIN_ATOMS:
+                with torch.no_grad():
+                    atoms = mask[b].nonzero().squeeze(1)
+                    pos = positions[b, atoms].detach().to("cpu", torch.float64).numpy()
+                if 2.0 * float(np.linalg.norm(pos - pos.mean(axis=0), axis=1).max()) > 1.5 * cutoff:
+                    near.append((b, atoms, pos))
+        if not near:
+            yield from _pair_index_chunks(mask, chunk)
+            return
+        rest = mask.clone()
+        rest[[b for b, _, _ in near]] = False
+        if bool(rest.any()):
+            yield from _pair_index_chunks(rest, chunk)
+        n_max = mask.shape[1]
+        for b, atoms, pos in near:
+            flat = (atoms + b * n_max).to(torch.int32)
+            for i, j in _near_pairs(pos, cutoff, chunk):
+                dev = flat.device
+                yield flat[torch.as_tensor(i, device=dev)], flat[torch.as_tensor(j, device=dev)]
+
     def _pair_sums_direct(self, positions, mask, local, n_types, chunk) -> Tensor:
         """S[b, a·T+c, k] = Σ_{i<j, type(i)=a, type(j)=c} DW·sin(Q_k r)/r, evaluated pair by pair (exact)."""
         bsz, dtype, dev = positions.shape[0], positions.dtype, positions.device
@@ -436,7 +499,7 @@ class PDFSimulator(torch.nn.Module):
         sums = torch.zeros(bsz * t2, q.numel(), dtype=dtype, device=dev)
         check, _ = self._range_check_needed(positions, mask)
         coords = positions.reshape(-1, 3).T.contiguous()
-        for fi, fj in _pair_index_chunks(mask, chunk):
+        for fi, fj in self._pair_chunks(positions, mask, chunk):
             d, keep = _pair_distances(coords, fi, fj)
             keep = self._range_mask(d, keep, 1.0, check)
             val = torch.sin(d[:, None] * q[None, :]) / d[:, None]
@@ -462,10 +525,11 @@ class PDFSimulator(torch.nn.Module):
         atom_col = (local * n_bins).reshape(-1)
         moments = torch.zeros(4, bsz * t2 * n_bins, dtype=dtype, device=dev)
         coords = positions.reshape(-1, 3).T.contiguous()
-        for fi, fj in _pair_index_chunks(mask, chunk):
+        for fi, fj in self._pair_chunks(positions, mask, chunk):
             u, keep = _pair_distances(coords, fi, fj, 1.0 / dr)  # u = d/dr; dr is a power of two: exact
             keep = self._range_mask(u, keep, 1.0 / dr, check)
-            k = u.detach().long().clamp_(max=n_bins - 1)  # u >= 0: truncation is floor
+            # u >= 0: truncation is floor; clamp first, as a far pair (masked anyway) can overflow int64
+            k = u.detach().clamp(max=n_bins - 1).long()
             if keep is None and not u.requires_grad:  # fast path: write the moments in place
                 mom = torch.empty(4, u.numel(), dtype=dtype, device=dev)
                 mom[0].fill_(1.0)

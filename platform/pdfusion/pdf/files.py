@@ -332,15 +332,47 @@ def _read_h5(path: Path, max_points: int | None) -> PDFData:
     return PDFData(r=r, g=g, dg=None, meta={}, source=path.name)
 
 
-def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None) -> PDFData:
-    """Read a PDF file from disk: text formats through :func:`parse_pdf_bytes`, seed-oxides ``.h5`` directly."""
+SPIKE_RATIO = 100.0  # a point this many times larger than every point away from it is not a PDF peak
+_SPIKE_GAP = 5  # points either side of the largest that may belong to the same peak
+
+
+def check_spikes(r, g, source: str, lines: Sequence[int] | None = None) -> None:
+    """Refuse a curve whose largest |G| is a lone spike, more than ``SPIKE_RATIO`` x every value more than
+    ``_SPIKE_GAP`` points away (a stray ``2.0 1e12`` row). Every PDF peak is many points wide and the
+    first peaks of a real G(r) are within a factor of a few of each other, so one such point is a corrupt
+    row; scaled to max 1 it would turn the whole target into a single spike."""
+    g = np.abs(np.asarray(g, dtype=np.float64).reshape(-1))
+    if g.size <= 2 * _SPIKE_GAP + 2:
+        return
+    k = int(np.argmax(g))
+    rest = np.concatenate([g[: max(0, k - _SPIKE_GAP)], g[k + _SPIKE_GAP + 1:]])
+    other = float(rest.max()) if rest.size else 0.0
+    if other > 0 and g[k] > SPIKE_RATIO * other:
+        where = f"line {lines[k]}" if lines is not None else f"point {k}"
+        raise ValueError(f"{source} {where}: G = {g[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
+                         f"{g[k] / other:.3g} x every other value; a lone spike is a corrupt row, not a PDF peak "
+                         "(remove or fix that row)")
+
+
+def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, spikes: bool = True) -> PDFData:
+    """Read a PDF file from disk: text formats through :func:`parse_pdf_bytes`, seed-oxides ``.h5`` directly.
+
+    ``spikes``: refuse a lone spike (:func:`check_spikes`); files on disk come from users, and this is the
+    CLI's reader."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such PDF file")
     if path.suffix.lower() in H5_SUFFIXES:
-        return _read_h5(path, max_points)
-    _check_text_suffix(str(path))  # refuse before reading a possibly huge file
-    return parse_pdf_bytes(path.read_bytes(), str(path), max_points=max_points)
+        data = _read_h5(path, max_points)
+    else:
+        _check_text_suffix(str(path))  # refuse before reading a possibly huge file
+        if max_points is not None and path.stat().st_size > 200 * max_points + 100_000:
+            raise ValueError(f"{path}: {path.stat().st_size:,} bytes is more than {max_points:,} rows of r G can "
+                             "take; resample to a coarser r step")
+        data = parse_pdf_bytes(path.read_bytes(), str(path), max_points=max_points)
+    if spikes:
+        check_spikes(data.r, data.g, str(path))
+    return data
 
 
 def read_pdf(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -441,9 +473,7 @@ def interpolate_pdf(r: np.ndarray, g: np.ndarray, r_target: np.ndarray) -> np.nd
     return np.interp(r_target, r, g)
 
 
-def write_pdf_csv(path: str | os.PathLike, r: np.ndarray, g: np.ndarray) -> None:
-    """Write 'r,G' CSV atomically (temporary file in the same folder, then os.replace)."""
-    path = Path(path)
+def _atomic_write_lines(path: Path, head: str, r: np.ndarray, g: np.ndarray, sep: str) -> None:
     r = np.asarray(r, dtype=np.float64).reshape(-1)
     g = np.asarray(g, dtype=np.float64).reshape(-1)
     if r.shape != g.shape:
@@ -452,11 +482,40 @@ def write_pdf_csv(path: str | os.PathLike, r: np.ndarray, g: np.ndarray) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            fh.write("r,G\n")
+            fh.write(head)
             for ri, gi in zip(r, g, strict=True):
-                fh.write(f"{ri:.10g},{gi:.10g}\n")
+                fh.write(f"{ri:.10g}{sep}{gi:.10g}\n")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_pdf_csv(path: str | os.PathLike, r: np.ndarray, g: np.ndarray) -> None:
+    """Write 'r,G' CSV atomically (temporary file in the same folder, then os.replace)."""
+    _atomic_write_lines(Path(path), "r,G\n", r, g, ",")
+
+
+def write_pdf_gr(path: str | os.PathLike, r: np.ndarray, g: np.ndarray, header: dict | None = None) -> None:
+    """Write a PDFgui / PDFgetX3-style ``.gr``: ``key = value`` header lines (the parameters that made the
+    curve, which :func:`read_pdf_file` returns as ``meta``), ``#### start data``, ``#L r G``, two columns."""
+    lines = ["[DEFAULT]"]
+    for key, value in (header or {}).items():
+        text = " ".join(str(value).split())
+        if not _KEY.match(str(key)) or "=" in text:
+            raise ValueError(f"header: {key!r} = {value!r} cannot be written as a 'key = value' line")
+        lines.append(f"{key} = {text}")
+    lines += ["", "#### start data", "#S 1", "#L r G"]
+    _atomic_write_lines(Path(path), "\n".join(lines) + "\n", r, g, " ")
+
+
+def write_pdf(path: str | os.PathLike, r: np.ndarray, g: np.ndarray, header: dict | None = None) -> None:
+    """Write G(r) in the format the suffix names: ``.gr`` (:func:`write_pdf_gr`) or ``.csv``."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gr":
+        write_pdf_gr(path, r, g, header)
+    elif suffix == ".csv":
+        write_pdf_csv(path, r, g)
+    else:
+        raise ValueError(f"{path}: cannot write G(r) as {suffix or '(no suffix)'!r}; name the file .gr or .csv")

@@ -53,7 +53,8 @@ def _fmt_of(path: Path, fmt: str | None) -> str:
         return fmt
     ext = path.suffix.lower()
     if ext not in _EXT:
-        raise ValueError(f"{path}: cannot tell the format from extension {ext!r}; use one of {sorted(_EXT)} or pass fmt=")
+        raise ValueError(f"{path}: cannot tell the format (of a structure) from the suffix {ext or '(none)'!r}; "
+                         f"name the file with one of {' '.join(sorted(_EXT))}")
     return _EXT[ext]
 
 
@@ -140,8 +141,35 @@ def _parse_comment(comment: str, where: str) -> tuple[dict[str, Any], tuple[int,
     return meta, layout
 
 
+def _xyz_text(path: Path) -> str:
+    """The file's text, or a ValueError naming the file when it is not text (a binary file renamed .xyz)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if b"\x00" in data:
+            raise ValueError(f"{path}: is a binary file, not XYZ text (byte {exc.start}); give an XYZ text file") from None
+        return data.decode("latin-1")
+
+
+def xyz_atom_count(path: str | Path) -> int | None:
+    """The atom count on the first line of an XYZ / extended XYZ file (None for other formats or when the
+    line is not a count): lets a caller refuse a huge file before reading it."""
+    path = Path(path)
+    if _EXT.get(path.suffix.lower()) not in ("xyz", "extxyz"):
+        return None
+    with open(path, "rb") as fh:
+        head = fh.readline(64)
+    try:
+        return int(head.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
 def _read_xyz_frames(path: Path) -> list[Particle]:
-    lines = path.read_text().splitlines()
+    from pdfusion.limits import MAX_COORDINATE
+
+    lines = _xyz_text(path).splitlines()
     frames: list[Particle] = []
     i = 0
     while i < len(lines):
@@ -177,6 +205,9 @@ def _read_xyz_frames(path: Path) -> list[Particle]:
                     pos[k, d] = float(tok[p_col + d])
                 except ValueError:
                     raise ValueError(f"{where}: column {p_col + d + 1} must be a float coordinate, got {tok[p_col + d]!r}") from None
+                if not abs(pos[k, d]) <= MAX_COORDINATE:
+                    raise ValueError(f"{where}: coordinate {tok[p_col + d]} is not within ±{MAX_COORDINATE:g} Å "
+                                     "(NaN, inf or absurd; coordinates are in Å)")
         if not np.all(np.isfinite(pos)):
             raise ValueError(f"{path}: frame at line {i + 1} has non-finite coordinates")
         meta.setdefault("source", path.name)
@@ -428,7 +459,8 @@ def read_structure(path: str | Path, fmt: str | None = None) -> Particle:
     """Read one structure from XYZ, extended XYZ, CIF or seed-oxides ``.h5`` (format from the extension)."""
     frames = read_structures(path, fmt)
     if len(frames) != 1:
-        raise ValueError(f"{path}: contains {len(frames)} frames; use read_structures() to read all of them")
+        raise ValueError(f"{path}: contains {len(frames)} frames (structures); one is expected here -- "
+                         "split the file into one structure per file")
     return frames[0]
 
 
@@ -437,7 +469,8 @@ def write_structure(particle: Particle, path: str | Path, fmt: str | None = None
     path = Path(path)
     kind = _fmt_of(path, fmt)
     if kind == "h5":
-        raise ValueError(f"{path}: use write_seed_h5(SeedRecord, path) for the seed-oxides .h5 layout")
+        raise ValueError(f"{path}: structures are written as .xyz, .extxyz or .cif; .h5 is the seed-oxides "
+                         "dataset layout (pdfusion.structures.io.write_seed_h5), not a structure file")
     if kind == "cif":
         text = _write_cif_text(particle)
     else:

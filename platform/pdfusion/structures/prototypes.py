@@ -65,6 +65,23 @@ def element_symbol(metal: str | int) -> str:
         raise PrototypeError(f"metal: unknown element {metal!r}; give a symbol such as 'Ti' or an atomic number") from exc
 
 
+def check_cation(metal: str | int) -> str:
+    """The symbol of ``metal`` if it can be the cation of an oxide prototype: a metal or metalloid (pymatgen's
+    classification) or an element of the seed-calibrated radius table (which also has P, S, Se). Hydrogen,
+    carbon, nitrogen, halogens and noble gases make molecules or nothing with oxygen, never these crystals."""
+    from pymatgen.core import Element
+
+    sym = element_symbol(metal)
+    if sym == OXYGEN:
+        raise PrototypeError("metal: oxygen is the anion of every prototype; choose a metal")
+    el = Element(sym)
+    if sym in METALLIC_RADIUS_PM or el.is_metal or el.is_metalloid:
+        return sym
+    kind = "a noble gas" if el.is_noble_gas else "a halogen" if el.is_halogen else "a non-metal"
+    raise PrototypeError(f"metal: {sym} is {kind} and forms no oxide crystal of these prototypes; "
+                         "choose a metal or metalloid such as Ti, Zn or Si")
+
+
 def metal_radius_pm(metal: str | int) -> float:
     """The size (pm) the lattice rule uses: mendeleev's metallic radius, else pymatgen's atomic radius."""
     from pymatgen.core import Element
@@ -378,7 +395,7 @@ def lattice_parameters(
 def unit_cell(structure_type: str, metal: str | int, lattice: tuple[float, ...] | None = None) -> UnitCell:
     """The conventional cell of ``metal`` in ``structure_type`` (see :func:`lattice_parameters`)."""
     proto = get_prototype(structure_type)
-    sym = element_symbol(metal)
+    sym = check_cation(metal)
     par = lattice_parameters(proto.name, sym, lattice)
     return _build(proto.name, sym, par["a"], par.get("c", par["a"]), _params_key(proto, par))
 
