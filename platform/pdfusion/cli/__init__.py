@@ -1,12 +1,16 @@
 """The `pdfusion` console script: non-Ray utilities (simulate a PDF, make a particle, import data, sample).
 
 Each subcommand lives in its own module exposing `register(subparsers)`; the handler is stored as
-`func` on the parsed namespace. Errors a user can fix exit with status 2 and a one-line message.
+`func` on the parsed namespace. Errors a user can fix exit with status 2 and a one-line message:
+``ConfigError`` (the package's user-error type, raised by ``pdfusion.limits`` and every config) and the
+``ValueError`` / ``FileNotFoundError`` of the readers, plus the ``OSError`` of a disk that is full or
+read-only. Bugs still show their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -24,13 +28,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """The error as one line: an OSError says which file and what the system said (disk full, read-only)."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.errno is not None:
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = {errno.ENOSPC: "; free space or write elsewhere", errno.EROFS: "; write to a writable folder",
+                errno.EACCES: "; check the folder's permissions", errno.ENOTDIR: "; a parent of this path is a file",
+                errno.EDQUOT: "; free space or write elsewhere"}.get(exc.errno, "")
+        text = f"cannot write or read {where}{exc.strerror or exc}{hint}"
+    elif isinstance(exc, KeyError):
+        text = str(exc.args[0]) if exc.args else "missing key"
+    elif isinstance(exc, MemoryError):
+        text = "out of memory; lower the sizes asked for (see --max-memory / --max-atoms)"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"pdfusion {args.command}: error: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError, KeyError, MemoryError) as exc:
+        print(f"pdfusion {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdfusion.limits import add_limit_flags
+
 
 def register(sub) -> None:
     p = sub.add_parser("fit", help="refine a structure (CIF crystal or particle) against a measured PDF",
@@ -58,19 +60,22 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", type=Path, default=None, metavar="OUTDIR",
                    help="output folder (default fit_<DATA stem>)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG/PDF figure")
+    p.add_argument("--min-distance", type=float, default=None, metavar="Å",
+                   help="refuse a particle with two atoms closer than this (default 0.5 Å; 0 accepts any)")
+    add_limit_flags(p, memory=False)
     p.set_defaults(func=run)
 
 
 # --------------------------------------------------------------------------------------------------
 # inputs
 # --------------------------------------------------------------------------------------------------
-def _read_data(path: Path):
+def _read_data(path: Path, max_points: int | None = None):
     """(r, g, dg, meta) from the data file; meta has lower-case header keys (qmax, qmin, ...)."""
     from pdfusion.pdf import files
 
     reader = getattr(files, "read_pdf_file", None)
     if reader is not None:
-        d = reader(path)
+        d = reader(path, max_points=max_points)
         meta = {str(k).lower(): v for k, v in (getattr(d, "meta", None) or {}).items()}
         return d.r, d.g, getattr(d, "dg", None), meta
     r, g = files.read_pdf(path)  # pragma: no cover - older reader without metadata
@@ -146,14 +151,17 @@ def _free_list(default: tuple[str, ...], free: list[str] | None, fix: list[str] 
     return out
 
 
-def _cut_particle(path: Path, radius: float):
+def _cut_particle(path: Path, radius: float, limits=None):
+    from pdfusion.limits import Limits, check_atoms, particle_atoms_estimate
     from pdfusion.pdf.periodic import Crystal
     from pdfusion.structures.particle import Particle
     from pdfusion.structures.particles import cut_sphere
 
-    if not radius > 0:
-        raise ValueError(f"--radius: must be positive, got {radius}")
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"--radius: must be a positive number of Å, got {radius}")
     cr = Crystal.from_cif(path)
+    check_atoms(particle_atoms_estimate(cr.lattice, len(cr.numbers), radius, 3.0), limits or Limits(),
+                f"--radius: a sphere of {radius:g} Å cut from {path.name} (estimated)")
     cart = cr.cart
     numbers = cr.numbers
     metal = np.flatnonzero(numbers != 8)
@@ -243,15 +251,32 @@ def _write_outputs(res, out: Path, stem: str, args, title: str, cmd: str) -> lis
 # --------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     from pdfusion.config import FitConfig
+    from pdfusion.limits import (
+        MIN_DISTANCE,
+        check_atoms,
+        check_coordinates,
+        check_finite,
+        check_min_distance,
+        check_output_path,
+        limits_from_args,
+    )
     from pdfusion.pdf.refine import FREE_PARTICLE, FREE_PERIODIC, FitWarning, fit_particle, fit_periodic
 
     t0 = time.perf_counter()
+    limits = limits_from_args(args)
     spath, dpath = Path(args.structure), Path(args.data)
+    check_finite(qdamp=args.qdamp, qbroad=args.qbroad, qmax=args.qmax, qmin=args.qmin, rmin=args.rmin, rmax=args.rmax,
+                 spdiameter=args.spdiameter, radius=args.radius, min_distance=args.min_distance)
+    min_distance = MIN_DISTANCE if args.min_distance is None else args.min_distance
+    if min_distance < 0:
+        raise ValueError(f"--min-distance: must be >= 0 Å (0 accepts any distance), got {min_distance}")
+    out = args.out if args.out is not None else Path(f"fit_{dpath.stem}")
+    check_output_path(out, "-o", folder=True)
     if not spath.is_file():
         raise FileNotFoundError(f"{spath}: no such structure file")
     if not dpath.is_file():
         raise FileNotFoundError(f"{dpath}: no such PDF file")
-    r, g, dg, meta = _read_data(dpath)
+    r, g, dg, meta = _read_data(dpath, limits.max_points)
     qmax = args.qmax if args.qmax is not None else _meta_float(meta, "qmax")
     if qmax is None:
         raise ValueError(f"{dpath}: no qmax in the file header; pass --qmax (the Qmax the PDF was computed with)")
@@ -283,11 +308,15 @@ def run(args: argparse.Namespace) -> int:
             if args.radius is not None:
                 if not is_cif:
                     raise ValueError(f"{spath}: --radius cuts a particle from a CIF, got {spath.suffix or 'no suffix'}")
-                particle = _cut_particle(spath, args.radius)
+                particle = _cut_particle(spath, args.radius, limits)
             else:
-                from pdfusion.structures.io import read_structure
+                from pdfusion.structures.io import read_structure, xyz_atom_count
 
+                check_atoms(xyz_atom_count(spath) or 0, limits, str(spath))
                 particle = read_structure(spath)
+                check_coordinates(particle.positions, str(spath))
+            check_atoms(len(particle), limits, str(spath))
+            check_min_distance(particle.positions, str(spath), min_distance)
             symbols = _symbols(particle.numbers)
             free = _free_list(FREE_PARTICLE, _parse_list(args.free), _parse_list(args.fix), symbols)
             res = fit_particle(particle, r, g, cfg, free=free, init=init, dg=dg)
@@ -296,7 +325,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"pdfusion fit: warning: {w.message}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     res.meta["seconds_total"] = round(seconds, 3)
-    out = args.out if args.out is not None else Path(f"fit_{dpath.stem}")
     kind = "periodic crystal" if args.periodic else f"particle ({len(res.structure)} atoms)"
     title = f"{spath.name} ({kind}) vs {dpath.name}"
     cmd = " ".join(["pdfusion", "fit", *sys.argv[2:]]) if sys.argv[1:2] == ["fit"] else "pdfusion fit"

@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdfusion.config import RADIATIONS, PDFConfig
+from pdfusion.config import RADIATIONS, ConfigError, PDFConfig
+from pdfusion.limits import MIN_DISTANCE, add_limit_flags, limits_from_args
+
+OUT_SUFFIXES = (".gr", ".csv")
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 
 def register(sub) -> None:
@@ -48,8 +52,12 @@ def register(sub) -> None:
                    help="the bulk crystal's PDF: not done here, use `pdfusion fit --periodic`")
     p.add_argument("--as-cluster", action="store_true",
                    help="simulate a periodic file's listed atoms as a finite cluster (a particle in a vacuum box)")
-    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write a plot of G(r)")
-    p.add_argument("--out", type=Path, default=None, metavar="G.csv", help="write r,G as CSV")
+    p.add_argument("--plot", type=Path, default=None, metavar="OUT.png", help="write a plot of G(r) (.png, .pdf, .svg)")
+    p.add_argument("--out", type=Path, default=None, metavar="G.gr|G.csv",
+                   help="write G(r): .gr = PDFgui-style text with a parameter header, .csv = r,G")
+    p.add_argument("--min-distance", type=float, default=MIN_DISTANCE, metavar="Å",
+                   help=f"refuse structures with two atoms closer than this (default {MIN_DISTANCE} Å; 0 accepts any)")
+    add_limit_flags(p)
     p.set_defaults(func=run)
 
 
@@ -85,7 +93,7 @@ def _plot(path: Path, r, g, title: str, stored=None, score: float | None = None)
     plt.close(fig)
 
 
-def cut_from_crystal(particle, radius: float):
+def cut_from_crystal(particle, radius: float, max_atoms: int | None = None):
     """A spherical particle of ``radius`` Å cut from a periodic ``particle`` (meta['lattice']): the atoms
     within ``radius`` of the non-oxygen atom nearest the cell centre, plus every oxygen within
     1.4 x the shortest metal-oxygen distance of a kept atom (``structures.particles.cut_sphere``)."""
@@ -109,6 +117,11 @@ def cut_from_crystal(particle, radius: float):
         mo = (metal[i] != metal[j]) & (d > 1e-8)
         if mo.any():
             cutoff = BOND_FACTOR * float(d[mo].min())
+    from pdfusion.limits import Limits, check_atoms, particle_atoms_estimate
+
+    limit = Limits(max_atoms=max_atoms) if max_atoms is not None else Limits()
+    check_atoms(particle_atoms_estimate(lattice, len(numbers), float(radius), cutoff), limit,
+                f"--radius: a sphere of {radius:g} Å cut from this crystal (estimated)")
     z, xyz = cut_sphere(pos, numbers, lattice, c, float(radius), cutoff)
     meta = {k: v for k, v in particle.meta.items() if k not in ("lattice", "periodic")}
     return Particle(z, xyz - xyz.mean(axis=0), {**meta, "radius": float(radius)})
@@ -129,7 +142,7 @@ def _finite_particle(path: Path, particle, args: argparse.Namespace):
             raise ValueError(f"--radius: {path.name} is a finite particle, not a periodic crystal; drop --radius")
         return particle, ""
     if args.radius is not None:
-        cut = cut_from_crystal(particle, args.radius)
+        cut = cut_from_crystal(particle, args.radius, getattr(args, "max_atoms", None))
         return cut, f" (a sphere of radius {args.radius:g} Å cut from the {len(particle)}-atom cell)"
     if args.as_cluster:
         return particle, " (a periodic cell's atoms simulated as a cluster, --as-cluster)"
@@ -141,31 +154,63 @@ def _finite_particle(path: Path, particle, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pdfusion.limits import (
+        check_atoms,
+        check_coordinates,
+        check_finite,
+        check_min_distance,
+        check_output_path,
+        check_pdf_config,
+    )
     from pdfusion.pdf import r_grid, rwp, simulate_pdf
-    from pdfusion.pdf.files import interpolate_pdf, write_pdf_csv
-    from pdfusion.structures.io import read_seed_h5, read_structure
+    from pdfusion.pdf.files import interpolate_pdf, write_pdf
+    from pdfusion.structures.io import read_seed_h5, read_structure, xyz_atom_count
 
-    path = Path(args.structure)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such structure file")
+    limits = limits_from_args(args)
+    if args.out is not None:
+        check_output_path(args.out, "--out", OUT_SUFFIXES)
+    if args.plot is not None:
+        check_output_path(args.plot, "--plot", PLOT_SUFFIXES)
+    check_finite(rmin=args.rmin, rmax=args.rmax, rstep=args.rstep, qmin=args.qmin, qmax=args.qmax, qdamp=args.qdamp,
+                 biso=args.biso, delta2=args.delta2, radius=args.radius, min_distance=args.min_distance)
+    if args.min_distance < 0:
+        raise ConfigError(f"--min-distance: must be >= 0 Å (0 accepts any distance), got {args.min_distance}")
     cfg = PDFConfig(rmin=args.rmin, rmax=args.rmax, rstep=args.rstep, qmin=args.qmin, qmax=args.qmax,
                     qdamp=args.qdamp, biso=args.biso, delta2=args.delta2, radiation=args.radiation,
                     normalize=args.normalize)
+    check_pdf_config(cfg, limits)
+    path = Path(args.structure)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such structure file")
+    n_head = xyz_atom_count(path)  # the count line of an XYZ, read before the file
+    if n_head is not None:
+        check_atoms(n_head, limits, str(path))
     stored = None
     if path.suffix.lower() in (".h5", ".hdf5"):
         rec = read_seed_h5(path)
         particle, stored = rec.particle, (np.asarray(rec.r), np.asarray(rec.pdf))
     else:
         particle = read_structure(path)
+    check_coordinates(particle.positions, str(path))
     note = ""
     if "lattice" in particle.meta or args.radius is not None or args.periodic or args.as_cluster:
         particle, note = _finite_particle(path, particle, args)
     if len(particle) < 2:
         raise ValueError(f"{path}: a PDF needs at least two atoms, found {len(particle)}")
+    check_atoms(len(particle), limits, str(path))
+    check_min_distance(particle.positions, str(path), args.min_distance)
+    check_pdf_config(cfg, limits, len(particle))
     pos = torch.as_tensor(particle.positions, dtype=torch.float64)
     num = torch.as_tensor(particle.numbers, dtype=torch.long)
-    with torch.no_grad():
-        g = simulate_pdf(pos, num, cfg=cfg).numpy()
+    try:
+        with torch.no_grad():
+            g = simulate_pdf(pos, num, cfg=cfg).numpy()
+    except ValueError as exc:
+        if "no positive maximum" not in str(exc):
+            raise
+        raise ConfigError(f"{path}: G(r) has no positive maximum on {cfg.rmin:g}..{cfg.rmax:g} Å (are all pairs "
+                          "farther apart than --rmax?); cannot normalise it -- raise --rmax, or add --no-normalize "
+                          "for the unnormalised curve") from None
     r = r_grid(cfg).numpy()
 
     score = None
@@ -180,7 +225,11 @@ def run(args: argparse.Namespace) -> int:
     if score is not None:
         summary += f", R_wp vs stored = {score:.3g}"
     if args.out is not None:
-        write_pdf_csv(args.out, r, g)
+        header = {"source": "pdfusion pdf", "structure": path.name, "natoms": len(particle),
+                  "composition": particle.formula, "radiation": cfg.radiation, "qmin": cfg.qmin, "qmax": cfg.qmax,
+                  "qdamp": cfg.qdamp, "biso": cfg.biso, "delta2": cfg.delta2, "rmin": cfg.rmin, "rmax": cfg.rmax,
+                  "rstep": cfg.rstep, "normalized": cfg.normalize}
+        write_pdf(args.out, r, g, header)
         summary += f"; wrote {args.out}"
     if args.plot is not None:
         _plot(args.plot, r, g, path.name, stored, score)

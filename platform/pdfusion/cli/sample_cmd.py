@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pdfusion.config import ConfigError
+from pdfusion.limits import add_limit_flags, limits_from_args
+
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate ranked candidate structures for a PDF file",
@@ -36,6 +39,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plot", action="store_true", help="skip overlay.png")
+    add_limit_flags(p, memory=False)
     p.set_defaults(func=run)
 
 
@@ -48,12 +52,25 @@ def load_target(path: str | Path, r_grid: np.ndarray, *, normalize: bool = True)
     mapped with G = 0 where they do not reach, and interpolation from a coarser step is done: each prints a
     one-line warning to stderr. Raises ValueError naming the file (and line) for a malformed file, or when
     the r range covers less than half of the model's."""
-    from pdfusion.pdf.files import PDFValueError, map_to_grid, read_pdf_file
+    path = Path(path)
+    return map_target(path, read_target(path), r_grid, normalize=normalize)
+
+
+def read_target(path: str | Path, max_points: int | None = None):
+    """The PDF file read and checked (finite values, strictly increasing r, no lone spike), before any model
+    is loaded: a typo in the file name costs no checkpoint download."""
+    from pdfusion.pdf.files import read_pdf_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"PDF file {path} does not exist")
-    data = read_pdf_file(path)
+    return read_pdf_file(path, max_points=max_points)
+
+
+def map_target(path: Path, data, r_grid: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+    """``data`` (a read PDF) on the model's r grid, with the warnings :func:`load_target` prints."""
+    from pdfusion.pdf.files import PDFValueError, map_to_grid
+
     try:
         mapped = map_to_grid(data.r, data.g, np.asarray(r_grid, dtype=np.float64), normalize=normalize)
     except PDFValueError as exc:
@@ -61,6 +78,19 @@ def load_target(path: str | Path, r_grid: np.ndarray, *, normalize: bool = True)
     for note in mapped.warnings:
         print(f"warning: {path.name}: {note}", file=sys.stderr)
     return mapped.g
+
+
+def check_checkpoint_source(source: str) -> None:
+    """An MLflow URI needs a tracking store that exists: MLflow would otherwise create an empty
+    ``mlflow.db`` as a side effect of looking, and then report the model missing."""
+    if not str(source).startswith(("models:/", "runs:/")):
+        return
+    from pdfusion.training.tracking import default_tracking_uri
+
+    uri = default_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise ConfigError(f"checkpoint {source!r}: no MLflow store at {uri[len('sqlite:///'):]}; set "
+                          "MLFLOW_TRACKING_URI to the store that registered the model, or give a checkpoint file")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -75,12 +105,25 @@ def run(args: argparse.Namespace) -> int:
 
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.ranking import generate_candidates, metal_number
+    from pdfusion.limits import check_output_path
+    from pdfusion.structures.prototypes import check_cation
     from pdfusion.training.bundle import load_bundle
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    z = metal_number(args.metal)
+    limits = limits_from_args(args)
+    SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
+                 n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps, seed=args.seed,
+                 pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters)  # ranges, before loading
+    check_output_path(args.outdir, "-o", folder=True)
+    z = metal_number(check_cation(args.metal))
+    data = read_target(args.pdf_file, limits.max_points)
+    check_checkpoint_source(args.checkpoint)
     bundle = load_bundle(args.checkpoint, device=args.device)
-    target = load_target(args.pdf_file, bundle.r_grid, normalize=bool(bundle.pdf_config.normalize))
+    target = map_target(Path(args.pdf_file), data, bundle.r_grid, normalize=bool(bundle.pdf_config.normalize))
+    max_atoms = args.n_atoms or bundle.config.model.max_atoms
+    if args.n_samples * max_atoms > limits.max_atoms:
+        raise ConfigError(f"-k: {args.n_samples} candidates of up to {max_atoms} atoms are {args.n_samples * max_atoms:,} "
+                          f"atoms, more than the limit of {limits.max_atoms:,} (fewer -k, or raise it with --max-atoms)")
     cfg = SampleConfig(
         guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
         steps=bundle.defaults["steps"] if args.steps is None else args.steps,

@@ -10,6 +10,7 @@ uncertainties, n_atoms, diameter; the screening score of every library candidate
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -17,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pdfusion.limits import add_limit_flags
+
+MAX_RADIUS = 50.0  # Å: every candidate of every radius is simulated and screened; a 10 nm particle is the scale
 
 
 def register(sub) -> None:
@@ -49,6 +54,7 @@ def register(sub) -> None:
     p.add_argument("--no-plot", action="store_true", help="skip the fit plots")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-o", "--outdir", default="pdfusion_solve", help="output folder (default ./pdfusion_solve)")
+    add_limit_flags(p, atoms=False, memory=False)
     p.set_defaults(func=run)
 
 
@@ -69,7 +75,7 @@ def _header_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def read_data(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def read_data(path: str | Path, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """(r, G, header meta) of a PDF file through pdfusion.pdf.files."""
     from pdfusion.pdf import files
 
@@ -77,7 +83,7 @@ def read_data(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such PDF file")
     if hasattr(files, "read_pdf_file"):
-        data = files.read_pdf_file(path)
+        data = files.read_pdf_file(path, max_points=max_points)
         return np.asarray(data.r, dtype=np.float64), np.asarray(data.g, dtype=np.float64), dict(data.meta or {})
     r, g = files.read_pdf(path)
     return r, g, _header_meta(path) if path.suffix.lower() not in (".h5", ".hdf5", ".csv") else {}
@@ -120,8 +126,19 @@ def run(args: argparse.Namespace) -> int:
     from pdfusion.inference.solve import solve
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    from pdfusion.limits import check_finite, check_output_path, limits_from_args
+
     t0 = time.perf_counter()
-    r, g, meta = read_data(args.data)
+    check_finite(rmin=args.rmin, rmax=args.rmax, qmin=args.qmin, qmax=args.qmax, qdamp=args.qdamp, qbroad=args.qbroad)
+    check_output_path(args.outdir, "-o", folder=True)
+    for radius in args.radii or ():
+        if not (math.isfinite(radius) and 0 < radius <= MAX_RADIUS):
+            raise ValueError(f"--radii: each radius must be a number of Å in (0, {MAX_RADIUS:g}], got {radius:g}")
+    if args.model:
+        from pdfusion.cli.sample_cmd import check_checkpoint_source
+
+        check_checkpoint_source(args.model)
+    r, g, meta = read_data(args.data, limits_from_args(args).max_points)
     composition = resolve_composition(args.composition, meta, args.data)
     comp = parse_composition(composition)
     cfg = SolveConfig(
