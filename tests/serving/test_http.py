@@ -49,7 +49,8 @@ def parse_xyz(text: str):
 
 
 def test_health_and_model(url):
-    assert httpx.get(url + "/v1/health").json() == {"status": "ok", "model": {"name": "tiny", "version": "7"}}
+    health = httpx.get(url + "/v1/health").json()
+    assert (health["status"], health["model"], health["sampler"]["ready"]) == ("ok", {"name": "tiny", "version": "7"}, True)
     info = httpx.get(url + "/v1/model").json()
     assert (info["name"], info["version"], info["n_r"]) == ("tiny", "7", 3000)
     assert info["r_min"] == 0.0 and info["r_max"] == pytest.approx(29.99)

@@ -1,0 +1,173 @@
+"""Issue 22, in-process (no Ray): the HTTP layer's answers to unusable curves on a max-normalised model,
+admission by measured cost, /v1/health from the sampler probe, 503 + Retry-After for a lost replica, the
+body-read timeout and a client disconnect (raw ASGI), and the sampler service stopping abandoned work
+between steps. The same behaviour over real HTTP on Serve is in test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serving_helpers import serve_cfg
+
+from pdfusion.serving.api import ServiceUnavailable, create_api
+from pdfusion.serving.service import SampleJob, estimate_seconds
+
+GRID = np.arange(300) * 0.1
+
+
+def _info(normalize: bool = True, cost=None) -> dict:
+    return {"name": "m", "version": "1", "r_grid": GRID, "normalize": normalize,
+            "defaults": {"guidance": 1.0, "steps": 2}, "max_atoms": 40, "n_metals": 100, "timesteps": 10,
+            "training": {}, **({"cost": cost} if cost else {})}
+
+
+def _client(sample=None, probe=None, normalize=True, cost=None, **limits) -> TestClient:
+    seen: list[SampleJob] = []
+
+    async def fake_sample(job: SampleJob):
+        seen.append(job)
+        if not np.isfinite(job.pdf).all():  # what the real sampler does with a non-finite PDF
+            return {"error": "sampling failed: ValueError: pdfs: contain NaN or inf"}
+        return {"candidates": [], "seed": None}
+
+    cfg = serve_cfg("unused.pt", limits={"max_atoms": 24, **limits})
+    client = TestClient(create_api(cfg, _info(normalize, cost), sample or fake_sample, probe))
+    client.seen = seen  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.mark.parametrize("kind", ["minus one, g[0] = 1e-300", "minus 1e30, one point at 1", "all negative"])
+def test_unusable_curve_on_a_normalising_model_is_422_naming_g(kind):
+    """The issue's 500s: max-normalisation turned these finite curves into -1e300 / -inf for the sampler."""
+    i = np.arange(GRID.size)
+    g = {"minus one, g[0] = 1e-300": np.where(i == 0, 1e-300, -1.0),
+         "minus 1e30, one point at 1": np.where(i == 50, 1.0, -1e30),
+         "all negative": -np.ones(GRID.size)}[kind]
+    client = _client()
+    resp = client.post("/v1/sample", json={"r": GRID.tolist(), "g": g.tolist(), "metal": "Ti"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["field"] == "g"
+    assert client.seen == []  # refused before the sampler
+
+
+def test_admission_refuses_what_would_not_fit_the_timeout():
+    """Cost = n_samples x n_atoms x steps at the replica's measured speed; over limits.max_cost_s: 422."""
+    cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.5}
+    client = _client(cost=cost, max_cost_s=10.0)
+    body = {"r": GRID.tolist(), "g": np.sin(GRID).tolist(), "metal": "Ti", "n_samples": 3, "n_atoms": 24, "steps": 4}
+    resp = client.post("/v1/sample", json=body)  # 3 x 24/24 x 4 steps x 1 s = 12 s > 10 s
+    assert resp.status_code == 422, resp.text
+    err = resp.json()["error"]
+    assert err["field"] == "n_samples" and "would take about 12 s" in err["message"] and "10 s limit" in err["message"]
+    assert client.post("/v1/sample", json={**body, "n_samples": 2}).status_code == 200  # 8 s
+    info = client.get("/v1/model").json()
+    assert info["cost"] == {**cost, "max_cost_s": 10.0}
+    job = SampleJob(pdf=np.zeros(3), metal_z=22, n_samples=2, guidance=1, steps=4, n_atoms=12, pdf_guidance=0.5,
+                    pdf_guidance_iters=2, refine=True)
+    assert estimate_seconds(job, cost, 24, refine_steps=10) == pytest.approx(1.0 * (4 * (1.0 + 2 * 0.5) + 10 * 0.5))
+
+
+def test_health_reports_the_sampler_probe():
+    async def ok():
+        return {"ongoing": 1, "capacity": 16, "sampling": True}
+
+    async def full():
+        return {"ongoing": 16, "capacity": 16, "sampling": True}
+
+    async def dead():
+        raise RuntimeError("ActorDiedError")
+
+    async def silent():
+        await asyncio.sleep(60)
+
+    resp = _client(probe=ok).get("/v1/health")
+    assert resp.status_code == 200 and resp.json()["status"] == "ok" and resp.json()["sampler"]["ready"] is True
+    resp = _client(probe=full).get("/v1/health")
+    assert resp.status_code == 503 and resp.json()["status"] == "degraded" and "retry-after" in resp.headers
+    for probe in (dead, silent):
+        resp = _client(probe=probe).get("/v1/health")
+        assert resp.status_code == 503 and resp.json()["status"] == "unavailable", resp.text
+        assert resp.json()["sampler"]["ready"] is False and resp.headers["retry-after"] == "20"
+
+
+def test_lost_replica_is_503_with_retry_after():
+    async def unavailable(job):
+        raise ServiceUnavailable("the sampler replica handling this request stopped; retry", 20)
+
+    resp = _client(sample=unavailable).post("/v1/sample", json={"r": GRID.tolist(), "g": np.sin(GRID).tolist(),
+                                                                "metal": "Ti"})
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "20"
+    assert resp.json()["error"]["field"] == "sampler"
+
+
+async def _asgi(app, messages: list[dict | None]) -> list[dict]:
+    """Run one POST /v1/sample through the ASGI app; `None` in `messages` = the client sends nothing more."""
+    sent: list[dict] = []
+    queue = list(messages)
+
+    async def receive():
+        if not queue or queue[0] is None:
+            await asyncio.Event().wait()  # never: a body that never finishes arriving
+        return queue.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/sample", "raw_path": b"/v1/sample", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", b"5000")],
+             "server": ("test", 80), "client": ("test", 1)}
+    await asyncio.wait_for(app(scope, receive, send), timeout=60)
+    return sent
+
+
+def test_body_that_never_finishes_is_408():
+    client = _client(body_timeout_s=0.2)
+    sent = asyncio.run(_asgi(client.app, [{"type": "http.request", "body": b'{"r": [0', "more_body": True}, None]))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    assert b'"field":"body"' in sent[1]["body"]
+
+
+def test_client_disconnect_mid_body_logs_no_traceback(caplog):
+    client = _client()
+    with caplog.at_level(logging.INFO, logger="pdfusion.serving"):
+        asyncio.run(_asgi(client.app, [{"type": "http.request", "body": b'{"r": [0', "more_body": True},
+                                       {"type": "http.disconnect"}]))
+    assert "unhandled error" not in caplog.text and "Traceback" not in caplog.text
+    assert "client disconnected" in caplog.text
+
+
+def test_sampler_service_stops_abandoned_jobs_between_steps(tiny_checkpoint):
+    """A job nobody waits for is not sampled; one abandoned mid-loop stops at the next step check."""
+    import time
+
+    from pdfusion.serving.service import CANCELLED, SamplerService
+
+    service = SamplerService(serve_cfg(tiny_checkpoint))
+    n_r = len(service.bundle.r_grid)
+    pdf = np.zeros(n_r, dtype=np.float32)
+    pdf[300] = 1.0
+    expired = SampleJob(pdf=pdf, metal_z=22, n_samples=2, guidance=1.0, steps=4, n_atoms=8, deadline=time.time() - 1)
+    assert service.run_batch([expired]) == [{"error": CANCELLED, "cancelled": True}]
+    assert service.stats["cancelled"] == 1 and service.stats["loops"] == 0
+
+    class LeavesAfterThreeChecks(SampleJob):
+        checks = 0
+
+        def abandoned(self) -> bool:
+            type(self).checks += 1
+            return type(self).checks > 3  # admission, chunk, step 1 checks; gone at step 2
+
+    job = LeavesAfterThreeChecks(pdf=pdf, metal_z=22, n_samples=2, guidance=1.0, steps=4, n_atoms=8)
+    assert service.run_batch([job]) == [{"error": CANCELLED, "cancelled": True}]
+    assert LeavesAfterThreeChecks.checks == 4  # stopped before step 2 of 4
+    assert service.stats["cancelled"] == 2
+    fine = SampleJob(pdf=pdf, metal_z=22, n_samples=2, guidance=1.0, steps=4, n_atoms=8, deadline=time.time() + 600)
+    (res,) = service.run_batch([fine])
+    assert len(res["candidates"]) == 2
+    cost = service.calibrate(8)
+    assert cost["atoms"] == 8 and cost["step_s"] > 0 and cost["guide_s"] > 0
