@@ -57,6 +57,8 @@ from typing import Any
 
 import numpy as np
 
+from pdfusion.config import ConfigError
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 R_GRID = "r_grid.npy"
@@ -184,6 +186,23 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+class StoreWriteError(ConfigError):
+    """A store could not be written (disk full, read-only or missing folder): a user-fixable error, raised
+    after the half-written temp file is removed, so the store still holds exactly the shards its manifest
+    lists."""
+
+
+@contextlib.contextmanager
+def _disk_errors(root: Path, what: str):
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StoreWriteError(
+            f"{root}: cannot write {what}: {reason}; the store keeps the shards its manifest lists -- free space or "
+            "choose a writable folder, then rerun to complete it") from exc
 
 
 @contextlib.contextmanager
@@ -391,6 +410,11 @@ def write_shard(
         raise ValueError(f"compression: must be one of {COMPRESSIONS}, got {compression!r}")
     if not records:
         raise ValueError(f"{shard_name}: no records to write")
+    with _disk_errors(root, f"shard {shard_name}"):
+        return _write_shard(root, shard_name, records, r_grid, compression, update_manifest)
+
+
+def _write_shard(root: Path, shard_name: str, records, r_grid, compression, update_manifest: bool) -> ShardInfo:
     root.mkdir(parents=True, exist_ok=True)
     r_sha = _ensure_r_grid(root, r_grid)
     n_r = int(np.asarray(r_grid).shape[0])
@@ -468,11 +492,12 @@ class StoreWriter:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression: must be one of {COMPRESSIONS}, got {compression!r}")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.r_grid = np.asarray(r_grid)
         self.n_r = int(self.r_grid.shape[0])
-        _ensure_r_grid(self.root, self.r_grid)
-        recover(self.root)
+        with _disk_errors(self.root, "the store"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            _ensure_r_grid(self.root, self.r_grid)
+            recover(self.root)
         self.shard_size = shard_size
         self.compression = compression
         m = Manifest.load_or_empty(self.root)
