@@ -48,13 +48,14 @@ def test_bundle_holds_ema_weights_configs_and_grid(checkpoint):
     assert b.config == tr.cfg and b.pdf_config == SMALL_PDF
     np.testing.assert_allclose(b.r_grid, np.asarray(r_grid(SMALL_PDF)))
     assert len(b.r_grid) == SMALL_PDF.n_r
-    assert b.defaults == {"guidance": 2.0, "steps": 7}
+    assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
     assert (b.name, b.version) == ("toy", "3")
 
 
 def test_defaults_overridable_and_validated(checkpoint):
     path, _ = checkpoint
-    assert load_bundle(path, defaults={"steps": 50}).defaults == {"guidance": 2.0, "steps": 50}
+    assert load_bundle(path, defaults={"steps": 50}).defaults == {"guidance": 2.0, "steps": 50, "pdf_guidance": 0.0,
+                                                                  "pdf_guidance_iters": 1}
     with pytest.raises(ValueError, match="unknown key"):
         load_bundle(path, defaults={"stepz": 50})
 
@@ -87,4 +88,34 @@ def test_bad_checkpoint_is_named(tmp_path):
     torch.save({"weights": torch.zeros(2)}, bad)
     with pytest.raises(ValueError, match="bad.pt"):
         load_bundle(bad)
-    assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100}
+    assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
+
+
+def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, tmp_path):
+    from pdfusion.training.bundle import export_model
+
+    path, tr = checkpoint
+    out = export_model(torch.load(path, weights_only=True), tmp_path / "m" / "model.pt",
+                       {"pdf_guidance": 0.3, "pdf_guidance_iters": 3}, name="shipped", version="9")
+    slim = torch.load(out, weights_only=True)
+    assert set(slim) == {"config", "ema", "step", "extra"} and out.stat().st_size < path.stat().st_size
+    a, b = load_bundle(path), load_bundle(out)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v)
+    assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.3, "pdf_guidance_iters": 3}
+    assert (b.name, b.version) == ("shipped", "9")
+    with pytest.raises(ValueError, match="unknown key"):
+        export_model(torch.load(path, weights_only=True), tmp_path / "x.pt", {"guidence": 1.0})
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_default_model_is_the_shipped_file_or_pdfusion_model(checkpoint, monkeypatch, tmp_path):
+    from pdfusion.training.bundle import SHIPPED_MODEL, default_model_path
+
+    monkeypatch.setenv("PDFUSION_MODEL", str(checkpoint[0]))
+    assert default_model_path() == checkpoint[0]
+    monkeypatch.setenv("PDFUSION_MODEL", str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="PDFUSION_MODEL"):
+        default_model_path()
+    monkeypatch.delenv("PDFUSION_MODEL")
+    assert SHIPPED_MODEL.parent.parent.name == "models"

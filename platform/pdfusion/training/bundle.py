@@ -16,7 +16,9 @@ import torch
 
 from pdfusion.config import PDFConfig, TrainConfig, from_dict
 
-DEFAULTS = {"guidance": 1.0, "steps": 100}
+DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
+# the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v1" / "model.pt"
 
 
 @dataclass
@@ -105,3 +107,36 @@ def load_bundle(
             version = version or ver or None
     state = load_checkpoint(path)
     return bundle_from_state(state, device=device, defaults=defaults, name=name, version=version, source=source)
+
+
+def default_model_path() -> Path:
+    """The shipped model, or $PDFUSION_MODEL: a clear error when neither exists (e.g. a wheel install)."""
+    import os
+
+    path = Path(os.environ.get("PDFUSION_MODEL") or SHIPPED_MODEL)
+    if not path.is_file():
+        raise FileNotFoundError(f"model: no checkpoint given and the default {path} does not exist; pass a checkpoint "
+                                "or set PDFUSION_MODEL to one (models/README.md)")
+    return path
+
+
+def export_model(state: dict[str, Any], path: str | Path, defaults: dict[str, Any] | None = None,
+                 name: str | None = None, version: str | None = None) -> Path:
+    """Write the slim checkpoint a bundle needs (config, EMA weights, step, sampling defaults), atomically:
+    no optimizer or raw weights, so the file that ships is half the size and loads with weights_only=True."""
+    from pdfusion.training.trainer import atomic_torch_save
+
+    unknown = sorted(set(defaults or {}) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"defaults: unknown key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
+    extra = dict(state.get("extra") or {})
+    extra["defaults"] = {**(extra.get("defaults") or {}), **(defaults or {})}
+    if name:
+        extra["name"] = name
+    if version:
+        extra["version"] = version
+    slim = {"config": state["config"], "ema": state["ema"], "step": state.get("step", 0), "extra": extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(slim, path)
+    return path

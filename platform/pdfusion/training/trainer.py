@@ -63,7 +63,8 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def _atomic_torch_save(obj: Any, path: str | Path) -> None:
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -359,7 +360,7 @@ class Trainer:
         state = self.state_dict(sampler_state)
         if extra:
             state["extra"] = extra
-        _atomic_torch_save(state, path)
+        atomic_torch_save(state, path)
         return Path(path)
 
     @classmethod

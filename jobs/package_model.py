@@ -1,0 +1,39 @@
+"""Package a trained checkpoint as the model that ships: a slim file (config, EMA weights, sampling defaults)
+under models/<name>/model.pt, plus its config.json, loadable with weights_only=True.
+
+    python jobs/package_model.py runs/ship/ray/ship-v1/checkpoint_e00026_s00004000/rank0.pt \\
+        --name pdfusion-cpu-v1 --pdf-guidance 0.3 --pdf-guidance-iters 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from pdfusion.training.bundle import SHIPPED_MODEL, export_model, load_bundle
+from pdfusion.training.trainer import load_checkpoint
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", help="a trainer checkpoint file (a Ray Train checkpoint's rank0.pt)")
+    ap.add_argument("--name", default=SHIPPED_MODEL.parent.name)
+    ap.add_argument("--out", default=str(SHIPPED_MODEL.parents[1]), help="models/ folder")
+    ap.add_argument("--guidance", type=float, default=1.0)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--pdf-guidance", type=float, default=0.0)
+    ap.add_argument("--pdf-guidance-iters", type=int, default=1)
+    args = ap.parse_args()
+    state = load_checkpoint(args.checkpoint)
+    defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
+                "pdf_guidance_iters": args.pdf_guidance_iters}
+    folder = Path(args.out) / args.name
+    path = export_model(state, folder / "model.pt", defaults, name=args.name, version=str(state.get("step", 0)))
+    (folder / "config.json").write_text(json.dumps(state["config"], indent=2, sort_keys=True) + "\n")
+    bundle = load_bundle(path)  # the file loads as a bundle, exactly as the CLI and serve will load it
+    print(f"{path}: {path.stat().st_size / 1e6:.1f} MB, step {bundle.version}, defaults {bundle.defaults}")
+
+
+if __name__ == "__main__":
+    main()
