@@ -502,6 +502,8 @@ class PDFSimulator(torch.nn.Module):
         for fi, fj in self._pair_chunks(positions, mask, chunk):
             d, keep = _pair_distances(coords, fi, fj)
             keep = self._range_mask(d, keep, 1.0, check)
+            if keep is not None:  # a masked pair may be infinitely far: no sin(inf) * 0
+                d = torch.where(keep, d, torch.ones_like(d))
             val = torch.sin(d[:, None] * q[None, :]) / d[:, None]
             val = val * torch.exp(-0.5 * _dw_sigma2(d, self.cfg)[:, None] * q[None, :] ** 2)
             if keep is not None:
@@ -538,6 +540,8 @@ class PDFSimulator(torch.nn.Module):
                 torch.mul(mom[2], mom[1], out=mom[3])
             else:
                 s = u - k
+                if keep is not None:  # a masked pair may be infinitely far (1e200 Å squared): no inf * 0
+                    s = torch.where(keep, s, torch.zeros_like(s))
                 s2 = s * s
                 w0 = torch.ones_like(s) if keep is None else keep.to(dtype)
                 mom = torch.stack((w0, s, s2, s2 * s), 0)
