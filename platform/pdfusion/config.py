@@ -815,3 +815,47 @@ class VariantGenerateConfig(GenerateConfig):
     (one seeded :class:`VariantConfig` per structure); its own config hash, so it never resumes a plain grid."""
 
     off_library: VariantMixConfig = field(default_factory=lambda: DEFAULT_VARIANT_MIX)
+
+
+# metals absent from every seed-oxides file (graphs_h5 and graphs_fixed_num_135): the beyond-library targets'
+# metals, to be kept out of any training data a benchmarked model sees
+BEYOND_LIBRARY_METALS = ("Co", "Ga", "Zr", "Sn", "Ba", "La", "Pt")
+
+
+@dataclass(frozen=True)
+class BeyondLibraryConfig:
+    """`evaluation.beyond_library`: off-library targets regenerated from ``seed`` (target i: metal
+    ``metals[i % len]``, prototype ``types[i % len]`` (empty: all 13), radius uniform in ``radius_range``,
+    a variant drawn from ``mix`` until it is off-library and holds <= ``max_atoms``), scored against a library
+    of perfect spherical cuts of every prototype at the target's metal over ``library_radii``. Both methods
+    propose ``k`` candidates; each is then fitted by an isotropic expansion within ``expansion`` (grid
+    ``expansion_grid`` = coarse, fine points) and the ``refine_top`` best are refined ``refine_steps`` steps."""
+
+    n_targets: int = 48
+    seed: int = 0
+    metals: tuple[str, ...] = BEYOND_LIBRARY_METALS
+    types: tuple[str, ...] = ()
+    radius_range: tuple[float, float] = (5.0, 12.0)
+    max_atoms: int = 1500
+    mix: VariantMixConfig = field(default_factory=lambda: DEFAULT_VARIANT_MIX)
+    library_radii: tuple[float, ...] = tuple(4.0 + 0.5 * i for i in range(21))
+    k: int = 16
+    expansion: tuple[float, float] = (0.85, 1.15)
+    expansion_grid: tuple[int, int] = (13, 11)
+    refine_top: int = 2
+    refine_steps: int = 50
+
+    def __post_init__(self) -> None:
+        _check(self.n_targets >= 1, "n_targets", f"must be >= 1, got {self.n_targets}")
+        _check(len(self.metals) > 0, "metals", "give at least one metal")
+        lo, hi = self.radius_range
+        _check(0 < lo <= hi, "radius_range", f"need 0 < low <= high Å, got {self.radius_range}")
+        _check(self.max_atoms >= 10, "max_atoms", f"must be >= 10, got {self.max_atoms}")
+        _check(len(self.library_radii) > 0 and all(r > 0 for r in self.library_radii), "library_radii",
+               f"need positive radii, got {self.library_radii}")
+        _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
+        elo, ehi = self.expansion
+        _check(0 < elo < 1 < ehi, "expansion", f"need 0 < low < 1 < high, got {self.expansion}")
+        _check(all(n >= 3 for n in self.expansion_grid) and len(self.expansion_grid) == 2, "expansion_grid",
+               f"need (coarse, fine) points >= 3, got {self.expansion_grid}")
+        _check(self.refine_top >= 0 and self.refine_steps >= 0, "refine_steps", "refine_top and refine_steps must be >= 0")
