@@ -117,27 +117,28 @@ class SamplerService:
             },
         }
 
-    def calibrate(self, atoms: int, steps: int = 2) -> dict[str, float]:
+    def calibrate(self, atoms: int) -> dict[str, float]:
         """Measure this replica's speed for `estimate_seconds`: seconds per sampler step of one `atoms`-atom
-        candidate (with both guidance halves), and per PDF-guidance iteration (≈ one refinement step). Runs
-        a warm-up first; a few sampler steps in all."""
+        candidate (both guidance halves), and per PDF-guidance iteration (≈ one refinement step). A warm-up
+        step on a small particle, then one step each at `atoms`: about two large steps in all, so a replica
+        (re)start is not held up by it."""
         from pdfusion.serving.mixed_batch import sample_mixed
 
         b = self.bundle
         pdf = np.zeros((1, len(b.r_grid)), dtype=np.float32)
         pdf[0, len(b.r_grid) // 10] = 1.0
 
-        def timed(**kw) -> float:
-            cfg = SampleConfig(guidance=2.0, steps=steps, n_samples=1, seed=0, **kw)
+        def timed(n: int, **kw) -> float:
+            cfg = SampleConfig(guidance=2.0, steps=1, n_samples=1, seed=0, **kw)
             t0 = time.perf_counter()
-            sample_mixed(b, pdf, [22], [1], [atoms], cfg)
-            return (time.perf_counter() - t0) / steps
+            sample_mixed(b, pdf, [22], [1], [n], cfg)
+            return time.perf_counter() - t0
 
-        timed()  # warm-up: first-call allocations and lazy imports
-        step_s = timed()
+        timed(min(atoms, 8))  # warm-up: first-call allocations and lazy imports
+        step_s = timed(atoms)
         guide_s = 0.0
         if b.config.model.bond_length is None:  # PDF guidance is refused for bond-length-frame models
-            guide_s = max(0.0, timed(pdf_guidance=0.1, pdf_guidance_iters=1) - step_s)
+            guide_s = timed(atoms, pdf_guidance=0.1, pdf_guidance_iters=1) - step_s
         self.cost = {"atoms": int(atoms), "step_s": float(step_s), "guide_s": float(max(guide_s, 0.1 * step_s))}
         return self.cost
 
