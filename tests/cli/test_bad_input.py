@@ -128,7 +128,7 @@ CASES = [
     # data
     ("data import-seed {in}/nope {w}/store", "not a directory"),
     ("data import-seed {in}/seed {in}/afile/store", "Not a directory"),
-    ("data import-seed {in}/seed {w}/store --shard-size 0", "shard_size: must be >= 1"),
+    ("data import-seed {in}/seed {w}/store --shard-size 0", "--shard-size: must be >= 1"),
     ("data info {in}/nope", "pdfusion data import-seed"),
 ]
 

@@ -8,8 +8,11 @@ from collections import Counter
 
 
 def _import_seed(args) -> int:
+    from pdfusion.config import ConfigError
     from pdfusion.data.seed import import_seed
 
+    if args.shard_size < 1:
+        raise ConfigError(f"--shard-size: must be >= 1 structures per shard, got {args.shard_size}")
     m = import_seed(args.src, args.out, shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression)
     print(f"{args.out}: {m.n_structures} structures in {len(m.shards)} shards")
     return 0

@@ -2,7 +2,11 @@
 
 Reads XYZ / extended XYZ / CIF / seed-oxides .h5 through ``pdfusion.structures.io.read_structure``. For a
 seed .h5 the stored (diffpy.srreal) curve is compared with ours: R_wp is printed and ``--plot`` draws both.
-Without ``--out`` or ``--plot`` the curve goes to stdout as CSV (``r,G``).
+``--out g.gr`` writes PDFgui-style text whose ``key = value`` header records the parameters (read back by
+``pdfusion.pdf.files.read_pdf_file``, so ``pdfusion fit`` finds its qmax), ``--out g.csv`` writes ``r,G``;
+without ``--out`` or ``--plot`` the curve goes to stdout as CSV. Sizes are checked before anything is
+allocated (``pdfusion.limits``: ``--max-points``, ``--max-memory``, ``--max-atoms``), and a structure with
+two atoms closer than ``--min-distance`` (0.5 Å) is refused as a duplicated atom.
 
 The simulator is a Debye sum over a finite set of atoms. A periodic crystal (a CIF with a unit cell whose
 atoms touch those of the neighbouring cells, ``pdfusion.structures.io.is_periodic``) is refused: one unit

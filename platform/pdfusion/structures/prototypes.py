@@ -95,7 +95,7 @@ def metal_radius_pm(metal: str | int) -> float:
         warnings.simplefilter("ignore")
         r = Element(sym).atomic_radius
     if r is None:
-        raise PrototypeError(f"metal: no radius is known for {sym}; pass the real lattice with lattice=(a,) or (a, c)")
+        raise PrototypeError(f"metal: no radius is known for {sym}; give the real lattice (--lattice a[,c]; lattice=(a,) or (a, c) in Python)")
     return float(r) * 100.0
 
 
@@ -378,13 +378,13 @@ def lattice_parameters(
             raise PrototypeError(f"lattice: lengths must be finite and positive, got {lattice}")
         if proto.system == "cubic":
             if len(vals) != 1:
-                raise PrototypeError(f"lattice: {proto.name} is cubic; give lattice=(a,), got {lattice}")
+                raise PrototypeError(f"lattice: {proto.name} is cubic; give one length a (--lattice a; lattice=(a,) in Python), got {lattice}")
             return {**proto.params, "a": vals[0]}
         if len(vals) == 1:
             rule = rule_lattice(proto.name, sym)
             return {**proto.params, "a": vals[0], "c": vals[0] * rule["c"] / rule["a"]}
         if len(vals) != 2:
-            raise PrototypeError(f"lattice: {proto.name} is {proto.system}; give lattice=(a, c), got {lattice}")
+            raise PrototypeError(f"lattice: {proto.name} is {proto.system}; give two lengths a,c (--lattice a,c; lattice=(a, c) in Python), got {lattice}")
         return {**proto.params, "a": vals[0], "c": vals[1]}
     known = KNOWN_LATTICES.get((proto.name, sym))
     if known is not None:
