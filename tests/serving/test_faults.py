@@ -228,8 +228,10 @@ def test_replica_killed_mid_load_gives_retries_or_503_and_recovers(url):
                 name, metal = UPLOADS[i % len(UPLOADS)]
                 i += 1
                 try:
+                    # PDF guidance makes sampling (not HTTP) the bulk of each request: requests are in the replica
                     resp = post(url, files={"file": (name, files[name])},
-                                data={"metal": metal, "n_samples": "2", "n_atoms": str(8 + i % 12), "steps": "4"})
+                                data={"metal": metal, "n_samples": "3", "n_atoms": str(12 + i % 12), "steps": "4",
+                                      "pdf_guidance": "1.0", "pdf_guidance_iters": "10"})
                     item = (time.monotonic(), resp.status_code, resp.text[:300], dict(resp.headers))
                 except httpx.HTTPError as exc:  # a hang or a dropped connection: both fail the test below
                     item = (time.monotonic(), -1, f"{type(exc).__name__}: {exc}", {})
@@ -244,8 +246,20 @@ def test_replica_killed_mid_load_gives_retries_or_503_and_recovers(url):
                 if sum(1 for x in results if x[1] == 200) >= 4 or any(x[1] != 200 for x in results):
                     break
             time.sleep(0.2)
+        while handle.load.remote().result()["ongoing"] < 1:  # kill while requests are inside the replica
+            time.sleep(0.02)
         os.kill(old_pid, signal.SIGKILL)
         killed_at.append(time.monotonic())
+        health = None  # while no sampler replica runs, /v1/health must say so (before: 200 "ok")
+        for _ in range(300):
+            h = httpx.get(url + "/v1/health", timeout=CLIENT_TIMEOUT)
+            if h.status_code != 200:
+                health = h
+                break
+            time.sleep(0.1)
+        assert health is not None, "/v1/health kept answering 200 while the only sampler replica was dead"
+        assert health.status_code == 503 and "retry-after" in health.headers, health.text
+        assert health.json()["status"] in ("unavailable", "degraded") and health.json()["sampler"]["ready"] is False
         while True:  # keep the load on until requests sent after the kill have been answered
             with lock:
                 after = [x for x in results if x[0] > killed_at[0]]
@@ -257,6 +271,9 @@ def test_replica_killed_mid_load_gives_retries_or_503_and_recovers(url):
             t.join(CLIENT_TIMEOUT + 10)
         assert not any(t.is_alive() for t in threads), "a client never got an answer"
         statuses = [x[1] for x in results]
+        print(f"replica {old_pid} killed; answers: {dict((c, statuses.count(c)) for c in set(statuses))}; "
+              f"after the kill: {[x[1] for x in results if x[0] > killed_at[0]]}; health during the gap: "
+              f"{health.status_code} {health.json()['status']}")
         bad = [x for x in results if x[1] not in (200, 503)]
         assert not bad, f"answers other than 200/503 around the kill: {bad[:3]}"
         for x in results:
