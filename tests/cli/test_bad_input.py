@@ -51,6 +51,10 @@ def inputs(tmp_path_factory) -> Path:
     nan[100] = np.nan
     _gr(d / "nan.gr", nan, "qmax = 25\ncomposition = TiO2\n")
     (d / "bin.gr").write_bytes(b"\x00\x01\x02\xff" * 50)
+    neg = -np.ones_like(GOOD_G)
+    neg[0] = 1e-300  # finite, but scaled to max 1 it is -1e300 everywhere
+    _gr(d / "neg.gr", neg, "qmax = 25\ncomposition = TiO2\n")
+    _gr(d / "e308.gr", 1e308 * np.sin(GOOD_R), "qmax = 25\ncomposition = TiO2\n")
     (d / "afile").write_text("a file, not a folder\n")
     from pdfusion.structures.io import SeedRecord, write_seed_h5
     from pdfusion.structures.particle import Particle
@@ -104,6 +108,7 @@ CASES = [
     ("sample {in}/nope.pt {in}/spike.gr --metal Ti -o {w}/s", "lone spike"),
     ("sample {in}/nope.pt {in}/nan.gr --metal Ti -o {w}/s", "all values must be finite"),
     ("sample {in}/nope.pt {in}/bin.gr --metal Ti -o {w}/s", "is binary, not a text PDF file"),
+    ("sample {in}/nope.pt {in}/e308.gr --metal Ti -o {w}/s", "no PDF is this large"),
     ("sample {in}/nope.pt {in}/ok.gr --metal H -o {w}/s", "H is a non-metal"),
     ("sample {in}/nope.pt {in}/ok.gr --metal Ti -k 0 -o {w}/s", "n_samples: must be >= 1"),
     ("sample {in}/nope.pt {in}/ok.gr --metal Ti -o {in}/afile", "afile is a file"),
@@ -114,6 +119,7 @@ CASES = [
     ("fit {in}/huge.xyz {in}/okq.gr -o {w}/f", "coordinate 1e+300 is not within"),
     ("fit {in}/ok.xyz {in}/spike.gr -o {w}/f", "lone spike"),
     ("fit {in}/ok.xyz {in}/nan.gr -o {w}/f", "all values must be finite"),
+    ("fit {in}/ok.xyz {in}/e308.gr -o {w}/f", "no PDF is this large"),
     ("fit {in}/ok.xyz {in}/ok.gr -o {w}/f", "no qmax in the file header"),
     ("fit {in}/ok.xyz {in}/okq.gr --qmax inf -o {w}/f", "--qmax: must be a finite number"),
     ("fit {in}/ok.xyz {in}/missing.gr -o {w}/f", "no such PDF file"),
@@ -121,6 +127,7 @@ CASES = [
     # solve
     ("solve {in}/spike.gr -o {w}/s --no-ray", "lone spike"),
     ("solve {in}/nan.gr -o {w}/s --no-ray", "all values must be finite"),
+    ("solve {in}/e308.gr -o {w}/s --no-ray", "no PDF is this large"),
     ("solve {in}/ok.gr -o {w}/s --no-ray", "names no composition"),
     ("solve {in}/okq.gr --radii 1e4 -o {w}/s --no-ray", "--radii: each radius"),
     ("solve {in}/okq.gr --qmax nan -o {w}/s --no-ray", "--qmax: must be a finite number"),
@@ -187,3 +194,15 @@ def test_center_fraction_and_gr_output_round_trip(inputs, tmp_path, capsys):
     assert csv.read_text().startswith("r,G\n")
     np.testing.assert_allclose(read_pdf_file(csv).g, data.g, rtol=0, atol=1e-9)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.xyz", "g.csv", "g.gr"]
+
+
+def test_sample_refuses_a_curve_with_a_negligible_positive_part(inputs):
+    """g = -1 everywhere but one 1e-300: finite, yet scaled to max 1 it is -1e300 (float32: -inf) on the model's
+    grid. The check runs where the grid is known, after the model is loaded, so it is called here directly."""
+    from pdfusion.cli.sample_cmd import map_target, read_target
+    from pdfusion.config import ConfigError
+
+    grid = np.arange(0.0, 30.0, 0.01)
+    with pytest.raises(ConfigError, match="positive part is negligible"):
+        map_target(inputs / "neg.gr", read_target(inputs / "neg.gr"), grid)
+    assert np.isclose(map_target(inputs / "ok.gr", read_target(inputs / "ok.gr"), grid).max(), 1.0)

@@ -18,6 +18,8 @@ import numpy as np
 from pdfusion.config import ConfigError
 from pdfusion.limits import add_limit_flags, limits_from_args
 
+MAX_NORMALIZED = 50.0  # a G(r) scaled to max 1 whose minimum is below -50 has a negligible positive part
+
 
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate ranked candidate structures for a PDF file",
@@ -75,9 +77,14 @@ def map_target(path: Path, data, r_grid: np.ndarray, *, normalize: bool = True) 
         mapped = map_to_grid(data.r, data.g, np.asarray(r_grid, dtype=np.float64), normalize=normalize)
     except PDFValueError as exc:
         raise ValueError(f"{path}: {exc.message}") from None
+    g = mapped.g
+    if normalize and np.abs(g).max() > MAX_NORMALIZED:
+        raise ConfigError(f"{path}: scaled to max 1 on the model's r range, G reaches {g.min():.3g}: its positive part "
+                          f"is negligible next to the rest, so the model would see a curve of ±{np.abs(g).max():.3g}; "
+                          "is this G(r)? (check the columns and the sign)")
     for note in mapped.warnings:
         print(f"warning: {path.name}: {note}", file=sys.stderr)
-    return mapped.g
+    return g
 
 
 def check_checkpoint_source(source: str) -> None:

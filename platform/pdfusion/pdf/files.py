@@ -332,8 +332,20 @@ def _read_h5(path: Path, max_points: int | None) -> PDFData:
     return PDFData(r=r, g=g, dg=None, meta={}, source=path.name)
 
 
+MAX_ABS_G = 1e10  # |G| beyond this is no PDF in any unit (Å⁻², counts), and squares overflow float64 in a fit
 SPIKE_RATIO = 100.0  # a point this many times larger than every point away from it is not a PDF peak
 _SPIKE_GAP = 5  # points either side of the largest that may belong to the same peak
+
+
+def check_pdf_values(r, g, source: str) -> None:
+    """Finite values a fit can use: no lone spike (:func:`check_spikes`), and no |G| above ``MAX_ABS_G``
+    (1e308 overflows every sum of squares)."""
+    check_spikes(r, g, source)
+    ga = np.abs(np.asarray(g, dtype=np.float64).reshape(-1))
+    if ga.size and ga.max() > MAX_ABS_G:
+        k = int(np.argmax(ga))
+        raise ValueError(f"{source} point {k}: |G| = {ga[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
+                         f"beyond {MAX_ABS_G:g}; no PDF is this large in any unit (check the columns, or rescale)")
 
 
 def check_spikes(r, g, source: str, lines: Sequence[int] | None = None) -> None:
@@ -354,11 +366,11 @@ def check_spikes(r, g, source: str, lines: Sequence[int] | None = None) -> None:
                          "(remove or fix that row)")
 
 
-def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, spikes: bool = True) -> PDFData:
+def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, check: bool = True) -> PDFData:
     """Read a PDF file from disk: text formats through :func:`parse_pdf_bytes`, seed-oxides ``.h5`` directly.
 
-    ``spikes``: refuse a lone spike (:func:`check_spikes`); files on disk come from users, and this is the
-    CLI's reader."""
+    ``check``: refuse absurd magnitudes and a lone spike (:func:`check_pdf_values`); files on disk come from
+    users, and this is the CLI's reader."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such PDF file")
@@ -370,8 +382,8 @@ def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, spi
             raise ValueError(f"{path}: {path.stat().st_size:,} bytes is more than {max_points:,} rows of r G can "
                              "take; resample to a coarser r step")
         data = parse_pdf_bytes(path.read_bytes(), str(path), max_points=max_points)
-    if spikes:
-        check_spikes(data.r, data.g, str(path))
+    if check:
+        check_pdf_values(data.r, data.g, str(path))
     return data
 
 
