@@ -165,3 +165,25 @@ def test_load_target_maps_a_partial_range_like_the_http_service(tmp_path, capsys
     d = read_pdf_file(path)
     http, interpolated = to_model_grid(d.r, d.g, grid, normalize=True)
     assert interpolated and np.array_equal(http, target.astype(np.float32))
+
+
+def test_sample_without_a_checkpoint_uses_the_default_model_and_its_sampling_defaults(checkpoint, target_gr, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from pdfusion.training.bundle import export_model
+
+    shipped = export_model(torch.load(checkpoint, weights_only=True), tmp_path / "models" / "m" / "model.pt",
+                           {"pdf_guidance": 0.2, "pdf_guidance_iters": 2})
+    monkeypatch.setenv("PDFUSION_MODEL", str(shipped))
+    out = tmp_path / "out"
+    rc = main(["sample", str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary, _ = _check_outputs(out, 2)
+    assert summary["checkpoint"] == str(shipped)
+    assert summary["sample_config"]["pdf_guidance"] == 0.2 and summary["sample_config"]["pdf_guidance_iters"] == 2
+    rc = main(["sample", str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12", "--pdf-guidance", "0",
+               "-o", str(out)])
+    assert rc == 0 and json.loads((out / "summary.json").read_text())["sample_config"]["pdf_guidance"] == 0.0
+    monkeypatch.setenv("PDFUSION_MODEL", str(tmp_path / "absent.pt"))
+    rc = main(["sample", str(target_gr), "--metal", "Ti", "-o", str(tmp_path / "o2")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "PDFUSION_MODEL" in err and "Traceback" not in err and not (tmp_path / "o2").exists()

@@ -1,4 +1,6 @@
-"""`pdfusion sample CHECKPOINT PDF_FILE --metal Ti`: ranked candidate structures for one measured PDF.
+"""`pdfusion sample [CHECKPOINT] PDF_FILE --metal Ti`: ranked candidate structures for one measured PDF.
+
+Without a checkpoint it uses the model that ships with the repository (models/README.md) or $PDFUSION_MODEL.
 
 Writes `rank01_rwp0.0432.xyz`, ... (best first), `summary.json` and `overlay.png` (target vs the best
 candidates' simulated G(r)) into the output folder.
@@ -24,7 +26,9 @@ MAX_NORMALIZED = 50.0  # a G(r) scaled to max 1 whose minimum is below -50 has a
 def register(sub) -> None:
     p = sub.add_parser("sample", help="generate ranked candidate structures for a PDF file",
                        description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="trainer checkpoint (.pt), its folder, or an MLflow models:/ or runs:/ URI")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="trainer checkpoint (.pt), its folder, or an MLflow models:/ or runs:/ URI "
+                        "(default: the shipped model, models/pdfusion-cpu-v1, or $PDFUSION_MODEL)")
     p.add_argument("pdf_file", help="PDF to fit: xPDFsuite .gr, two-column .csv/.txt, or a seed-oxides .h5")
     p.add_argument("--metal", required=True, help="the oxide's metal, symbol or Z (e.g. Ti or 22)")
     p.add_argument("-k", "--n-samples", type=int, default=16, help="candidates to generate (default 16)")
@@ -32,10 +36,10 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pdf-guidance", type=float, default=0.0,
+    p.add_argument("--pdf-guidance", type=float, default=None,
                    help="steer sampling toward the PDF through the simulator: RMS step per atom in Å at full noise "
-                        "(default 0 = off; 0.2 is a good start)")
-    p.add_argument("--pdf-guidance-iters", type=int, default=1, help="fit steps per sampler step (default 1)")
+                        "(default: the model's; 0 = off)")
+    p.add_argument("--pdf-guidance-iters", type=int, default=None, help="fit steps per sampler step (default: the model's)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
@@ -120,10 +124,15 @@ def run(args: argparse.Namespace) -> int:
     limits = limits_from_args(args)
     SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
                  n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps, seed=args.seed,
-                 pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters)  # ranges, before loading
+                 pdf_guidance=args.pdf_guidance or 0.0,
+                 pdf_guidance_iters=args.pdf_guidance_iters or 1)  # ranges, before loading
     check_output_path(args.outdir, "-o", folder=True)
     z = metal_number(check_cation(args.metal))
     data = read_target(args.pdf_file, limits.max_points)
+    if args.checkpoint is None:
+        from pdfusion.training.bundle import default_model_path
+
+        args.checkpoint = str(default_model_path())
     check_checkpoint_source(args.checkpoint)
     bundle = load_bundle(args.checkpoint, device=args.device)
     target = map_target(Path(args.pdf_file), data, bundle.r_grid, normalize=bool(bundle.pdf_config.normalize))
@@ -135,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
         guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
         steps=bundle.defaults["steps"] if args.steps is None else args.steps,
         n_samples=args.n_samples, n_atoms=args.n_atoms, refine=args.refine,
-        refine_steps=args.refine_steps, seed=args.seed, pdf_guidance=args.pdf_guidance,
-        pdf_guidance_iters=args.pdf_guidance_iters,
+        refine_steps=args.refine_steps, seed=args.seed,
+        pdf_guidance=bundle.defaults["pdf_guidance"] if args.pdf_guidance is None else args.pdf_guidance,
+        pdf_guidance_iters=bundle.defaults["pdf_guidance_iters"] if args.pdf_guidance_iters is None
+        else args.pdf_guidance_iters,
     )
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
