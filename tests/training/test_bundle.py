@@ -119,3 +119,26 @@ def test_default_model_is_the_shipped_file_or_pdfusion_model(checkpoint, monkeyp
         default_model_path()
     monkeypatch.delenv("PDFUSION_MODEL")
     assert SHIPPED_MODEL.parent.parent.name == "models"
+
+
+def test_the_shipped_model_loads_samples_and_is_what_serve_deploys():
+    """models/pdfusion-cpu-v1 (committed, models/README.md): loads with weights_only, carries its sampling
+    defaults, is serve/config.yaml's model, and samples finite candidates on its own grid."""
+    import yaml
+
+    from pdfusion.config import SampleConfig
+    from pdfusion.evaluation.ranking import generate_candidates
+    from pdfusion.training.bundle import SHIPPED_MODEL
+
+    assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.stat().st_size < 20e6
+    b = load_bundle(SHIPPED_MODEL)
+    assert b.defaults["pdf_guidance"] > 0 and b.config.model.edge_pdf == "raw"
+    assert len(b.r_grid) == b.config.model.pdf_points
+    root = SHIPPED_MODEL.parents[2]
+    args = yaml.safe_load((root / "serve" / "config.yaml").read_text())["applications"][0]["args"]
+    assert (root / args["model"]).resolve() == SHIPPED_MODEL
+    r = b.r_grid
+    target = np.exp(-((r - 2.0) ** 2) / 0.01) + 0.5 * np.exp(-((r - 3.0) ** 2) / 0.01)
+    cands = generate_candidates(b, (target / target.max())[None].astype(np.float32), [22],
+                                SampleConfig(n_samples=2, n_atoms=12, steps=4, seed=0))[0]
+    assert len(cands) == 2 and all(np.isfinite(c.positions).all() and np.isfinite(c.rwp) for c in cands)
