@@ -1,5 +1,6 @@
 """The plots people look at: R_wp histograms (the 2023 report's figure 7 format), PDF overlays of the best
-and median candidates, and 3-D views of candidates next to the true structure."""
+and median candidates, 3-D views of candidates next to the true structure, and one PDF's solution (fit, difference,
+structures)."""
 
 from __future__ import annotations
 
@@ -94,4 +95,34 @@ def structure_views(kept: Sequence[dict[str, Any]], path: str | Path, max_rows: 
             ax.scatter(*p.positions[~metal].T, s=10, c="tab:red", depthshade=True)
             ax.set_title(f"{label}: {p.formula if len(p) else ''} N={len(p)}", fontsize=8)
             ax.set_axis_off()
+    return _save(fig, Path(path))
+
+
+def solution_figure(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], title: str, path: str | Path,
+                    n_best: int = 3) -> Path:
+    """What a scientist looks at for one PDF: the target with the top candidates' fitted curves, the difference
+    target − rank 1, and a 3-D view of each top candidate (metal large blue, oxygen small red) with its R_wp."""
+    cands = list(cands)[:n_best]
+    fig = plt.figure(figsize=(11, 7.5))
+    grid = fig.add_gridspec(3, max(len(cands), 1), height_ratios=[3, 1, 2.6], hspace=0.4)
+    ax = fig.add_subplot(grid[0, :])
+    dax = fig.add_subplot(grid[1, :], sharex=ax)
+    ax.plot(r, target, color="k", lw=1.5, label="target")
+    for i, c in enumerate(cands):
+        ax.plot(r, c.g_sim, lw=1.0, alpha=0.8, label=f"rank {i + 1}: R_wp {c.rwp:.4f} ({c.n_atoms} atoms)")
+    ax.set_ylabel("G(r) / max")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    if cands:
+        dax.plot(r, np.asarray(target) - np.asarray(cands[0].g_sim), color="tab:green", lw=1.0)
+    dax.axhline(0.0, color="0.6", lw=0.6)
+    dax.set_ylabel("target − rank 1")
+    dax.set_xlabel("r (Å)")
+    for i, c in enumerate(cands):
+        sax = fig.add_subplot(grid[2, i], projection="3d")
+        pos, metal = np.asarray(c.positions), np.asarray(c.numbers) != OXYGEN
+        sax.scatter(*pos[metal].T, s=30, c="tab:blue", depthshade=True)
+        sax.scatter(*pos[~metal].T, s=10, c="tab:red", depthshade=True)
+        sax.set_title(f"rank {i + 1}: R_wp {c.rwp:.4f}, N = {c.n_atoms}", fontsize=8)
+        sax.set_axis_off()
     return _save(fig, Path(path))
