@@ -45,22 +45,27 @@ def rwp_histograms(rows_by_method: Mapping[str, Sequence[dict[str, Any]]], path:
     return _save(fig, Path(path))
 
 
-def candidate_overlay(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], title: str, path: str | Path,
-                      n_best: int = 3) -> Path:
-    """Target G(r) vs the simulated G(r) of the best-ranked candidates (`ranking.Candidate`), and below it the
-    difference target − best candidate, as PDFgui draws a fit."""
-    fig, (ax, dax) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+def _fit_panels(ax, dax, r: np.ndarray, target: np.ndarray, cands: Sequence[Any], title: str, n_best: int) -> None:
+    """The target with the top candidates' simulated G(r) above, target − rank 1 below (PDFgui's fit view)."""
     ax.plot(r, target, color="k", lw=1.5, label="target")
     for i, c in enumerate(cands[:n_best]):
         ax.plot(r, c.g_sim, lw=1.0, alpha=0.8, label=f"rank {i + 1}: R_wp {c.rwp:.4f} ({c.n_atoms} atoms)")
     ax.set_ylabel("G(r) / max")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    if cands:
+    if len(cands):
         dax.plot(r, np.asarray(target) - np.asarray(cands[0].g_sim), color="tab:green", lw=1.0)
     dax.axhline(0.0, color="0.6", lw=0.6)
     dax.set_ylabel("target − rank 1")
     dax.set_xlabel("r (Å)")
+
+
+def candidate_overlay(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], title: str, path: str | Path,
+                      n_best: int = 3) -> Path:
+    """Target G(r) vs the simulated G(r) of the best-ranked candidates (`ranking.Candidate`), and below it the
+    difference target − best candidate, as PDFgui draws a fit."""
+    fig, (ax, dax) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    _fit_panels(ax, dax, r, target, cands, title, n_best)
     return _save(fig, Path(path))
 
 
@@ -107,17 +112,7 @@ def solution_figure(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], tit
     grid = fig.add_gridspec(3, max(len(cands), 1), height_ratios=[3, 1, 2.6], hspace=0.4)
     ax = fig.add_subplot(grid[0, :])
     dax = fig.add_subplot(grid[1, :], sharex=ax)
-    ax.plot(r, target, color="k", lw=1.5, label="target")
-    for i, c in enumerate(cands):
-        ax.plot(r, c.g_sim, lw=1.0, alpha=0.8, label=f"rank {i + 1}: R_wp {c.rwp:.4f} ({c.n_atoms} atoms)")
-    ax.set_ylabel("G(r) / max")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    if cands:
-        dax.plot(r, np.asarray(target) - np.asarray(cands[0].g_sim), color="tab:green", lw=1.0)
-    dax.axhline(0.0, color="0.6", lw=0.6)
-    dax.set_ylabel("target − rank 1")
-    dax.set_xlabel("r (Å)")
+    _fit_panels(ax, dax, r, target, cands, title, n_best)
     for i, c in enumerate(cands):
         sax = fig.add_subplot(grid[2, i], projection="3d")
         pos, metal = np.asarray(c.positions), np.asarray(c.numbers) != OXYGEN
