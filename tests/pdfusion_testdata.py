@@ -87,3 +87,47 @@ def train_tiny_checkpoint(path, particles, pdf_cfg, *, max_atoms: int = 48, step
     tr.fit(data, progress=False, max_steps=steps)
     tr.save_checkpoint(path, extra={"defaults": defaults or {"guidance": 1.0, "steps": 5}})
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# A real `ray start --head` of a test's own: find and stop only its processes
+# --------------------------------------------------------------------------------------------------
+def head_processes(marker: str) -> list:
+    """Processes whose command line names `marker` (the head's temp dir), and all their descendants."""
+    import os
+
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.pid != os.getpid() and any(marker in c for c in (p.info["cmdline"] or [])):
+                roots.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    seen = {p.pid: p for p in roots}
+    for p in roots:
+        try:
+            for c in p.children(recursive=True):
+                seen.setdefault(c.pid, c)
+        except psutil.NoSuchProcess:
+            pass
+    return list(seen.values())
+
+
+def stop_head(marker: str, timeout: float = 20.0) -> None:
+    """Terminate the head's processes (by pid), then kill stragglers: other Ray sessions are left alone."""
+    import psutil
+
+    procs = head_processes(marker)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass

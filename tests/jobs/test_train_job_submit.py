@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 
+from pdfusion_testdata import stop_head
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -60,37 +62,6 @@ def _write_dataset(folder: Path) -> Path:
     return folder
 
 
-def _own_processes(marker: str) -> list:
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if p.pid != os.getpid() and marker in " ".join(p.info["cmdline"] or []):
-                procs.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return procs
-
-
-def _stop_head(temp_dir: str) -> None:
-    """Terminate this head's processes (by pid), then kill stragglers."""
-    import psutil
-
-    procs = _own_processes(temp_dir)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 def test_train_job_submitted_to_ray_head(tmp_path):
     from mlflow import MlflowClient
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -113,7 +84,7 @@ def test_train_job_submitted_to_ray_head(tmp_path):
             proc = subprocess.run(start, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
             if proc.returncode == 0:
                 break
-            _stop_head(temp_dir)
+            stop_head(temp_dir, timeout=10)
         assert proc.returncode == 0, f"ray start failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         client = None
         deadline = time.monotonic() + 120
@@ -153,5 +124,5 @@ def test_train_job_submitted_to_ray_head(tmp_path):
         assert run.info.status == "FINISHED" and "val_rwp_best_median" in run.data.metrics
         assert MlflowClient(uri).get_model_version("pdfusion-egnn-jobtest", "1").run_id == run.info.run_id
     finally:
-        _stop_head(temp_dir)
+        stop_head(temp_dir, timeout=10)
         shutil.rmtree(temp_dir, ignore_errors=True)

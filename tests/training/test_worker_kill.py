@@ -26,6 +26,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ray_train import _assert_close, _load, reference_run, tiny_cfg, write_rocksalt_dataset  # noqa: E402
 
+from pdfusion_testdata import head_processes, stop_head  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -33,30 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _own_processes(marker: str):
-    """Processes whose command line names our head's temp dir, and all their descendants."""
-    import psutil
-
-    roots = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(marker in c for c in (p.info["cmdline"] or [])):
-                roots.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    seen = {p.pid: p for p in roots}
-    for p in roots:
-        try:
-            for c in p.children(recursive=True):
-                seen.setdefault(c.pid, c)
-        except psutil.NoSuchProcess:
-            pass
-    return list(seen.values())
-
-
 def _train_workers(marker: str):
     out = []
-    for p in _own_processes(marker):
+    for p in head_processes(marker):
         try:
             if "RayTrainWorker" in " ".join(p.cmdline()):
                 out.append(p)
@@ -68,7 +49,6 @@ def _train_workers(marker: str):
 @pytest.fixture(scope="module")
 def head():
     """`ray start --head` with its own temp dir and ports; yields the GCS address; stops only its processes."""
-    import psutil
 
     tmp = Path(tempfile.mkdtemp(prefix="r22c_", dir="/tmp"))
     ports = {name: _free_port() for name in ("port", "metrics-export-port", "runtime-env-agent-port")}
@@ -84,18 +64,7 @@ def head():
 
         if ray.is_initialized():
             ray.shutdown()
-        procs = _own_processes(str(tmp))
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=20)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
+        stop_head(str(tmp))
         shutil.rmtree(tmp, ignore_errors=True)
 
 
