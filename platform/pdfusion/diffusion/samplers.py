@@ -190,7 +190,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = strided_timesteps(T, cfg.steps, s if cfg.spacing == "sigma" else None)
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
-        self_conditioned = bool(getattr(diffusion.model_cfg, "self_condition", False))
+        self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
         for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
             if should_stop is not None and should_stop():

@@ -64,9 +64,7 @@ def bundle_from_state(
     merged = dict(DEFAULTS)
     merged.update(extra.get("defaults") or {})
     merged.update(defaults or {})
-    unknown = sorted(set(merged) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"defaults: unknown key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
+    _check_default_keys(merged)
     grid = np.asarray(r_grid(cfg.pdf), dtype=np.float64)
     if grid.shape[0] != cfg.model.pdf_points:
         raise ValueError(
@@ -109,6 +107,12 @@ def load_bundle(
     return bundle_from_state(state, device=device, defaults=defaults, name=name, version=version, source=source)
 
 
+def _check_default_keys(defaults: dict[str, Any]) -> None:
+    unknown = sorted(set(defaults) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"defaults: unknown key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
+
+
 def default_model_path() -> Path:
     """The shipped model, or $PDFUSION_MODEL: a clear error when neither exists (e.g. a wheel install)."""
     import os
@@ -126,9 +130,7 @@ def export_model(state: dict[str, Any], path: str | Path, defaults: dict[str, An
     no optimizer or raw weights, so the file that ships is half the size and loads with weights_only=True."""
     from pdfusion.training.trainer import atomic_torch_save
 
-    unknown = sorted(set(defaults or {}) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"defaults: unknown key(s) {unknown}; valid keys are {sorted(DEFAULTS)}")
+    _check_default_keys(defaults or {})
     extra = dict(state.get("extra") or {})
     extra["defaults"] = {**(extra.get("defaults") or {}), **(defaults or {})}
     if name:
@@ -136,7 +138,5 @@ def export_model(state: dict[str, Any], path: str | Path, defaults: dict[str, An
     if version:
         extra["version"] = version
     slim = {"config": state["config"], "ema": state["ema"], "step": state.get("step", 0), "extra": extra}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(slim, path)
-    return path
+    atomic_torch_save(slim, path)  # creates the folder
+    return Path(path)
