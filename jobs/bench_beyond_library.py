@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     bundle, scfg = None, None
     if args.checkpoint:
-        from pdfusion.training.bundle import load_bundle
+        from pdfusion.inference.bundle import load_bundle
 
         bundle = load_bundle(args.checkpoint)
         scfg = SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0) if args.guidance is None else args.guidance),

@@ -20,8 +20,8 @@ import torch
 def main() -> None:
     from pdfusion.cli.sample_cmd import load_target
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import metal_number, sample_and_score
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
+    from pdfusion.inference.candidates import metal_number, sample_and_score
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")

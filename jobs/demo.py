@@ -70,14 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pymatgen.core import Element
 
+    from pdfusion import tracking
     from pdfusion.config import DataConfig, GenerateConfig, SampleConfig, preset
     from pdfusion.data.dataset import open_dataset
     from pdfusion.data.generate import generate, write_summary
     from pdfusion.data.splits import split_indices
     from pdfusion.evaluation.plots import solution_figure
-    from pdfusion.evaluation.ranking import generate_candidates, metal_number
-    from pdfusion.training import tracking
-    from pdfusion.training.bundle import default_model_path, load_bundle
+    from pdfusion.inference.bundle import default_model_path, load_bundle
+    from pdfusion.inference.candidates import generate_candidates, metal_number
     from pdfusion.training.ray_train import run_training
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))

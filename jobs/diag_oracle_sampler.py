@@ -83,7 +83,7 @@ def main() -> None:
     from exp_overfit_one import DEFAULT_FILE, load_one
     from pdfusion.config import DiffusionConfig, ModelConfig, PDFConfig, SampleConfig, ScheduleConfig
     from pdfusion.diffusion import GaussianDiffusion, build_schedule
-    from pdfusion.evaluation.ranking import sample_and_score
+    from pdfusion.inference.candidates import sample_and_score
     from pdfusion.training.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

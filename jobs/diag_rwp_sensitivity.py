@@ -17,7 +17,7 @@ import torch
 
 def main(argv=None) -> None:
     from pdfusion.config import PDFConfig
-    from pdfusion.evaluation.ranking import refine
+    from pdfusion.inference.refine import refine
     from pdfusion.pdf import rwp
     from pdfusion.pdf.fitting import simulate_safe
     from pdfusion.structures.io import read_seed_h5

@@ -55,7 +55,7 @@ def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8,
 def random_control(particle, target, pdf_cfg, k: int, steps: int, seed: int) -> dict[str, float]:
     """K random particles (true atoms, true radius) refined exactly like the model's candidates."""
     from pdfusion.evaluation.baselines import particle_radius, random_particle
-    from pdfusion.evaluation.ranking import refine
+    from pdfusion.inference.refine import refine
 
     rng = np.random.default_rng(seed)
     radius = particle_radius(particle.positions - particle.positions.mean(0))
@@ -69,7 +69,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import refine_candidates, sample_and_score
+    from pdfusion.inference.candidates import refine_candidates, sample_and_score
     from pdfusion.training.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

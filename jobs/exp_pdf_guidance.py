@@ -23,7 +23,7 @@ import torch
 def main() -> None:
     from exp_overfit_one import DEFAULT_FILE, load_one
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import refine_candidates, sample_and_score
+    from pdfusion.inference.candidates import refine_candidates, sample_and_score
     from pdfusion.training.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

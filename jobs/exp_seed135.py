@@ -93,7 +93,9 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
              seed_library: int | None = None) -> dict:
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import library_lookup, refine, refine_candidates, sample_and_score
+    from pdfusion.evaluation.baselines import library_lookup
+    from pdfusion.inference.candidates import refine_candidates, sample_and_score
+    from pdfusion.inference.refine import refine
 
     pdfs = torch.cat([d.y for d in val_data]).float()
     metals = [int(d.metal) for d in val_data]
@@ -164,7 +166,8 @@ def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg
     from pdfusion.data.batching import DenseBatch
     from pdfusion.diffusion.gaussian import types_to_numbers
     from pdfusion.diffusion.samplers import sample
-    from pdfusion.evaluation.ranking import candidates_from, pad_structures, size_and_score
+    from pdfusion.inference.candidates import candidates_from, fit_and_score
+    from pdfusion.inference.refine import pad_structures
     from pdfusion.pdf import rwp as rwp_fn
 
     lib_pdfs = torch.cat([d.y for d in library]).double()
@@ -180,7 +183,7 @@ def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg
                      generator=torch.Generator().manual_seed(cfg.seed + i))
         mask = out.mask.bool()
         numbers = types_to_numbers(out.types.long(), metal) * mask
-        scored = size_and_score(out.positions.float(), numbers, mask, pdfs[i].expand(k, -1).float(), pdf_cfg,
+        scored = fit_and_score(out.positions.float(), numbers, mask, pdfs[i].expand(k, -1).float(), pdf_cfg,
                                 diffusion.model_cfg.bond_length)
         ranked.append(sorted(candidates_from(numbers, mask, *scored), key=lambda c: c.rwp))
     return ranked
@@ -191,7 +194,7 @@ VALID_DISTANCE = 1.2  # Å: a candidate is valid when no two atoms are closer
 
 def valid_fraction(ranked) -> float:
     """Fraction of all candidates whose shortest interatomic distance is at least VALID_DISTANCE."""
-    from pdfusion.evaluation.ranking import pad_structures
+    from pdfusion.inference.refine import pad_structures
     from pdfusion.pdf.fitting import min_pair_distance
 
     cands = [c for row in ranked for c in row]
@@ -201,7 +204,7 @@ def valid_fraction(ranked) -> float:
 
 def best_expanded(ranked, pdfs: torch.Tensor, pdf_cfg) -> np.ndarray:
     """Per PDF, the best R_wp of its candidates after each is scaled to the target (`fit_expansion`)."""
-    from pdfusion.evaluation.ranking import pad_structures
+    from pdfusion.inference.refine import pad_structures
     from pdfusion.pdf.fitting import fit_expansion
 
     out = []
@@ -217,7 +220,7 @@ def library_lookup_expanded(pdfs: torch.Tensor, library, pdf_cfg, shortlist: int
     """Library lookup with each library structure's expansion fitted to the target (what a bond-length-frame
     model's candidates get): the `shortlist` nearest library PDFs by plain R_wp, each scaled by
     `fit_expansion`, the best kept. Returns (library index, R_wp) per target."""
-    from pdfusion.evaluation.ranking import pad_structures
+    from pdfusion.inference.refine import pad_structures
     from pdfusion.pdf import rwp
     from pdfusion.pdf.fitting import fit_expansion
 
@@ -265,7 +268,7 @@ def plot_figure7(rwp: np.ndarray, lib: np.ndarray, refined: np.ndarray | None, p
 def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, config_fn=seed135_config) -> dict:
     from pdfusion.config import with_sets
     from pdfusion.data.dataset import open_dataset
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
     from pdfusion.training.trainer import Trainer
 
     ap = argparse.ArgumentParser(description=title)
@@ -359,7 +362,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
         trainer = (Trainer.from_checkpoint(args.resume, device=device) if args.resume
                    else Trainer(with_sets(config_fn(args.seed, args.preset), args.set), device=device))
         if args.init_from:
-            from pdfusion.training.trainer import load_checkpoint
+            from pdfusion.inference.checkpoint import load_checkpoint
 
             state = load_checkpoint(args.init_from)
             trainer.module.load_state_dict(state["model"])  # shapes must match: a clear torch error otherwise

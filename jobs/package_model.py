@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pdfusion.training.bundle import SHIPPED_MODEL, export_model, load_bundle
-from pdfusion.training.trainer import load_checkpoint
+from pdfusion.inference.bundle import SHIPPED_MODEL, export_model, load_bundle
+from pdfusion.inference.checkpoint import load_checkpoint
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pdfusion.config import ConfigError, TrainConfig, apply_set, from_dict, preset, to_dict
-from pdfusion.training.storage import normalize_storage_path
+from pdfusion.storage import normalize_storage_path
 
 
 def _load_file(path: str) -> dict[str, Any]:

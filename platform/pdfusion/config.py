@@ -14,7 +14,6 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -78,14 +77,6 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         _check_scalar(cls, name, hint, value)
         kwargs[name] = value
     return cls(**kwargs)
-
-
-def save_json(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
-
-
-def load_json(cls: type[T], path: str | Path) -> T:
-    return from_dict(cls, json.loads(Path(path).read_text()))
 
 
 def apply_set(data: dict[str, Any], item: str) -> None:
@@ -391,6 +382,9 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
         _check(self.grad_clip > 0, "grad_clip", f"must be positive, got {self.grad_clip}")
         _check(0.0 <= self.ema_decay < 1.0, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.model.pdf_points == self.pdf.n_r, "model.pdf_points",
+               f"is {self.model.pdf_points} but the PDF grid (pdf.rmin/rmax/rstep) has {self.pdf.n_r} points; "
+               f"set model.pdf_points={self.pdf.n_r}")
 
 
 def preset(name: str) -> TrainConfig:

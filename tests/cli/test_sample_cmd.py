@@ -169,7 +169,7 @@ def test_load_target_maps_a_partial_range_like_the_http_service(tmp_path, capsys
 
 def test_sample_without_a_checkpoint_uses_the_default_model_and_its_sampling_defaults(checkpoint, target_gr, tmp_path,
                                                                                      monkeypatch, capsys):
-    from pdfusion.training.bundle import export_model
+    from pdfusion.inference.bundle import export_model
 
     shipped = export_model(torch.load(checkpoint, weights_only=True), tmp_path / "models" / "m" / "model.pt",
                            {"pdf_guidance": 0.2, "pdf_guidance_iters": 2})

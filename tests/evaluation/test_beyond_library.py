@@ -112,7 +112,7 @@ def test_summary_and_head_to_head():
 
 
 def test_model_side_runs_with_a_tiny_checkpoint(tmp_path):
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
     from pdfusion_testdata import train_tiny_checkpoint
 
     parts = [make_particle("rocksalt", m, 4.0) for m in ("Ti", "Mg")]

@@ -13,8 +13,9 @@ import torch
 
 import pdfusion.pdf.debye as debye
 from pdfusion.config import ConfigError, PDFConfig
-from pdfusion.limits import Limits, check_pdf_config, particle_atoms_estimate, pdf_memory_bytes
+from pdfusion.limits import Limits, particle_atoms_estimate
 from pdfusion.pdf.files import check_spikes
+from pdfusion.pdf.limits import check_pdf_config, pdf_memory_bytes
 from pdfusion.structures.particles import bond_cutoff, cut_sphere, make_particle
 from pdfusion.structures.prototypes import unit_cell
 

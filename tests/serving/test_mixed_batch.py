@@ -30,8 +30,7 @@ def _job(pdf, metal=22, n_samples=2, n_atoms=None, seed=None, steps=3) -> Sample
 
 
 def test_single_request_matches_generate_candidates(service, pdfs):
-    from pdfusion.evaluation.ranking import generate_candidates
-    from pdfusion.serving.mixed_batch import sample_mixed
+    from pdfusion.inference.candidates import generate_candidates, sample_mixed
 
     for n_atoms in (9, None):
         cfg = SampleConfig(guidance=1.0, steps=3, n_samples=3, n_atoms=n_atoms, seed=123)

@@ -163,7 +163,7 @@ def test_relaunch_resume_and_fault_tolerance(ray_session, tiny_data, tmp_path):
     where an uninterrupted single-process run ends."""
     from mlflow import MlflowClient
 
-    from pdfusion.training import tracking
+    from pdfusion import tracking
     from pdfusion.training.trainer import Trainer
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

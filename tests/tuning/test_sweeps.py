@@ -207,9 +207,9 @@ def test_rerunning_the_same_sweep_reruns_no_finished_trial(schedule_sweep):
 def test_guidance_sweep_records_best_on_registered_model(synthetic_store, ray_session, tmp_path):
     from mlflow import MlflowClient
 
+    from pdfusion import tracking
     from pdfusion.data.dataset import open_dataset
-    from pdfusion.training import tracking
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
     from pdfusion.training.trainer import Trainer
     from pdfusion.tuning.sweeps import run_guidance_sweep
     from pdfusion_testdata import tiny_config

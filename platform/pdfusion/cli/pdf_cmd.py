@@ -164,10 +164,10 @@ def run(args: argparse.Namespace) -> int:
         check_finite,
         check_min_distance,
         check_output_path,
-        check_pdf_config,
     )
     from pdfusion.pdf import r_grid, rwp, simulate_pdf
     from pdfusion.pdf.files import interpolate_pdf, write_pdf
+    from pdfusion.pdf.limits import check_pdf_config
     from pdfusion.structures.io import read_seed_h5, read_structure, xyz_atom_count
 
     limits = limits_from_args(args)

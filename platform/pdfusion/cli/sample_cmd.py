@@ -96,7 +96,7 @@ def check_checkpoint_source(source: str) -> None:
     ``mlflow.db`` as a side effect of looking, and then report the model missing."""
     if not str(source).startswith(("models:/", "runs:/")):
         return
-    from pdfusion.training.tracking import default_tracking_uri
+    from pdfusion.tracking import default_tracking_uri
 
     uri = default_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -115,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import generate_candidates, metal_number
+    from pdfusion.inference.bundle import load_bundle
+    from pdfusion.inference.candidates import generate_candidates, metal_number
     from pdfusion.limits import check_output_path
     from pdfusion.structures.prototypes import check_cation
-    from pdfusion.training.bundle import load_bundle
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     limits = limits_from_args(args)
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     z = metal_number(check_cation(args.metal))
     data = read_target(args.pdf_file, limits.max_points)
     if args.checkpoint is None:
-        from pdfusion.training.bundle import default_model_path
+        from pdfusion.inference.bundle import default_model_path
 
         args.checkpoint = str(default_model_path())
     check_checkpoint_source(args.checkpoint)

@@ -100,12 +100,12 @@ def resolve_composition(given: str | None, meta: dict[str, Any], path: str | Pat
 
 def model_candidates(checkpoint: str, data_path: str | Path, metal: str, n_samples: int, seed: int) -> list:
     """Samples of a trained model for the PDF, as Particles (structure_type 'generated'), through the same path
-    as `pdfusion sample` (training.bundle.load_bundle + evaluation.ranking.generate_candidates)."""
+    as `pdfusion sample` (inference.bundle.load_bundle + inference.candidates.generate_candidates)."""
     from pdfusion.cli.sample_cmd import load_target
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import generate_candidates, metal_number
+    from pdfusion.inference.bundle import load_bundle
+    from pdfusion.inference.candidates import generate_candidates, metal_number
     from pdfusion.structures.particle import Particle
-    from pdfusion.training.bundle import load_bundle
 
     bundle = load_bundle(checkpoint, device="cpu")
     target = load_target(data_path, bundle.r_grid)

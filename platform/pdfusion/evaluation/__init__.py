@@ -1,1 +1,1 @@
-"""pdfusion.evaluation: candidate ranking and refinement (`ranking`), metrics, baselines, harness."""
+"""pdfusion.evaluation: the harness that scores model and baselines on held-out PDFs, baselines, metrics, plots."""

@@ -12,7 +12,7 @@ atom-centred spherical cut of every oxide prototype at every radius of ``library
 Both methods are scored the same way on ``k`` candidates per target: *raw* best R_wp; *fitted*, each candidate
 scaled by its best isotropic expansion (:func:`pdfusion.pdf.fitting.fit_expansion`), the lattice step of any
 refinement; *refined*, the ``refine_top`` best fitted candidates refined on R_wp
-(:func:`pdfusion.evaluation.ranking.refine_ragged`); and the RMSD (:func:`pdfusion.evaluation.metrics.rmsd`)
+(:func:`pdfusion.inference.refine.refine_ragged`); and the RMSD (:func:`pdfusion.evaluation.metrics.rmsd`)
 to the true structure of the best candidate whose composition equals the truth's, where one does.
 The library's candidates are its ``k`` nearest PDFs by raw R_wp (:func:`~pdfusion.evaluation.baselines.nearest_library`).
 """
@@ -117,7 +117,7 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
     """``cfg.k`` samples of a trained model per target (one target per sampler call); non-finite runs give no
     candidates and count ``k`` NaNs. Returns (proposals, NaN count per target)."""
     from pdfusion.diffusion import NonFiniteError
-    from pdfusion.evaluation.ranking import generate_candidates
+    from pdfusion.inference.candidates import generate_candidates
 
     base = sample_cfg or SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0)),
                                       steps=bundle.defaults.get("steps"))
@@ -141,7 +141,7 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
 def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibraryConfig,
                     pdf_cfg: PDFConfig = PDFConfig(), nan_count: int = 0) -> dict[str, Any]:
     """Raw, fitted and refined best-of-k R_wp, validity and composition-matched RMSD of one target's candidates."""
-    from pdfusion.evaluation.ranking import pad_structures, refine_ragged
+    from pdfusion.inference.refine import pad_structures, refine_ragged
     from pdfusion.pdf.fitting import fit_expansion
 
     row: dict[str, Any] = {"index": target.index, "id": target.meta.get("id"), "structure_type": target.meta.get("structure_type"),

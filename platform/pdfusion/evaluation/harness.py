@@ -71,7 +71,7 @@ def model_method(bundle, *, guidance: float | None = None, steps: int | None = N
                  fix_n_atoms: bool = False, max_batch: int | None = None) -> Method:
     """The diffusion model (guidance γ and steps default to the bundle's); γ = 0 is the unconditional baseline."""
     from pdfusion.diffusion import NonFiniteError
-    from pdfusion.evaluation.ranking import generate_candidates
+    from pdfusion.inference.candidates import generate_candidates
 
     gamma = float(bundle.defaults.get("guidance", 1.0) if guidance is None else guidance)
     n_steps = bundle.defaults.get("steps") if steps is None else steps
@@ -125,7 +125,7 @@ def random_method() -> Method:
 def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
     """Any method followed by the same R_wp refinement of each candidate against the target PDF, so
     refinement's share can be compared fairly (random particles refined too, not only model samples)."""
-    from pdfusion.evaluation.ranking import refine_ragged
+    from pdfusion.inference.refine import refine_ragged
 
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
         out = []
@@ -151,7 +151,7 @@ def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
 def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16) -> np.ndarray:
     """(K, n_r) simulated PDFs of a list of particles (padded batches of similar size)."""
     # flung-apart candidates score G = 0, not an error
-    from pdfusion.evaluation.ranking import simulate_candidates
+    from pdfusion.pdf.fitting import simulate_safe
 
     out = np.zeros((len(particles), cfg.n_r))
     order = np.argsort([len(p) for p in particles])
@@ -167,7 +167,7 @@ def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16
             num[j, :n] = torch.as_tensor(particles[i].numbers)
             mask[j, :n] = True
         with torch.no_grad():
-            out[idx] = simulate_candidates(pos, num, mask, cfg).numpy()
+            out[idx] = simulate_safe(pos, num, mask, cfg).numpy()
     return out
 
 

@@ -39,7 +39,7 @@ def _evaluate_chunk(cfg: EvalConfig, name: str, targets, library, pdf_cfg: PDFCo
     torch.set_num_threads(1)
     bundle = None
     if name in ("model", "unconditional"):
-        from pdfusion.training.bundle import load_bundle
+        from pdfusion.inference.bundle import load_bundle
 
         bundle = load_bundle(cfg.model)
     return harness.score_targets(_method(name, cfg, bundle, library, pdf_cfg), targets, pdf_cfg, cfg.k, cfg.seed, keep)
@@ -54,7 +54,7 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = Fa
     t_start = time.perf_counter()
     data_cfg, pdf_cfg, model_info, max_atoms = DataConfig(path=cfg.data), PDFConfig(), {}, None
     if cfg.model:
-        from pdfusion.training.bundle import load_bundle
+        from pdfusion.inference.bundle import load_bundle
 
         bundle = load_bundle(cfg.model)
         data_cfg, pdf_cfg = replace(bundle.config.data, path=cfg.data), bundle.pdf_config
@@ -149,7 +149,7 @@ def _log_mlflow(report: dict[str, Any], out: Path) -> str:
     """One MLflow run (experiment `pdfusion-eval`) with params, per-method metrics and every output file."""
     from mlflow import MlflowClient
 
-    from pdfusion.training import tracking
+    from pdfusion import tracking
 
     uri = tracking.default_tracking_uri()
     run_id = tracking.start_run(uri, experiment="pdfusion-eval", run_name="evaluate", params=report["config"])

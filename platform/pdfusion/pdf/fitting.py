@@ -1,6 +1,6 @@
 """What fitting a structure to a G(r) needs besides the simulator: a simulation that tolerates exploded
 candidates, a Gaussian blur for coarse-to-fine fits, and a short-distance penalty. Shared by post-hoc
-refinement (`evaluation.ranking.refine`) and PDF guidance inside the sampler (`diffusion.pdf_guidance`).
+refinement (`inference.refine`) and PDF guidance inside the sampler (`diffusion.pdf_guidance`).
 """
 
 from __future__ import annotations

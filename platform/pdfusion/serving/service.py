@@ -1,6 +1,6 @@
 """The sampler behind the HTTP API, free of Ray and HTTP so it can be used and tested directly.
 
-A batch of validated jobs becomes as few sampler loops as possible (`mixed_batch.sample_mixed`): all
+A batch of validated jobs becomes as few sampler loops as possible (`inference.candidates.sample_mixed`): all
 jobs that share `steps` and `guidance` are sampled, simulated and ranked together whatever their
 `n_atoms` and `n_samples`. Unseeded jobs share one server-drawn seed (and so one loop), while a job
 with its own seed keeps its own generator: same seed and inputs, same answer, whatever else was in
@@ -85,7 +85,7 @@ class SamplerService:
         torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
         if bundle is None:
-            from pdfusion.training.bundle import load_bundle
+            from pdfusion.inference.bundle import load_bundle
 
             bundle = load_bundle(cfg.model, device=cfg.device)
         self.bundle = bundle
@@ -122,7 +122,7 @@ class SamplerService:
         candidate (both guidance halves), and per PDF-guidance iteration (≈ one refinement step). A warm-up
         step on a small particle, then one step each at `atoms`: about two large steps in all, so a replica
         (re)start is not held up by it."""
-        from pdfusion.serving.mixed_batch import sample_mixed
+        from pdfusion.inference.candidates import sample_mixed
 
         b = self.bundle
         pdf = np.zeros((1, len(b.r_grid)), dtype=np.float32)
@@ -179,8 +179,7 @@ class SamplerService:
 
     def _run_group(self, jobs: list[SampleJob], seed: int) -> list[dict[str, Any]]:
         from pdfusion.diffusion.samplers import SamplingCancelled
-        from pdfusion.evaluation.ranking import refine_candidates
-        from pdfusion.serving.mixed_batch import sample_mixed
+        from pdfusion.inference.candidates import refine_candidates, sample_mixed
 
         def should_stop() -> bool:  # checked between sampler steps: stop once nobody waits for any of them
             return all(j.abandoned() for j in jobs)

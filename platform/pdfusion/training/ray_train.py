@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pdfusion import storage, tracking
 from pdfusion.config import ConfigError, TrainConfig, from_dict, to_dict
-from pdfusion.training import storage, tracking
 
 SCORE_METRIC = "val_rwp_best_median"
 # Score of checkpoints taken before the first validation: worse than any real R_wp, and finite because
@@ -98,7 +98,7 @@ def _restore(trainer, sampler, ckpt, rank: int, seed: int) -> bool:
     """Load this rank's state from a Ray checkpoint (falls back to rank 0's when the world grew).
 
     Returns whether the sampler position was restored (then the current epoch continues mid-way)."""
-    from pdfusion.training.trainer import load_checkpoint
+    from pdfusion.inference.checkpoint import load_checkpoint
 
     with ckpt.as_directory() as d:
         own = Path(d) / _state_file(rank)
@@ -299,7 +299,7 @@ def _log_samples(trainer, val_data, cfg: TrainConfig, logger: tracking.RunLogger
 
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.plots import candidate_overlay
-    from pdfusion.evaluation.ranking import sample_and_score
+    from pdfusion.inference.candidates import sample_and_score
     from pdfusion.pdf import r_grid
 
     chosen = val_data[:n_pdfs]

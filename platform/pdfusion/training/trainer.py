@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import random
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,8 @@ import torch
 from torch import nn
 
 from pdfusion.config import TrainConfig, from_dict, to_dict
+from pdfusion.diffusion.factory import build_model
+from pdfusion.inference.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
 
@@ -61,23 +61,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.lerp_(p.detach(), 1.0 - decay)
     for e, b in zip(ema.buffers(), model.buffers(), strict=True):
         e.copy_(b)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make a shared checkpoint unreadable to others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -121,24 +104,17 @@ class Trainer:
         wrap_model: Callable[[nn.Module], nn.Module] | None = None,
         total_steps: int | None = None,
     ) -> None:
-        from pdfusion.diffusion.gaussian import GaussianDiffusion
-        from pdfusion.diffusion.model import PDFusionDenoiser
-        from pdfusion.diffusion.schedules import build_schedule
-
         self.cfg = cfg
         self.device = torch.device(device)
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
         random.seed(cfg.seed)
-        schedule = build_schedule(cfg.diffusion.schedule)
-        self.module: nn.Module = PDFusionDenoiser(cfg.model, schedule.alphas_cumprod).to(self.device)
+        module, self.diffusion = build_model(cfg)
+        self.module: nn.Module = module.to(self.device)
         self.ema: nn.Module = copy.deepcopy(self.module).eval()
         for p in self.ema.parameters():
             p.requires_grad_(False)
         self.model: nn.Module = wrap_model(self.module) if wrap_model is not None else self.module
-        self.diffusion = GaussianDiffusion(schedule, cfg.model, cfg.diffusion)
-        if hasattr(self.diffusion, "to"):
-            self.diffusion = self.diffusion.to(self.device) or self.diffusion
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.total_steps = total_steps if total_steps is not None else cfg.max_steps
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -223,7 +199,7 @@ class Trainer:
         """Validation loss plus best-of-K R_wp: sample K candidates per validation PDF with the EMA model
         (strided sampler, predicted atom count), simulate their PDFs, keep the best R_wp per PDF."""
         from pdfusion.config import SampleConfig
-        from pdfusion.evaluation.ranking import sample_and_score
+        from pdfusion.inference.candidates import sample_and_score
 
         n_pdfs = self.cfg.val_pdfs if n_pdfs is None else n_pdfs
         k = self.cfg.val_samples if k is None else k
@@ -363,7 +339,7 @@ class Trainer:
         state = self.state_dict(sampler_state)
         if extra:
             state["extra"] = extra
-        atomic_torch_save(state, path)
+        save_checkpoint(state, path)
         return Path(path)
 
     @classmethod
@@ -385,17 +361,3 @@ def autocast_for(device: str | torch.device, bf16: bool = True) -> contextlib.Ab
     if torch.device(device).type == "cuda" and bf16:
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """`torch.load(weights_only=True)` with a clear error for a missing or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"checkpoint {path}: cannot be read as a pdfusion checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or "config" not in state or "ema" not in state:
-        raise ValueError(f"checkpoint {path}: not a pdfusion trainer checkpoint (missing 'config'/'ema')")
-    return state

@@ -86,7 +86,7 @@ def score_guidance(bundle, pdfs: np.ndarray, metals: list[int], guidance: float,
                    seed: int = 0) -> dict[str, float]:
     """Median (and mean) best-of-K R_wp of `bundle` on `pdfs` for one (γ, steps)."""
     from pdfusion.diffusion import NonFiniteError
-    from pdfusion.evaluation.ranking import generate_candidates
+    from pdfusion.inference.candidates import generate_candidates
 
     cfg = SampleConfig(guidance=float(guidance), steps=int(steps), n_samples=int(k), seed=seed)
     best, nan = [], 0
@@ -107,7 +107,7 @@ def guidance_trial(config: dict[str, Any]) -> None:
     import ray.tune
     import torch
 
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
 
     torch.set_num_threads(1)
     meta = config["_pdfusion"]
@@ -160,7 +160,7 @@ def concurrent_trials(cluster: dict[str, float], num_workers: int, cpus_per_work
 
 def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any], storage_path: str) -> tuple[str, str]:
     """(tracking uri, parent run id) — reused when the sweep is resumed."""
-    from pdfusion.training import tracking
+    from pdfusion import tracking
 
     uri = tracking_uri or tracking.default_tracking_uri()
     id_file = Path(storage_path) / name / "mlflow_parent_run_id"
@@ -179,7 +179,7 @@ def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_
             max_t: int | None = None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    from pdfusion.training import tracking
+    from pdfusion import tracking
 
     rows = []
     for r in results:
@@ -239,7 +239,7 @@ def _log_trial_runs(rows: list[dict], keys: list[str], metric: str, uri: str, pa
     params, metrics and status, tagged with the trial id; trials already logged (a resumed sweep) are skipped."""
     from mlflow import MlflowClient
 
-    from pdfusion.training import tracking
+    from pdfusion import tracking
 
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_run_id)
@@ -369,7 +369,7 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
 
     from pdfusion.data.dataset import open_dataset
     from pdfusion.data.splits import split_indices
-    from pdfusion.training.bundle import load_bundle
+    from pdfusion.inference.bundle import load_bundle
 
     space = validate_space(space, GUIDANCE_KEYS)
     if search not in ("grid", "optuna"):
@@ -411,7 +411,7 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     out["resumed"] = resumed
     best = out["best"]
     if record and best and model.startswith("models:/"):
-        from pdfusion.training import tracking
+        from pdfusion import tracking
 
         tracking.set_model_defaults(model, guidance=float(best["guidance"]), steps=int(best["steps"]), tracking_uri=uri)
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pdfusion.training import tracking
+from pdfusion import tracking
 
 
 @pytest.fixture()
@@ -34,7 +34,7 @@ def test_default_uri_prefers_env(monkeypatch, tmp_path):
 
 def test_project_dir_independent_of_cwd(tmp_path):
     """Under `ray job submit` the cwd is a temp copy; the project dir must still be the checkout."""
-    code = "from pdfusion.training.tracking import project_dir; print(project_dir())"
+    code = "from pdfusion.tracking import project_dir; print(project_dir())"
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("PDFUSION_PROJECT_DIR",)}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     root = Path(out.stdout.strip())

@@ -10,8 +10,8 @@ import torch
 from torch_geometric.data import Data
 
 from pdfusion.config import DataConfig, PDFConfig, preset
-from pdfusion.training import bundle as bundle_mod
-from pdfusion.training.bundle import load_bundle
+from pdfusion.inference import bundle as bundle_mod
+from pdfusion.inference.bundle import load_bundle
 from pdfusion.training.trainer import Trainer
 
 SMALL_PDF = PDFConfig(rmax=8.0, rstep=0.1, qmax=20.0)
@@ -68,7 +68,7 @@ def test_mlflow_uris_go_through_tracking(checkpoint, monkeypatch):
         seen.append(uri)
         return path
 
-    from pdfusion.training import tracking
+    from pdfusion import tracking
 
     monkeypatch.setattr(tracking, "download_checkpoint", fake_download)
     monkeypatch.setattr(tracking, "model_defaults", lambda uri, **kw: {"steps": 7} if "@" in uri else {})
@@ -92,7 +92,7 @@ def test_bad_checkpoint_is_named(tmp_path):
 
 
 def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, tmp_path):
-    from pdfusion.training.bundle import export_model
+    from pdfusion.inference.bundle import export_model
 
     path, tr = checkpoint
     out = export_model(torch.load(path, weights_only=True), tmp_path / "m" / "model.pt",
@@ -110,7 +110,7 @@ def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, t
 
 
 def test_default_model_is_the_shipped_file_or_pdfusion_model(checkpoint, monkeypatch, tmp_path):
-    from pdfusion.training.bundle import SHIPPED_MODEL, default_model_path
+    from pdfusion.inference.bundle import SHIPPED_MODEL, default_model_path
 
     monkeypatch.setenv("PDFUSION_MODEL", str(checkpoint[0]))
     assert default_model_path() == checkpoint[0]
@@ -127,8 +127,8 @@ def test_the_shipped_model_loads_samples_and_is_what_serve_deploys():
     import yaml
 
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.ranking import generate_candidates
-    from pdfusion.training.bundle import SHIPPED_MODEL
+    from pdfusion.inference.bundle import SHIPPED_MODEL
+    from pdfusion.inference.candidates import generate_candidates
 
     assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.stat().st_size < 20e6
     b = load_bundle(SHIPPED_MODEL)

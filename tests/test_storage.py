@@ -3,7 +3,7 @@ through pyarrow's filesystem layer (the `file://` scheme exercises that code pat
 
 from pathlib import Path
 
-from pdfusion.training import storage
+from pdfusion import storage
 
 
 def test_uri_is_never_turned_into_a_local_folder(tmp_path, monkeypatch):

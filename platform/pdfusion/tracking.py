@@ -42,7 +42,7 @@ def project_dir() -> Path:
     env = os.environ.get("PDFUSION_PROJECT_DIR")
     if env:
         return Path(env).expanduser().resolve()
-    pkg_root = Path(__file__).resolve().parents[3]  # <root>/platform/pdfusion/training/tracking.py
+    pkg_root = Path(__file__).resolve().parents[2]  # <root>/platform/pdfusion/tracking.py
     if (pkg_root / "pyproject.toml").is_file() and (pkg_root / "platform" / "pdfusion").is_dir():
         return pkg_root
     cwd = Path.cwd().resolve()

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from pdfusion.config import DataConfig, PDFConfig, SampleConfig, preset
-from pdfusion.evaluation.ranking import Candidate, generate_candidates, library_lookup, metal_number, refine
+from pdfusion.evaluation.baselines import library_lookup
+from pdfusion.inference.candidates import Candidate, generate_candidates, metal_number
+from pdfusion.inference.refine import refine
 
 SMALL_PDF = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
 
@@ -41,8 +43,8 @@ def _gaussian_bundle(**model_kw):
     from pdfusion.diffusion.gaussian import GaussianDiffusion
     from pdfusion.diffusion.model import PDFusionDenoiser, remove_mean
     from pdfusion.diffusion.schedules import build_schedule
+    from pdfusion.inference.bundle import ModelBundle
     from pdfusion.pdf import r_grid
-    from pdfusion.training.bundle import ModelBundle
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -197,7 +199,7 @@ def test_candidate_to_xyz_roundtrip(tmp_path):
 
 
 def test_blur_is_a_normalised_gaussian_and_keeps_constants():
-    from pdfusion.evaluation.ranking import _blur
+    from pdfusion.pdf.fitting import blur as _blur
 
     dr, sigma = 0.01, 0.3
     delta = torch.zeros(1, 2001, dtype=torch.float64)

@@ -7,6 +7,7 @@ and the sampling defaults chosen for that model; the bundle carries exactly that
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pdfusion import tracking
 from pdfusion.config import PDFConfig, TrainConfig, from_dict
+from pdfusion.diffusion.factory import build_model
+from pdfusion.inference.checkpoint import load_checkpoint, save_checkpoint
+from pdfusion.pdf import r_grid
 
 DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
 # the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
@@ -44,32 +49,19 @@ def bundle_from_state(
     source: str = "",
 ) -> ModelBundle:
     """Build a bundle from a loaded trainer checkpoint dict (`Trainer.state_dict()`)."""
-    from pdfusion.diffusion.gaussian import GaussianDiffusion
-    from pdfusion.diffusion.model import PDFusionDenoiser
-    from pdfusion.diffusion.schedules import build_schedule
-    from pdfusion.pdf import r_grid
-
     cfg = from_dict(TrainConfig, state["config"])
     device = torch.device(device)
-    schedule = build_schedule(cfg.diffusion.schedule)
-    model = PDFusionDenoiser(cfg.model, schedule.alphas_cumprod)
+    model, diffusion = build_model(cfg)
     model.load_state_dict(state["ema"])
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    diffusion = GaussianDiffusion(schedule, cfg.model, cfg.diffusion)
-    if hasattr(diffusion, "to"):
-        diffusion = diffusion.to(device) or diffusion
     extra = state.get("extra") or {}
     merged = dict(DEFAULTS)
     merged.update(extra.get("defaults") or {})
     merged.update(defaults or {})
     _check_default_keys(merged)
     grid = np.asarray(r_grid(cfg.pdf), dtype=np.float64)
-    if grid.shape[0] != cfg.model.pdf_points:
-        raise ValueError(
-            f"checkpoint {source}: model.pdf_points={cfg.model.pdf_points} but its PDFConfig gives {grid.shape[0]} points"
-        )
     return ModelBundle(
         model=model, diffusion=diffusion, config=cfg, pdf_config=cfg.pdf, r_grid=grid, defaults=merged,
         name=name or extra.get("name") or (Path(source).stem if source else "pdfusion"),
@@ -86,18 +78,12 @@ def load_bundle(
     version: str | None = None,
 ) -> ModelBundle:
     """A checkpoint path, or an MLflow `models:/name/version` / `runs:/id/path` URI (downloaded first)."""
-    from pdfusion.training.trainer import load_checkpoint
-
     source = str(source)
     path = source
     if source.startswith(("models:/", "runs:/")) or Path(source).is_dir():
-        from pdfusion.training.tracking import download_checkpoint
-
-        path = str(download_checkpoint(source))
+        path = str(tracking.download_checkpoint(source))
         if source.startswith("models:/"):
-            from pdfusion.training.tracking import model_defaults
-
-            defaults = {**model_defaults(source), **(defaults or {})}  # a guidance sweep's choice, unless overridden
+            defaults = {**tracking.model_defaults(source), **(defaults or {})}  # a guidance sweep's choice, unless overridden
         if name is None and source.startswith("models:/"):
             ref = source[len("models:/") :]
             sep = "@" if "@" in ref else "/"
@@ -115,8 +101,6 @@ def _check_default_keys(defaults: dict[str, Any]) -> None:
 
 def default_model_path() -> Path:
     """The shipped model, or $PDFUSION_MODEL: a clear error when neither exists (e.g. a wheel install)."""
-    import os
-
     path = Path(os.environ.get("PDFUSION_MODEL") or SHIPPED_MODEL)
     if not path.is_file():
         raise FileNotFoundError(f"model: no checkpoint given and the default {path} does not exist; pass a checkpoint "
@@ -128,8 +112,6 @@ def export_model(state: dict[str, Any], path: str | Path, defaults: dict[str, An
                  name: str | None = None, version: str | None = None) -> Path:
     """Write the slim checkpoint a bundle needs (config, EMA weights, step, sampling defaults), atomically:
     no optimizer or raw weights, so the file that ships is half the size and loads with weights_only=True."""
-    from pdfusion.training.trainer import atomic_torch_save
-
     _check_default_keys(defaults or {})
     extra = dict(state.get("extra") or {})
     extra["defaults"] = {**(extra.get("defaults") or {}), **(defaults or {})}
@@ -138,5 +120,5 @@ def export_model(state: dict[str, Any], path: str | Path, defaults: dict[str, An
     if version:
         extra["version"] = version
     slim = {"config": state["config"], "ema": state["ema"], "step": state.get("step", 0), "extra": extra}
-    atomic_torch_save(slim, path)  # creates the folder
+    save_checkpoint(slim, path)  # creates the folder
     return Path(path)
