@@ -17,64 +17,25 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from pdfusion.config import ConfigError, TrainConfig, apply_set, from_dict, preset, to_dict
+from pdfusion.config import ConfigError, TrainConfig, load, read_mapping
 from pdfusion.storage import normalize_storage_path
 
 
-def _load_file(path: str) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: {path!r} does not exist")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--config: {path}: line {err.lineno}: invalid JSON ({err.msg})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config: {path}: expected a mapping of TrainConfig fields at the top level")
-    return data
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def build_config(args: argparse.Namespace) -> TrainConfig:
-    """preset → config file (a partial TrainConfig, nested keys merged) → command-line overrides."""
-    data = to_dict(preset(args.preset))
-    run_opts: dict[str, Any] = {}
-    if args.config:
-        file_cfg = _load_file(args.config)
-        run_opts = file_cfg.pop("run", {}) or {}
-        data = _merge(data, file_cfg)
-    flat = {
-        ("epochs",): args.epochs, ("max_steps",): args.max_steps, ("lr",): args.lr, ("seed",): args.seed,
-        ("data", "path"): args.data, ("data", "batch_size"): args.batch_size,
-        ("data", "max_structures"): args.max_structures, ("data", "split_by"): args.split_by,
-        ("checkpoint_every_steps",): args.checkpoint_every_steps, ("val_every_epochs",): args.val_every_epochs,
+    """preset → config file (a partial TrainConfig, nested keys merged) → command-line flags → --set."""
+    file_cfg = read_mapping(args.config, "--config") if args.config else None
+    args._run_opts = (file_cfg.pop("run", {}) or {}) if file_cfg else {}
+    flags = {
+        "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "seed": args.seed,
+        "data.path": args.data,
+        "data.batch_size": args.batch_size, "data.max_structures": args.max_structures, "data.split_by": args.split_by,
+        "checkpoint_every_steps": args.checkpoint_every_steps, "val_every_epochs": args.val_every_epochs,
     }
-    for keys, value in flat.items():
-        if value is not None:
-            node = data
-            for k in keys[:-1]:
-                node = node[k]
-            node[keys[-1]] = value
-    for item in args.set or []:
-        apply_set(data, item)
-    if data["data"]["path"]:
-        data["data"]["path"] = str(Path(data["data"]["path"]).expanduser().resolve())
-    args._run_opts = run_opts
-    return from_dict(TrainConfig, data)
+    cfg = load(TrainConfig, preset=args.preset, file=file_cfg, values=flags, sets=args.set or [], what="--config")
+    if cfg.data.path:  # Ray runs the job from a copy of the working directory: make the path absolute
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve())))
+    return cfg
 
 
 def parser() -> argparse.ArgumentParser:

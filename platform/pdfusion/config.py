@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -79,33 +80,139 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)
 
 
-def apply_set(data: dict[str, Any], item: str) -> None:
-    """Apply one command-line `--set a.b=value` to a config dict in place (value parsed as JSON, else kept
-    as a string; Python's `None` is read as JSON's `null`); the key must name an existing field. `from_dict`
-    validates the value afterwards."""
-    key, sep, raw = item.partition("=")
-    if not sep:
-        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.hidden=32")
+def _parse_value(raw: str, as_text: bool = False) -> Any:
+    """A command-line value: Python's `None` is JSON's null; else JSON, else a YAML scalar ('True'), else the
+    text itself. A field that takes text (`as_text`: `str`, `str | None`) keeps it as given ('123' stays '123')."""
+    if raw.strip() == "None":
+        return None
+    if as_text:
+        return raw
     try:
-        value = None if raw.strip() == "None" else json.loads(raw)
+        return json.loads(raw)
     except json.JSONDecodeError:
-        value = raw
+        pass
+    import yaml
+
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return value if isinstance(value, _SCALARS) else raw
+
+
+def _field_hint(cls: type | None, parts: Sequence[str]) -> Any:
+    """The type hint of the field at dotted `parts` of config class `cls` (None when unknown)."""
+    hint: Any = cls
+    for k in parts:
+        if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+            return None
+        hint = typing.get_type_hints(hint).get(k)
+    return hint
+
+
+def _set(data: dict[str, Any], key: str, value: Any, cls: type | None = None, what: str = "--set") -> None:
+    """Put `value` at dotted `key` of a config dict; text is parsed as `_parse_value` says for that field."""
     node, parts = data, key.split(".")
     for k in parts[:-1]:
         if not isinstance(node.get(k), dict):
-            raise ConfigError(f"--set {key}: {k!r} is not a config section")
+            raise ConfigError(f"{what} {key}: {k!r} is not a config section")
         node = node[k]
     if parts[-1] not in node:
-        raise ConfigError(f"--set {key}: unknown field {parts[-1]!r}")
+        raise ConfigError(f"{what} {key}: unknown field {parts[-1]!r}")
+    if isinstance(value, str):
+        hint = _field_hint(cls, parts)
+        args = typing.get_args(hint)
+        text = hint is str or str in args or (typing.get_origin(hint) is Literal and all(isinstance(a, str) for a in args))
+        value = _parse_value(value, as_text=text)
     node[parts[-1]] = value
 
 
-def with_sets(cfg: TrainConfig, items: Sequence[str]) -> TrainConfig:
-    """`cfg` with command-line `--set a.b=value` items applied (see `apply_set`), validated again."""
-    data = to_dict(cfg)
-    for item in items:
-        apply_set(data, item)
-    return from_dict(TrainConfig, data)
+def apply_set(data: dict[str, Any], item: str, cls: type | None = None) -> None:
+    """Apply one command-line `--set a.b=value` to a config dict in place (see `_parse_value`); the key must
+    name an existing field. `from_dict` validates the value afterwards."""
+    key, sep, raw = item.partition("=")
+    if not sep:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set model.hidden=32")
+    _set(data, key, raw, cls)
+
+
+def read_mapping(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """A JSON or YAML file (by suffix) holding a mapping; errors name `what`, the file and the line."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what}: file {path} does not exist")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what}: {path}: line {err.lineno}: invalid JSON ({err.msg})") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what}: {path}: not valid YAML ({err})") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what}: {path}: expected a mapping of fields at the top level")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into `base`, nested mappings key by key (a partial file changes only what it names)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """A config class's defaults as a dict, without validating them (a ServeConfig needs its model first)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def load(
+    cls: type[T],
+    *,
+    preset: str | None = None,
+    base: T | None = None,
+    file: str | Path | dict[str, Any] | None = None,
+    values: dict[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    what: str = "config",
+) -> T:
+    """The one way a config is put together, in this order: the class defaults, a named `preset` (training)
+    or a `base` config → a JSON/YAML `file` of fields (or its mapping), nested keys merged → `values` (dotted
+    keys, e.g. from command-line flags; None is skipped; text is parsed per field) → `--set key=value` items.
+    Validated once at the end by `from_dict`: every field's `__post_init__` and the cross-field checks."""
+    if preset is not None and base is not None:
+        raise ValueError("load: give a preset or a base config, not both")
+    if preset is not None:
+        if cls is not TrainConfig:
+            raise ValueError(f"load: presets are TrainConfig presets, not {cls.__name__}")
+        base = _named_preset(preset)
+    data = to_dict(base) if base is not None else _defaults(cls)
+    if file is not None:
+        data = merge(data, file if isinstance(file, dict) else read_mapping(file, what))
+    for key, value in (values or {}).items():
+        if value is not None:
+            _set(data, key, value, cls, what=what)
+    for item in sets:
+        apply_set(data, item, cls)
+    return from_dict(cls, data)
+
+
+def with_sets(cfg: T, items: Sequence[str]) -> T:
+    """`cfg` with command-line `--set a.b=value` items applied, validated again (`load` with a base)."""
+    return load(type(cfg), base=cfg, sets=items)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,6 +520,9 @@ def preset(name: str) -> TrainConfig:
             epochs=1000, lr=1e-4, val_steps=100,
         )
     raise ConfigError(f"preset: unknown preset {name!r}; choose one of ('tiny', 'cpu', 'gpu')")
+
+
+_named_preset = preset  # `load` takes a `preset` argument of the same name
 
 
 # --------------------------------------------------------------------------------------------------

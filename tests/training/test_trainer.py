@@ -237,7 +237,7 @@ class _Wrapper(torch.nn.Module):
 
 
 def test_unconditional_cube_smoke():
-    """The toy experiment's path (jobs/exp_cube.py at smoke size): batches without a PDF train the null
+    """The toy experiment's path (experiments/exp_cube.py at smoke size): batches without a PDF train the null
     embedding only (no count loss) and the fixed-noise loss of the raw model goes down."""
     import itertools
 

@@ -7,51 +7,23 @@ command line (strings, parsed as YAML scalars). `config` may name a YAML/JSON fi
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pdfusion.config import ConfigError, ServeConfig, ServeLimits, from_dict, to_dict
-
-
-def _coerce(value: Any, kind: type | str) -> Any:
-    """CLI arguments arrive as strings: parse non-string fields as YAML scalars ('2' -> 2)."""
-    if isinstance(value, str) and kind not in (str, "str"):
-        return yaml.safe_load(value)
-    return value
+from pdfusion.config import ServeConfig, load
 
 
 def serve_config_from_args(args: dict[str, Any]) -> ServeConfig:
+    """`serve/config.yaml` args or `serve run` key=value pairs -> ServeConfig (`config.load`): `config` names
+    a JSON/YAML file of fields, `limits` a mapping (or its YAML text), `limits.<field>` one limit."""
     args = dict(args or {})
-    base: dict[str, Any] = {}
-    if "config" in args:
-        path = Path(str(args.pop("config")))
-        if not path.is_file():
-            raise ConfigError(f"config: file {path} does not exist")
-        text = path.read_text()
-        base = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text) or {}
-        if not isinstance(base, dict):
-            raise ConfigError(f"config: {path} must hold a mapping of ServeConfig fields")
-    kinds = {f.name: f.type for f in dataclasses.fields(ServeConfig)}
-    limit_kinds = {f.name: f.type for f in dataclasses.fields(ServeLimits)}
-    limits = dict(base.pop("limits", None) or {})
-    extra_limits = args.pop("limits", None) or {}
-    if isinstance(extra_limits, str):
-        extra_limits = yaml.safe_load(extra_limits)
-    for key, value in dict(extra_limits).items():
-        limits[key] = _coerce(value, limit_kinds.get(key, str))
-    for key, value in args.items():
-        if key.startswith("limits."):
-            sub = key.split(".", 1)[1]
-            limits[sub] = _coerce(value, limit_kinds.get(sub, str))
-        else:
-            base[key] = _coerce(value, kinds.get(key, str))
-    if limits:
-        base["limits"] = {**to_dict(ServeLimits()), **limits}
-    return from_dict(ServeConfig, base)
+    file = args.pop("config", None)
+    limits = args.pop("limits", None) or {}
+    if isinstance(limits, str):
+        limits = yaml.safe_load(limits)
+    values = {**{f"limits.{k}": v for k, v in dict(limits).items()}, **args}
+    return load(ServeConfig, file=file, values=values, what="config")
 
 
 def app_builder(args: dict[str, Any]):

@@ -120,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
     import torch
 
-    from pdfusion.data.batching import BucketBatchSampler, collate
+    from pdfusion.data.batching import BucketBatchSampler
     from pdfusion.training.trainer import Trainer, autocast_for
 
     cfg: TrainConfig = from_dict(TrainConfig, config["train_config"])
@@ -189,59 +189,57 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_e{trainer.epoch:05d}_s{trainer.step:08d}{tag}")
 
-    autocast = autocast_for(device, bool(opts.get("bf16", True)))
     out: dict[str, float] = {}
     val_step = -1
     if trainer.step == 0 and cfg.val_every_epochs and rank == 0:
         # the untrained model's score, so every validation curve in MLflow starts from its own baseline
         # (logged only: checkpoints are ranked by scores measured on their own weights)
         logger.log_metrics(_validate(trainer, val_data), step=0)
-    while trainer.epoch < cfg.epochs and trainer.step < planned:
-        if not (mid_epoch and sampler.epoch == trainer.epoch):
-            sampler.set_epoch(trainer.epoch)
-        mid_epoch = False
-        for indices in sampler:
-            t0 = time.perf_counter()
-            batch = collate([train_data[i] for i in indices])
-            with autocast:
-                out = trainer.train_step(batch)
-            dt_step = time.perf_counter() - t0
-            t_window += dt_step
-            t_total += dt_step
-            graphs_total += len(indices)
-            if fail_at is not None and trainer.step == int(fail_at) and rank == 0 and fail_marker:
-                marker = Path(fail_marker)
-                if not marker.exists():
-                    marker.parent.mkdir(parents=True, exist_ok=True)
-                    marker.write_text(str(trainer.step))
-                    raise InjectedFailure(f"injected failure at step {trainer.step} (marker {marker})")
-            out["padding_efficiency"] = _padding_efficiency(batch)
-            window.append(out)
-            graphs_window += len(indices)
-            if trainer.step % log_every == 0:
-                agg = {k: float(np.mean([w[k] for w in window])) for k in window[0] if k != "step"}
-                agg["graphs_per_s"] = graphs_window * world / max(t_window, 1e-9)
-                agg["epoch"] = trainer.epoch
-                if use_cuda:
-                    agg["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-                logger.log_metrics(agg, step=trainer.step)
-                window, t_window, graphs_window = [], 0.0, 0.0
-            if trainer.step % every == 0 and trainer.step < planned and sampler.state_dict()["position"] < len(sampler):
-                report({"loss": out["loss"]}, checkpoint=True)
-            if trainer.step >= planned and sampler.state_dict()["position"] < len(sampler):
-                break  # mid-epoch stop; at an epoch's end the epoch is closed (validated) below
-        else:
-            trainer.epoch += 1
-            extra = {"loss": float(out["loss"])}
-            if cfg.val_every_epochs and trainer.epoch % cfg.val_every_epochs == 0:
-                if rank == 0:
-                    last_val = {**last_val, **_validate(trainer, val_data)}
-                    logger.log_metrics(last_val, step=trainer.step)
-                val_step = trainer.step
-                extra.update(last_val)
-            report(extra, checkpoint=True)
-            continue
-        break
+    last_end = time.perf_counter()
+
+    def on_step(step_out: dict[str, float], batch, indices) -> None:
+        nonlocal window, t_window, graphs_window, t_total, graphs_total, last_end, out
+        out = step_out
+        dt_step = time.perf_counter() - last_end  # data + step since the previous hook returned
+        t_window += dt_step
+        t_total += dt_step
+        graphs_total += len(indices)
+        if fail_at is not None and trainer.step == int(fail_at) and rank == 0 and fail_marker:
+            marker = Path(fail_marker)
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(str(trainer.step))
+                raise InjectedFailure(f"injected failure at step {trainer.step} (marker {marker})")
+        out["padding_efficiency"] = _padding_efficiency(batch)
+        window.append(out)
+        graphs_window += len(indices)
+        if trainer.step % log_every == 0:
+            agg = {k: float(np.mean([w[k] for w in window])) for k in window[0] if k != "step"}
+            agg["graphs_per_s"] = graphs_window * world / max(t_window, 1e-9)
+            agg["epoch"] = trainer.epoch
+            if use_cuda:
+                agg["gpu_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            logger.log_metrics(agg, step=trainer.step)
+            window, t_window, graphs_window = [], 0.0, 0.0
+        if trainer.step % every == 0 and trainer.step < planned and sampler.state_dict()["position"] < len(sampler):
+            report({"loss": out["loss"]}, checkpoint=True)
+        last_end = time.perf_counter()
+
+    def on_epoch_end(step_out: dict[str, float]) -> None:
+        nonlocal last_val, val_step, last_end
+        extra = {"loss": float(step_out["loss"])}
+        if cfg.val_every_epochs and trainer.epoch % cfg.val_every_epochs == 0:
+            if rank == 0:
+                last_val = {**last_val, **_validate(trainer, val_data)}
+                logger.log_metrics(last_val, step=trainer.step)
+            val_step = trainer.step
+            extra.update(last_val)
+        report(extra, checkpoint=True)
+        last_end = time.perf_counter()
+
+    trainer.train_loop(train_data, sampler, max_steps=planned, resumed=mid_epoch,
+                       autocast=autocast_for(device, bool(opts.get("bf16", True))), on_step=on_step,
+                       on_epoch_end=on_epoch_end)
 
     # the final state, validated, is always the latest checkpoint
     if rank == 0:

@@ -230,6 +230,54 @@ class Trainer:
 
         return collate(list(data_list))
 
+    def train_loop(
+        self,
+        data: Sequence,
+        sampler,
+        *,
+        epochs: int | None = None,
+        max_steps: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        resumed: bool = False,
+        autocast: contextlib.AbstractContextManager | None = None,
+        on_step: Callable[[dict[str, float], Any, Sequence[int]], None] | None = None,
+        on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    ) -> dict[str, float]:
+        """The one training loop (`fit`, the Ray Train worker and the experiments all run it).
+
+        Iterates epochs of `sampler` (a `BucketBatchSampler` or anything with `set_epoch`, `epoch`,
+        `state_dict()["position"]` and `len`) until `epochs` are done, `max_steps` are taken or `should_stop()`
+        says so. With `resumed` the sampler's restored position continues the current epoch mid-way, so a
+        resumed run takes exactly the batches an uninterrupted one would. A stop that falls on an epoch's last
+        step still closes the epoch (`on_epoch_end` runs). `on_step(metrics, batch, indices)` runs after every
+        step (checkpoints, logging); returns the last step's metrics."""
+        epochs = self.cfg.epochs if epochs is None else epochs
+        out: dict[str, float] = {}
+
+        def stop() -> bool:
+            return (max_steps is not None and self.step >= max_steps) or (should_stop is not None and should_stop())
+
+        while self.epoch < epochs and not stop():
+            if not (resumed and sampler.epoch == self.epoch):
+                sampler.set_epoch(self.epoch)
+            resumed = False
+            for indices in sampler:
+                batch = self.collate([data[i] for i in indices])
+                with autocast if autocast is not None else contextlib.nullcontext():
+                    out = self.train_step(batch)
+                if on_step is not None:
+                    on_step(out, batch, indices)
+                if stop() and sampler.state_dict()["position"] < len(sampler):
+                    break  # mid-epoch stop; at an epoch's end the epoch is closed below
+            else:
+                self.epoch += 1
+                if on_epoch_end is not None:
+                    on_epoch_end(out)
+                continue
+            break
+        self.sampler_state = sampler.state_dict()
+        return out
+
     def fit(
         self,
         train_data: Sequence,
@@ -241,9 +289,9 @@ class Trainer:
         log_every: int = 50,
         checkpoint_path: str | Path | None = None,
     ) -> list[dict[str, float]]:
-        """Convenience loop for scripts and tests: size-bucketed batches, per-epoch validation,
-        a checkpoint (with the sampler position) every `cfg.checkpoint_every_steps` steps and at the end.
-        Resumes mid-epoch when the trainer was loaded from such a checkpoint.
+        """`train_loop` for scripts and tests: size-bucketed batches, per-epoch validation, a checkpoint
+        (with the sampler position) every `cfg.checkpoint_every_steps` steps and at the end. Resumes mid-epoch
+        when the trainer was loaded from such a checkpoint.
 
         Returns the list of logged metric dicts (also kept in `.history`)."""
         from tqdm.auto import tqdm
@@ -255,10 +303,9 @@ class Trainer:
             raise ValueError("fit: train_data is empty")
         epochs = epochs if epochs is not None else self.cfg.epochs
         max_steps = max_steps if max_steps is not None else self.cfg.max_steps
-        sizes = [int(d.num_nodes) for d in data]
-        sampler = BucketBatchSampler(sizes, self.cfg.data.batch_size, shuffle=True, seed=self.cfg.seed)
-        steps_per_epoch = len(sampler)
-        planned = epochs * steps_per_epoch
+        sampler = BucketBatchSampler([int(d.num_nodes) for d in data], self.cfg.data.batch_size, shuffle=True,
+                                     seed=self.cfg.seed)
+        planned = epochs * len(sampler)
         if max_steps is not None:
             planned = min(planned, max_steps)
         if self.total_steps is None:
@@ -267,35 +314,30 @@ class Trainer:
         if resumed:
             sampler.load_state_dict(self.sampler_state)
         bar = tqdm(total=planned, initial=min(self.step, planned), desc="train", disable=not progress)
-        while self.epoch < epochs and (max_steps is None or self.step < max_steps):
-            if not resumed or sampler.epoch != self.epoch:
-                sampler.set_epoch(self.epoch)
-            resumed = False
-            running: list[float] = []
-            for indices in sampler:
-                metrics = self.train_step(self.collate([data[i] for i in indices]))
-                running.append(metrics["loss"])
-                bar.update(1)
-                if checkpoint_path and self.cfg.checkpoint_every_steps and self.step % self.cfg.checkpoint_every_steps == 0:
-                    self.save_checkpoint(checkpoint_path, sampler_state=sampler.state_dict())
-                if self.step % log_every == 0:
-                    bar.set_postfix(loss=f"{np.mean(running[-log_every:]):.4f}", lr=f"{metrics['lr']:.2e}")
-                    self.history.append(metrics)
-                    if callback:
-                        callback(self, metrics)
-                if max_steps is not None and self.step >= max_steps:
-                    break
-            else:
-                self.epoch += 1
-                if val_data is not None and self.cfg.val_every_epochs and self.epoch % self.cfg.val_every_epochs == 0:
-                    val = {"epoch": self.epoch, "step": self.step, **self.validate(val_data)}
-                    self.history.append(val)
-                    if callback:
-                        callback(self, val)
-                continue
-            break
+        running: list[float] = []
+
+        def on_step(metrics: dict[str, float], batch, indices) -> None:
+            running.append(metrics["loss"])
+            bar.update(1)
+            if checkpoint_path and self.cfg.checkpoint_every_steps and self.step % self.cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint(checkpoint_path, sampler_state=sampler.state_dict())
+            if self.step % log_every == 0:
+                bar.set_postfix(loss=f"{np.mean(running[-log_every:]):.4f}", lr=f"{metrics['lr']:.2e}")
+                self.history.append(metrics)
+                if callback:
+                    callback(self, metrics)
+
+        def on_epoch_end(_: dict[str, float]) -> None:
+            running.clear()
+            if val_data is not None and self.cfg.val_every_epochs and self.epoch % self.cfg.val_every_epochs == 0:
+                val = {"epoch": self.epoch, "step": self.step, **self.validate(val_data)}
+                self.history.append(val)
+                if callback:
+                    callback(self, val)
+
+        self.train_loop(data, sampler, epochs=epochs, max_steps=max_steps, resumed=resumed, on_step=on_step,
+                        on_epoch_end=on_epoch_end)
         bar.close()
-        self.sampler_state = sampler.state_dict()
         if checkpoint_path:
             self.save_checkpoint(checkpoint_path)
         return self.history

@@ -7,15 +7,12 @@ naming the key, so a sweep never launches trials that would all fail.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pdfusion.config import SCHEDULES, ConfigError
+from pdfusion.config import SCHEDULES, ConfigError, read_mapping
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint", "grid")
 
@@ -42,17 +39,14 @@ class SearchSpaceError(ConfigError):
 
 
 def load_space(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise SearchSpaceError(f"search space file {path} does not exist")
-    text = path.read_text()
+    """A search space from a JSON/YAML file (`config.read_mapping`): key -> {distribution: [args]}."""
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise SearchSpaceError(f"search space file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-    if not isinstance(data, Mapping) or not data:
+        data = read_mapping(path, "search space")
+    except ConfigError as exc:
+        raise SearchSpaceError(str(exc)) from exc
+    if not data:
         raise SearchSpaceError(f"search space file {path}: expected a non-empty mapping of key -> distribution")
-    return dict(data)
+    return data
 
 
 def _check_value(key: str, kind: str, value: Any) -> None:

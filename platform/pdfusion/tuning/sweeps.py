@@ -29,30 +29,27 @@ from typing import Any
 
 import numpy as np
 
-from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, to_dict
+from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, load, to_dict
 from pdfusion.tuning.space import GUIDANCE_KEYS, SCHEDULE_KEYS, to_tune, validate_space
 
 SCHEDULE_METRIC = "val_rwp_best_median"
 GUIDANCE_METRIC = "rwp_best_median"
 
 
+# a trial parameter -> the TrainConfig field it sets
+TRIAL_FIELDS = {"schedule": "diffusion.schedule.name", "timesteps": "diffusion.schedule.timesteps",
+                "p_uncond": "diffusion.p_uncond", "hidden": "model.hidden", "layers": "model.layers",
+                "batch_size": "data.batch_size", "lr": "lr", "ema_decay": "ema_decay"}
+
+
 def apply_overrides(base: TrainConfig, params: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig with one trial's sampled values substituted (validated by the config classes)."""
+    """A TrainConfig with one trial's sampled values substituted (`config.load`, validated once)."""
     unknown = set(params) - set(SCHEDULE_KEYS)
     if unknown:
         raise ConfigError(f"trial parameters: unknown {sorted(unknown)}")
-    sched = base.diffusion.schedule
-    if "schedule" in params:
-        sched = replace(sched, name=params["schedule"])
-    if "timesteps" in params:
-        sched = replace(sched, timesteps=int(params["timesteps"]))
-    diffusion = replace(base.diffusion, schedule=sched,
-                        p_uncond=float(params.get("p_uncond", base.diffusion.p_uncond)))
-    model = replace(base.model, hidden=int(params.get("hidden", base.model.hidden)),
-                    layers=int(params.get("layers", base.model.layers)))
-    data = replace(base.data, batch_size=int(params.get("batch_size", base.data.batch_size)))
-    return replace(base, model=model, diffusion=diffusion, data=data, lr=float(params.get("lr", base.lr)),
-                   ema_decay=float(params.get("ema_decay", base.ema_decay)))
+    cast = {"int": int, "float": float, "str": str}
+    values = {TRIAL_FIELDS[k]: cast[SCHEDULE_KEYS[k]](v) for k, v in params.items()}
+    return load(TrainConfig, base=base, values=values, what="trial")
 
 
 # --------------------------------------------------------------------------------------------------
