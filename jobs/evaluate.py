@@ -48,10 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
-    from pdfusion.evaluation.run import run_evaluation
+    from pdfusion.evaluation.evaluate import run_evaluation
 
     report = run_evaluation(cfg, log_mlflow=args.mlflow)
-    from pdfusion.evaluation.run import summary_table
+    from pdfusion.evaluation.evaluate import summary_table
 
     print(summary_table(report["summary"]))
     print(f"held-out groups: {report['split']['heldout_groups']}  targets: {report['split']['n_targets']}  "

@@ -9,7 +9,7 @@ from test_model import ATOL, inputs, random_orthogonal
 
 from pdfusion.config import SampleConfig
 from pdfusion.diffusion import sample
-from pdfusion.diffusion.model import remove_mean
+from pdfusion.diffusion.geometry import remove_mean
 
 VARIANTS = {"plain": dict(cutoff=4.0), "edge_pdf": dict(cutoff=4.0, edge_pdf="raw", pdf_rstep=0.5),
             "noise_aware": dict(cutoff=None, edge_pdf="noise_aware", pdf_rstep=0.5)}

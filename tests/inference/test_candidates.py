@@ -41,7 +41,8 @@ def bundle():
 
 def _gaussian_bundle(**model_kw):
     from pdfusion.diffusion.gaussian import GaussianDiffusion
-    from pdfusion.diffusion.model import PDFusionDenoiser, remove_mean
+    from pdfusion.diffusion.geometry import remove_mean
+    from pdfusion.diffusion.model import PDFusionDenoiser
     from pdfusion.diffusion.schedules import build_schedule
     from pdfusion.inference.bundle import ModelBundle
     from pdfusion.pdf import r_grid

@@ -25,8 +25,9 @@ sample with pdf=None, metal=None.
 
 from pdfusion.diffusion.egnn import EGNN, build_edges
 from pdfusion.diffusion.gaussian import GaussianDiffusion, atom_types
+from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import NonFiniteError, check_finite
-from pdfusion.diffusion.model import PDFusionDenoiser, remove_mean
+from pdfusion.diffusion.model import PDFusionDenoiser
 from pdfusion.diffusion.samplers import (
     SampleResult,
     guided_epsilon,

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from pdfusion.config import DiffusionConfig, ModelConfig
 from pdfusion.data.batching import DenseBatch
+from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import check_finite
-from pdfusion.diffusion.model import remove_mean
 from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
 from pdfusion.structures.particle import OXYGEN
 

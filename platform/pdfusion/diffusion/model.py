@@ -17,19 +17,12 @@ from torch import nn
 from pdfusion.config import ModelConfig, from_dict
 from pdfusion.diffusion.edge_pdf import EdgePDF, angstrom_scale
 from pdfusion.diffusion.egnn import EGNN, dense_to_sparse_nodes, sinusoidal_distance
+from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.pdf_gradient import pdf_gradient
 from pdfusion.structures.particle import OXYGEN
 
 __all__ = ["PDFusionDenoiser", "PDFEncoder", "remove_mean", "timestep_embedding"]
-
-
-def remove_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Project (B,N,3) onto the zero centre-of-mass subspace over real nodes; padding set to 0."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    n = m.sum(1, keepdim=True).clamp(min=1.0)
-    mean = (x * m).sum(1, keepdim=True) / n
-    return (x - mean) * m
 
 
 FRAME_FREQS = (0.5, 1.0, 2.0)  # cycles per model unit (3.5 Å): coarse position down to ~lattice spacing

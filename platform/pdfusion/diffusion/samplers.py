@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import GaussianDiffusion, types_to_numbers
+from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import check_finite
-from pdfusion.diffusion.model import remove_mean
 from pdfusion.diffusion.schedules import NoiseSchedule
 
 __all__ = ["SampleResult", "SamplingCancelled", "sample", "guided_epsilon", "predict_n_atoms", "strided_timesteps"]

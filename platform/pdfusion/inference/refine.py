@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pdfusion.config import PDFConfig
+from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import NonFiniteError
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import MIN_DISTANCE, blur, min_pair_distance, pair_penalty, simulate_safe
@@ -66,13 +67,7 @@ def refine(
         raise ValueError("refine: positions contain NaN or inf")
     if steps < 0:
         raise ValueError(f"refine: steps must be >= 0, got {steps}")
-    fmask = msk[..., None].double()
-
-    def centre(p):
-        c = (p * fmask).sum(1, keepdim=True) / fmask.sum(1, keepdim=True).clamp_min(1)
-        return (p - c) * fmask
-
-    pos = centre(pos)
+    pos = remove_mean(pos, msk)
     with torch.no_grad():
         g0 = simulate_safe(pos, num, msk, pdf_cfg)
         r0 = rwp(g0, target)
@@ -106,7 +101,7 @@ def refine(
             sched.step()
         with torch.no_grad():
             delta = (x - before).clamp(-max_step, max_step)
-            x.copy_(centre(before + delta))
+            x.copy_(remove_mean(before + delta, msk))
     with torch.no_grad():
         g = simulate_safe(x, num, msk, pdf_cfg)
         r = rwp(g, target)
