@@ -1,7 +1,7 @@
 """Beyond-library benchmark: off-library targets at held-out metals, library of perfect spherical cuts vs a model.
 
-    python jobs/bench_beyond_library.py --n-targets 48 --out outputs/beyond_library            # library side
-    python jobs/bench_beyond_library.py --checkpoint models/default.pt --model-targets 48 \\
+    python benchmarks/bench_beyond_library.py --n-targets 48 --out outputs/beyond_library            # library side
+    python benchmarks/bench_beyond_library.py --checkpoint models/default.pt --model-targets 48 \\
         --train-data data_out/seed --out outputs/beyond_library_model                          # + the model
 
 Targets are regenerated from ``--seed`` (``pdfusion.evaluation.beyond_library``); reports median best-of-k R_wp
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                             pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, progress=lambda m: print(m, flush=True))
-    report["command"] = " ".join(["python", "jobs/bench_beyond_library.py", *(argv if argv is not None else sys.argv[1:])])
+    report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py", *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))

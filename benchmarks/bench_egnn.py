@@ -2,7 +2,7 @@
 vs radius cutoff, forward(+backward). Each case runs in its own subprocess so peak memory (max RSS above the
 post-setup baseline) is measured per case; the ratios are printed side by side.
 
-    nice -n 10 python jobs/bench_egnn.py --batch 16 --atoms 511 --hidden 64 --layers 4 --cutoff 6.0
+    nice -n 10 python benchmarks/bench_egnn.py --batch 16 --atoms 511 --hidden 64 --layers 4 --cutoff 6.0
 
 Measured (2026-11-21, 1 thread, shared 2-core box at load ~20, so compare CPU seconds, not wall):
     cutoff fwd+bwd                   edges 514528   cpu 12.99 s  peak  4925 MiB

@@ -1,6 +1,6 @@
 """How faithfully the generator reproduces the seed-oxides particles (and how fast it is).
 
-    python jobs/bench_generator_fidelity.py --seed-dir ../shared/data/seed-oxides/graphs_h5 [--every 1]
+    python benchmarks/bench_generator_fidelity.py --seed-dir ../shared/data/seed-oxides/graphs_h5 [--every 1]
 
 For every ``graph_<Type>_<Formula>_r<R>.h5`` it builds the same (type, metal, radius) particle and
 compares, side by side in one run: equal atom count (bar >= 80 %), atom count within +-15 % (bar >= 95 %),

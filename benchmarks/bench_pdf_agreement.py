@@ -8,7 +8,7 @@ Side by side, in one run:
    with debyecalculator's own Q grid and with the Q points matched to srreal's.
 Acceptance: median ≤ 0.01 and p95 ≤ 0.03 vs srreal; median ≤ 0.01 vs debyecalculator.
 
-    python jobs/bench_pdf_agreement.py --out results/pdf_agreement.json
+    python benchmarks/bench_pdf_agreement.py --out results/pdf_agreement.json
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             ours_vs_dc_matched.append(float(rwp(ours, 2 * torch.as_tensor(_dc_gr(dc_matched, p)))))
 
     res = {
-        "command": " ".join(["python", "jobs/bench_pdf_agreement.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "benchmarks/bench_pdf_agreement.py", *(argv if argv is not None else sys.argv[1:])]),
         "config": dataclasses.asdict(cfg),
         "method": args.method,
         "ours_vs_srreal_stored": vs_srreal,

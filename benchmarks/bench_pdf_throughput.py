@@ -1,7 +1,7 @@
 """Throughput of pdfusion's batched PDF simulator vs debyecalculator on the same seed structures (CPU), and the
 time and peak memory of one 5,000-atom structure.
 
-    python jobs/bench_pdf_throughput.py --n 256 --threads 1 --out results/pdf_throughput.json
+    python benchmarks/bench_pdf_throughput.py --n 256 --threads 1 --out results/pdf_throughput.json
 
 Both codes get the same thread count; debyecalculator runs one structure per call (its API), ours one padded,
 size-sorted batch per ``--batch-size`` structures. The passes are interleaved (ours, theirs, ours, ...) and the

@@ -4,8 +4,8 @@ in one run on one sampler replica (cells interleaved), with the mean batch size 
 (short delays) goes 1 -> 2 under load and back to 1 when idle. Bounded: every cell stops after
 --duration seconds or --max-requests requests; the whole run stops by itself.
 
-    nice -n 10 python jobs/bench_serve.py                       # trains a tiny model for a few steps
-    python jobs/bench_serve.py --checkpoint runs/x/model.pt --n-samples 4 --steps 100
+    nice -n 10 python benchmarks/bench_serve.py                       # trains a tiny model for a few steps
+    python benchmarks/bench_serve.py --checkpoint runs/x/model.pt --n-samples 4 --steps 100
 """
 
 from __future__ import annotations

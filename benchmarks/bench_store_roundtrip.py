@@ -5,7 +5,7 @@ file (baseline), import into a fresh store, verify checksums, read the store bac
 item, and compare every structure with its source file (numbers, positions, node_attributes, pdf
 bytes and dtype, metadata, r grid). Prints counts, mismatches, timings, sizes and their ratios.
 
-    nice -n 10 python jobs/bench_store_roundtrip.py [--seed-dir ../shared/data/seed-oxides] [--out DIR]
+    nice -n 10 python benchmarks/bench_store_roundtrip.py [--seed-dir ../shared/data/seed-oxides] [--out DIR]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 or the same strided sampler with S = T), same model, same PDFs, same K; prints median best-of-K and median
 R_wp of each, their ratio, and the speed ratio, measured side by side in one run. Bar: medians within 10 %.
 
-    python jobs/bench_strided_sampler.py runs/overfit_T1000/checkpoint.pt \
+    python benchmarks/bench_strided_sampler.py runs/overfit_T1000/checkpoint.pt \
         --pdf ../shared/data/seed-oxides/graphs_h5/graph_CdI2_SrO2_r5.h5 --metal Sr -k 16 --strided 100 \
         --reference strided --eta 1
 """

@@ -5,7 +5,7 @@
 2. padding efficiency (real atoms / padded slots) of size-bucketed vs random batches on the seed-oxides
    particle sizes, averaged over several epochs; prints the ratio.
 
-    nice -n 10 python jobs/bench_train_throughput.py --data ../shared/data/seed-oxides/graphs_h5
+    nice -n 10 python benchmarks/bench_train_throughput.py --data ../shared/data/seed-oxides/graphs_h5
 """
 
 from __future__ import annotations

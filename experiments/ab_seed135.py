@@ -3,12 +3,12 @@
 Both arms train side by side for the same minutes (1 thread each, the 2 cores of this machine), then each is
 evaluated on the same 12 validation PDFs (K = 16, 100 strided steps, η = 1, top-4 refined), and its EMA
 denoiser's x̂0 error is measured at t = 10 / 25 / 50 / 100 on the validation particle AntiFlourite_Ag2O
-(`diag_denoiser.x0_errors`, 16 noise draws). Recipes are `--set KEY=VALUE` lists over `exp_seed135`'s config.
+(`experiments.common.x0_errors`, 16 noise draws). Recipes are `--set KEY=VALUE` lists over `exp_seed135`'s config.
 
-    python jobs/ab_seed135.py --minutes 30 --out runs/ab/edge_pdf \\
+    python experiments/ab_seed135.py --minutes 30 --out runs/ab/edge_pdf \\
         --a model.normalization_factor=1 --b model.normalization_factor=1 model.edge_pdf=raw
-    python jobs/ab_seed135.py --out runs/ab/edge_pdf --table-only      # the table again, from the results
-    python jobs/ab_seed135.py --minutes 30 --clock cpu --pdf-guidance 0.3 --pdf-guidance-iters 3 --out runs/ab/sc \
+    python experiments/ab_seed135.py --out runs/ab/edge_pdf --table-only      # the table again, from the results
+    python experiments/ab_seed135.py --minutes 30 --clock cpu --pdf-guidance 0.3 --pdf-guidance-iters 3 --out runs/ab/sc \
         --a model.edge_pdf=raw diffusion.t_sampling=lognormal --b model.edge_pdf=raw diffusion.t_sampling=lognormal \
         model.self_condition=true                                      # CPU-time budgets, PDF-guided sampling
 """
@@ -22,9 +22,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import SHARED, load_one, x0_errors
+
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[0].parent / "shared/data/seed-oxides/graphs_fixed_num_135"
-PROBE = "AntiFlourite_Ag2O.h5"
+PROBE = SHARED / "graphs_fixed_num_135" / "AntiFlourite_Ag2O.h5"
 EVAL = ["--val-pdfs", "12", "-k", "16", "--sample-steps", "100", "--eta", "1", "--refine-top", "4",
         "--refine-steps", "150"]
 TS = (10, 25, 50, 100)
@@ -42,12 +44,9 @@ def launch(arm: str, sets: list[str], minutes: float, out: Path, extra: list[str
 
 
 def x0_row(checkpoint: Path) -> dict[int, float]:
-    sys.path.insert(0, str(HERE))
-    from diag_denoiser import x0_errors
-    from exp_overfit_one import load_one
     from pdfusion.training.trainer import Trainer
 
-    data, _ = load_one(SHARED / PROBE)
+    data, _ = load_one(PROBE)
     rows = x0_errors(Trainer.from_checkpoint(checkpoint), data, copies=16, seed=0, ts=TS)
     return {int(r["t"]): float(r["x0_error_A"]) for r in rows if int(r["t"]) in TS}
 

@@ -6,52 +6,25 @@ the noisy positions and types. `OracleDenoiser` computes it (multi-start ICP ove
 Hungarian assignment on positions + types per step, posterior weights over the optima found) and returns
 the ε that pdfusion's samplers expect, so the real samplers, schedules, clipping and ranking run
 unchanged. If sampled structures fit the PDF (R_wp ≈ 0) with this denoiser, the diffusion machinery is
-correct and what is missing is a network that comes close to it; `jobs/diag_denoiser.py --oracle` measures
+correct and what is missing is a network that comes close to it; `experiments/diag_denoiser.py --oracle` measures
 how close, per noise level.
 
-    python jobs/diag_oracle_sampler.py --timesteps 500 -k 8 --steps 100
+    python experiments/diag_oracle_sampler.py --timesteps 500 -k 8 --steps 100
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from scipy.spatial.distance import cdist
 
-
-def orientation_posterior(y: np.ndarray, x0: np.ndarray, s: float, fy: np.ndarray | None = None,
-                          f0: np.ndarray | None = None, *, starts: int, iters: int, tol: float, seed: int = 0
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Posterior mean of one template x0 (N,3) given its noisy copy y (N,3, centred) with noise std s, over
-    orientations (rotations and reflections) and atom orderings: the local optima that multi-start ICP
-    finds (one Hungarian assignment on positions + optional per-atom features fy/f0 per iteration),
-    de-duplicated to `tol`, weighted by exp(−cost/2s²). Returns (mean positions, mean features or None)."""
-    from pdfusion.evaluation.metrics import _random_rotations, kabsch
-
-    feat_cost = 0.0 if fy is None else cdist(fy, f0, "sqeuclidean")
-    sols: list[tuple[float, np.ndarray, np.ndarray | None]] = []
-    for r in (rot * sign for rot in _random_rotations(starts, seed) for sign in (1.0, -1.0)):
-        for _ in range(iters):
-            _, perm = linear_sum_assignment(cdist(y @ r, x0, "sqeuclidean") + feat_cost)
-            r = kabsch(y, x0[perm], allow_reflection=True)
-        _, perm = linear_sum_assignment(cdist(y @ r, x0, "sqeuclidean") + feat_cost)
-        est = x0[perm] @ r.T  # the template placed in y's frame, atoms in y's order
-        est_f = None if fy is None else f0[perm]
-        cost = float(((y - est) ** 2).sum()) + (0.0 if fy is None else float(((fy - est_f) ** 2).sum()))
-        if not any(np.abs(est - e).max() < tol for _, e, _ in sols):
-            sols.append((cost, est, est_f))
-    costs = np.array([c for c, _, _ in sols])
-    w = np.exp(-(costs - costs.min()) / (2 * s * s))
-    w /= w.sum()
-    mean = sum(wi * e for wi, (_, e, _) in zip(w, sols, strict=True))
-    mean_f = None if fy is None else sum(wi * f for wi, (_, _, f) in zip(w, sols, strict=True))
-    return mean, mean_f
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import DEFAULT_FILE, load_one, orientation_posterior
 
 
 class OracleDenoiser(torch.nn.Module):
@@ -80,7 +53,6 @@ class OracleDenoiser(torch.nn.Module):
 
 
 def main() -> None:
-    from exp_overfit_one import DEFAULT_FILE, load_one
     from pdfusion.config import DiffusionConfig, ModelConfig, PDFConfig, SampleConfig, ScheduleConfig
     from pdfusion.diffusion import GaussianDiffusion, build_schedule
     from pdfusion.inference.candidates import sample_and_score

@@ -4,7 +4,7 @@ against its own PDF, before and after the same refinement the experiments use.
 The seed PDFs' peaks are ~0.09 Å wide (B_iso 0.3 Å²), so R_wp punishes small displacements hard: this
 calibrates how close a generated candidate is to the right structure from its R_wp alone.
 
-    python jobs/diag_rwp_sensitivity.py --file ../shared/data/seed-oxides/graphs_fixed_num_135/Spinel_AgAg2O4.h5
+    python experiments/diag_rwp_sensitivity.py --file ../shared/data/seed-oxides/graphs_fixed_num_135/Spinel_AgAg2O4.h5
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ distances divided by their median (scale-free) agree within `--tol` count as one
 One shape means the same cut at other lattice constants: what `model.bond_length` exploits, and what lets
 library lookup win.
 
-    python jobs/diag_shapes.py ../shared/data/seed-oxides/graphs_fixed_num_135
+    python experiments/diag_shapes.py ../shared/data/seed-oxides/graphs_fixed_num_135
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 Pass: >= 90 % of 64 samples are cubes, i.e. all 12 edges within 5 % of 1 (and, stricter than the bar,
 the 12 face and 4 body diagonals within 5 % of sqrt2 and sqrt3).
 
-    nice -n 10 python jobs/exp_cube.py --steps 3000 --out runs/exp_cube
+    nice -n 10 python experiments/exp_cube.py --steps 3000 --out runs/exp_cube
 """
 
 from __future__ import annotations

@@ -8,35 +8,23 @@ true atoms inside the true radius, refined the same way, so the refinement's own
 Defaults = the measured recipe (docs/training.md): T = 1000, 60,000 steps (~73 min on one CPU thread),
 strided sampler 100 steps with eta = 1. `--resume CKPT --steps N` continues a run for N more steps.
 
-    python jobs/exp_overfit_one.py --out runs/overfit_T1000_60k
-    python jobs/diag_denoiser.py runs/overfit_T1000_60k/checkpoint.pt --oracle 8     # where it still fails
+    python experiments/exp_overfit_one.py --out runs/overfit_T1000_60k
+    python experiments/diag_denoiser.py runs/overfit_T1000_60k/checkpoint.pt --oracle 8     # where it still fails
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-DEFAULT_FILE = Path(__file__).resolve().parents[1].parent / "shared/data/seed-oxides/graphs_h5/graph_CdI2_SrO2_r5.h5"
-
-
-def load_one(path: Path):
-    from torch_geometric.data import Data
-
-    from pdfusion.structures.io import read_seed_h5
-
-    rec = read_seed_h5(path)
-    p = rec.particle
-    pos = torch.tensor(p.positions - p.positions.mean(0), dtype=torch.float32)
-    data = Data(pos=pos, z=torch.tensor(p.numbers), x=torch.tensor(rec.node_attributes, dtype=torch.float32),
-                y=torch.tensor(rec.pdf, dtype=torch.float32).reshape(1, -1), metal=torch.tensor([p.metal]),
-                num_nodes=len(p))
-    return data, rec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import DEFAULT_FILE, load_one, print_table, random_control, x0_errors
 
 
 def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8, hidden: int = 64, layers: int = 4,
@@ -50,19 +38,6 @@ def overfit_config(n_atoms: int, timesteps: int, seed: int, batch_size: int = 8,
                                   loss_weighting=loss_weighting),
         data=DataConfig(batch_size=batch_size), lr=lr, warmup_steps=50, ema_decay=0.995, seed=seed,
     )
-
-
-def random_control(particle, target, pdf_cfg, k: int, steps: int, seed: int) -> dict[str, float]:
-    """K random particles (true atoms, true radius) refined exactly like the model's candidates."""
-    from pdfusion.evaluation.baselines import particle_radius, random_particle
-    from pdfusion.inference.refine import refine
-
-    rng = np.random.default_rng(seed)
-    radius = particle_radius(particle.positions - particle.positions.mean(0))
-    parts = [random_particle(particle.numbers, radius, rng) for _ in range(k)]
-    res = refine(np.stack([p.positions for p in parts]), np.stack([p.numbers for p in parts]), target, pdf_cfg,
-                 steps=steps)
-    return {"best": float(res.rwp_after.min()), "median": float(np.median(res.rwp_after))}
 
 
 def main() -> None:
@@ -83,7 +58,7 @@ def main() -> None:
     ap.add_argument("--loss-weighting", default="uniform", choices=["uniform", "min_snr"])
     ap.add_argument("--type-scale", type=float, default=0.25, help="one-hot atom-type scale (EDM: 0.25)")
     ap.add_argument("--diag-only", action="store_true",
-                    help="after training, print the x̂0-error table (jobs/diag_denoiser.py) instead of sampling")
+                    help="after training, print the x̂0-error table (experiments/diag_denoiser.py) instead of sampling")
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--sample-steps", type=int, default=100, help="strided sampler steps (0: ancestral over all T)")
     ap.add_argument("--eta", type=float, default=1.0, help="strided sampler stochasticity (1 measured better than 0)")
@@ -115,8 +90,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(out / "checkpoint.pt", extra={"defaults": {"guidance": 1.0, "steps": args.sample_steps or 100}})
-    from diag_denoiser import print_table, x0_errors
-
     diag = x0_errors(trainer, data)
     (out / "diag.json").write_text(json.dumps({"train_steps": trainer.step, "train_seconds": train_s,
                                                "loss_last50": float(np.mean(losses[-50:])) if losses else None,

@@ -5,7 +5,7 @@ true atom count. Every guidance setting runs with the trained model and with a f
 the same config (the control: what the sampler + guidance do without a learned prior), optionally followed
 by the usual post-hoc refinement. Prints one table row per (model, setting): best and median R_wp.
 
-    python jobs/exp_pdf_guidance.py runs/overfit_T1000/checkpoint.pt --steps 100 --eta 1 \\
+    python experiments/exp_pdf_guidance.py runs/overfit_T1000/checkpoint.pt --steps 100 --eta 1 \\
         --guidance-settings 0:1 0.2:3 0.4:3 --refine-steps 300
 """
 
@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import DEFAULT_FILE, load_one, random_control
+
 
 def main() -> None:
-    from exp_overfit_one import DEFAULT_FILE, load_one
     from pdfusion.config import SampleConfig
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
     from pdfusion.training.trainer import Trainer
@@ -71,8 +74,6 @@ def main() -> None:
             print(f"{line}  {row['seconds']:.0f}", flush=True)
             rows.append(row)
     if args.random_control:
-        from exp_overfit_one import random_control
-
         t0 = time.time()
         ctrl = random_control(rec.particle, data.y[0], trainer.cfg.pdf, args.k, args.refine_steps, args.seed)
         rows.append({"model": "random", "best_refined": ctrl["best"], "median_refined": ctrl["median"],

@@ -6,9 +6,9 @@ std of R_wp), best-of-16, and the library-lookup baseline (nearest training PDF)
 Refinement of the top candidates is an optional second stage; both are reported.
 Bar: median best-of-16 R_wp <= 0.10 and below library lookup.
 
-    nice -n 10 python jobs/exp_seed135.py --minutes 40 --out runs/exp_seed135          # train + evaluate
-    nice -n 10 python jobs/exp_seed135.py --resume runs/exp_seed135/checkpoint.pt --minutes 20   # continue
-    nice -n 10 python jobs/exp_seed135.py --eval-only runs/exp_seed135/checkpoint.pt
+    nice -n 10 python experiments/exp_seed135.py --minutes 40 --out runs/exp_seed135          # train + evaluate
+    nice -n 10 python experiments/exp_seed135.py --resume runs/exp_seed135/checkpoint.pt --minutes 20   # continue
+    nice -n 10 python experiments/exp_seed135.py --eval-only runs/exp_seed135/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared/data/seed-oxides"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import SHARED
 
 
 def seed135_config(seed: int = 0, name: str = "cpu"):

@@ -1,14 +1,18 @@
 """Experiment (d): the seed-135 experiment on graphs_h5 (23-511 atoms), split by metal (unseen metals in
-validation), atom count predicted from the PDF. Same outputs and bar as jobs/exp_seed135.py.
+validation), atom count predicted from the PDF. Same outputs and bar as experiments/exp_seed135.py.
 
-    nice -n 10 python jobs/exp_seed_variable.py --minutes 30 --val-pdfs 24 --out runs/exp_seed_variable
+    nice -n 10 python experiments/exp_seed_variable.py --minutes 30 --val-pdfs 24 --out runs/exp_seed_variable
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
-from exp_seed135 import SHARED, run
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: `experiments` is a package
+from experiments.common import SHARED
+from experiments.exp_seed135 import run
 
 
 def variable_config(seed: int = 0, name: str = "cpu"):

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 PY=${PYTHON:-python3}
-$PY -m ruff check platform tests jobs serve
+$PY -m ruff check platform tests jobs benchmarks experiments serve
 exec $PY -m pytest -q "$@"

@@ -24,7 +24,7 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-IMAGE_ROOT = "/home/ray/pdfusion"  # WORKDIR of infra/docker/Dockerfile.*: jobs/ and serve/ live here
+IMAGE_ROOT = "/home/ray/pdfusion"  # WORKDIR of infra/docker/Dockerfile.*: jobs/, serve/ (and the scripts) live here
 SHARED = "/mnt/pdfusion"  # mountPath of the pdfusion-shared ReadWriteMany volume
 DATA = f"{SHARED}/data/oxides"
 STORAGE = f"{SHARED}/ray-results"

@@ -130,7 +130,7 @@ def test_job_refuses_training_data_holding_a_target_metal(tmp_path, capsys):
     from pdfusion.data.generate import generate
 
     generate(GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Zr",), radii=(5.0,), pdf=FAST_PDF))
-    spec = importlib.util.spec_from_file_location("bench_beyond_library", ROOT / "jobs" / "bench_beyond_library.py")
+    spec = importlib.util.spec_from_file_location("bench_beyond_library", ROOT / "benchmarks" / "bench_beyond_library.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main(["--train-data", str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2

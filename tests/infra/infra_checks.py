@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 DOCKER = INFRA / "docker"
-IMAGE_ROOT = "/home/ray/pdfusion"  # WORKDIR of the pdfusion images: jobs/, serve/ are copied here
+IMAGE_ROOT = "/home/ray/pdfusion"  # WORKDIR of the pdfusion images: jobs/, benchmarks/, experiments/, serve/ are copied here
 SHARED_MOUNT = "/mnt/pdfusion"  # shared storage path on every node (PVC on KubeRay, EFS on AWS)
 PARSER_FUNCTIONS = ("build_parser", "parser", "make_parser", "get_parser", "create_parser")
 
@@ -210,13 +210,13 @@ def _repo_path(token: str) -> Path | None:
         token = token[len(IMAGE_ROOT) + 1 :]
     if token.startswith("./"):
         token = token[2:]
-    if token.startswith(("jobs/", "serve/")):
+    if token.startswith(("jobs/", "benchmarks/", "experiments/", "serve/")):
         return ROOT / token
     return None
 
 
 def job_calls(command: str, source: str) -> list[JobCall]:
-    """Every `python[3] <jobs|serve path>.py ARGS` in a shell command line (split on && ; |)."""
+    """Every `python[3] <jobs|benchmarks|experiments|serve path>.py ARGS` in a shell command line (split on && ; |)."""
     out = []
     tokens = shlex.split(command, comments=True)
     segment: list[str] = []

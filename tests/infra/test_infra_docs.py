@@ -8,7 +8,7 @@ import re
 import infra_checks as ic
 
 DOC = ic.ROOT / "docs" / "cluster.md"
-PATH = re.compile(r"(?<![\w/.-])((?:infra|jobs|serve)/[\w./-]*\w)")
+PATH = re.compile(r"(?<![\w/.-])((?:infra|jobs|benchmarks|experiments|serve)/[\w./-]*\w)")
 CREATED_BY_THE_READER = {"infra/mlflow/.env"}  # `cp .env.example .env`; git-ignored, holds secrets
 
 

@@ -53,7 +53,7 @@ def test_compose_validation_is_live(tmp_path):
 
 
 def test_ruff_passes_on_infra_python():
-    """scripts/test.sh lints platform/tests/jobs/serve; infra/kuberay/render.py is checked here."""
+    """scripts/test.sh lints platform/tests/jobs/benchmarks/experiments/serve; infra/kuberay/render.py is checked here."""
     files = sorted(str(p) for p in ic.INFRA.rglob("*.py"))
     assert files
     res = subprocess.run([sys.executable, "-m", "ruff", "check", *files], capture_output=True, text=True,
