@@ -47,7 +47,7 @@ class OracleDenoiser(torch.nn.Module):
                                            iters=self.iters, tol=1e-4)
             ex[b][m] = torch.as_tensor((x[b][m].double().numpy() - a * mx) / sig, dtype=x.dtype)
             eh[b][m] = torch.as_tensor((h[b][m].double().numpy() - a * mh) / sig, dtype=h.dtype)
-        from pdfusion.diffusion.model import remove_mean
+        from pdfusion.diffusion.geometry import remove_mean
 
         return remove_mean(ex, mask.bool()), eh
 

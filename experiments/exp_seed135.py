@@ -57,34 +57,26 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 
     sizes = [int(d.num_nodes) for d in train_data]
     sampler = BucketBatchSampler(sizes, trainer.cfg.data.batch_size, shuffle=True, seed=trainer.cfg.seed)
-    if trainer.sampler_state is not None:
+    resumed = trainer.sampler_state is not None
+    if resumed:
         sampler.load_state_dict(trainer.sampler_state)
     now = time.process_time if clock == "cpu" else time.time
     deadline = now() + 60 * minutes
     bar = tqdm(desc="train", initial=trainer.step)
-    resumed = trainer.sampler_state is not None
     losses: list[float] = []
-    while now() < deadline and (max_steps is None or trainer.step < max_steps):
-        if not resumed:
-            sampler.set_epoch(trainer.epoch)
-        resumed = False
-        for idx in sampler:
-            with autocast_for(trainer.device, bf16):
-                m = trainer.train_step(trainer.collate([train_data[i] for i in idx]))
-            losses.append(m["loss"])
-            bar.update(1)
-            if trainer.step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", count=f"{m.get('loss_count', 0):.3f}")
-                log.append({"step": trainer.step, "loss": float(np.mean(losses[-20:])), "lr": m["lr"],
-                            "loss_count": m.get("loss_count", 0.0)})
-            if trainer.step % trainer.cfg.checkpoint_every_steps == 0:
-                trainer.save_checkpoint(ckpt, sampler_state=sampler.state_dict())
-            if now() >= deadline or (max_steps is not None and trainer.step >= max_steps):
-                break
-        else:
-            trainer.epoch += 1
-            continue
-        break
+
+    def on_step(m: dict, batch, indices) -> None:
+        losses.append(m["loss"])
+        bar.update(1)
+        if trainer.step % 20 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", count=f"{m.get('loss_count', 0):.3f}")
+            log.append({"step": trainer.step, "loss": float(np.mean(losses[-20:])), "lr": m["lr"],
+                        "loss_count": m.get("loss_count", 0.0)})
+        if trainer.step % trainer.cfg.checkpoint_every_steps == 0:
+            trainer.save_checkpoint(ckpt, sampler_state=sampler.state_dict())
+
+    trainer.train_loop(train_data, sampler, epochs=10**9, max_steps=max_steps, should_stop=lambda: now() >= deadline,
+                       resumed=resumed, autocast=autocast_for(trainer.device, bf16), on_step=on_step)
     bar.close()
     trainer.save_checkpoint(ckpt, sampler_state=sampler.state_dict(),
                             extra={"defaults": {"guidance": 1.0, "steps": 100}})

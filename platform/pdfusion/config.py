@@ -324,7 +324,7 @@ class ModelConfig:
     norm_constant: float = 1.0  # EDM's normalisation of the coordinate difference
     aggregation: Literal["sum", "mean"] = "sum"
     # sum-aggregation divisor: 100 is the EGNN class default in EDM's code; EDM's training runs pass 1, as do
-    # jobs/exp_cube.py and exp_overfit_one.py (see docs/training.md for what 1 changes on 135-atom particles)
+    # experiments/exp_cube.py and exp_overfit_one.py (see docs/training.md for what 1 changes on 135-atom particles)
     normalization_factor: float = 100.0
     cutoff: float | None = None  # None: fully connected within a particle; else radius graph (A)
     n_types: int = 2  # one-hot atom types: metal, oxygen

@@ -12,7 +12,7 @@ most coords_range · (neighbours / normalization_factor) in all. Small systems (
 need `aggregation="mean"` or a small `normalization_factor`, or the network cannot output ε of unit size.
 
 Cost, batch of 16 × 511 atoms (the largest seed-oxides particle, rock-salt density), hidden 64, 4 layers,
-1 CPU thread on a loaded shared box (`nice -n 10 python jobs/bench_egnn.py --repeats 1`; CPU seconds, peak RSS
+1 CPU thread on a loaded shared box (`nice -n 10 python benchmarks/bench_egnn.py --repeats 1`; CPU seconds, peak RSS
 above setup; fully connected measured at B = 4 / B = 1 and scaled ×4 / ×16, linear in B):
   cutoff 6 Å  : 514,528 edges; forward 6.5 s, 0.57 GiB; forward+backward 13.0 s, 4.8 GiB;
                 with grad_checkpoint 20.0 s (1.54×), 1.4 GiB (0.30×)

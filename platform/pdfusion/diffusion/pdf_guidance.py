@@ -1,6 +1,6 @@
 """PDF guidance: steer every predicted clean structure x̂0 toward the target G(r) while sampling.
 
-Why: a denoiser trained on CPU budgets misplaces atoms at mid noise (jobs/diag_denoiser.py), and
+Why: a denoiser trained on CPU budgets misplaces atoms at mid noise (experiments/diag_denoiser.py), and
 post-hoc refinement of the finished sample then sticks in the nearest local minimum of R_wp. Here each
 sampler step takes the denoiser's x̂0, moves it a few small normalised steps down R_wp(G(x̂0), target)
 through the differentiable simulator (plus the short-distance penalty), and the sampler continues from

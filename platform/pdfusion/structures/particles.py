@@ -1,7 +1,7 @@
 """Cut spherical mono-metal oxide nanoparticles from a prototype crystal.
 
 The cut reproduces the seed-oxides generator (checked atom for atom by
-``jobs/bench_generator_fidelity.py``): every *metal* within ``radius`` of the centre is kept (inclusive),
+``benchmarks/bench_generator_fidelity.py``): every *metal* within ``radius`` of the centre is kept (inclusive),
 then every oxygen bonded to a kept metal, a bond being a distance below ``BOND_FACTOR`` (1.4) times the
 crystal's shortest metal-oxygen distance. (Measured on the seed data: every seed particle is reproduced
 by any factor in (1.14, 1.65); a radius-sum criterion such as ``1.25 * (r_M + r_O)`` is not -- it drops

@@ -2,7 +2,7 @@
 
 Why a radius rule: a generator must build *any* metal in *any* prototype, real compound or not, so the
 lattice follows from the metal's size. The rule below was calibrated on the seed-oxides data
-(``shared/data/seed-oxides/graphs_h5``, see ``jobs/bench_generator_fidelity.py``): measuring the
+(``shared/data/seed-oxides/graphs_h5``, see ``benchmarks/bench_generator_fidelity.py``): measuring the
 lattice constants of all 1,536 particles shows that for every prototype each cell length is *exactly*
 linear in one per-metal number, ``a = a0 + a1 * r_M`` (residuals < 1e-5 Å), where ``r_M`` is the
 metal's metallic radius as tabulated by the ``mendeleev`` package (its ``metallic_radius`` column; the
