@@ -85,7 +85,7 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int | None, guidance: float,
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
              pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
-             seed_library: int | None = None) -> dict:
+             seed_library: int | None = None, self_cond_estimate: str = "clean") -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
@@ -95,7 +95,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     metals = [int(d.metal) for d in val_data]
     t0 = time.time()
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
-                        pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing)
+                        pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing,
+                        self_cond_estimate=self_cond_estimate)
     if seed_library is None:
         ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
     else:
@@ -303,6 +304,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--pdf-guidance", type=float, default=0.0,
                     help="steer sampling toward the target G(r) (A per step at full noise; 0 = off)")
     ap.add_argument("--pdf-guidance-iters", type=int, default=1)
+    ap.add_argument("--self-cond-estimate", choices=("clean", "raw"), default="clean",
+                    help="a self-conditioned model's fed-back x̂0: after clipping/PDF guidance, or its own (as trained)")
     ap.add_argument("--untrained-control", action="store_true",
                     help="evaluate a freshly initialised model of the same config instead: what the sampler "
                          "(and PDF guidance) achieve without a learned prior")
@@ -375,7 +378,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
               "train_cpu_seconds_this_call": train_cpu_s, "clock": args.clock, "threads": args.threads, "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
-                         args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library)}
+                         args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,
+                         args.self_cond_estimate)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

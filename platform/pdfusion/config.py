@@ -427,8 +427,13 @@ class SampleConfig:
     pdf_guidance: float = 0.0
     pdf_guidance_iters: int = 1  # gradient steps per sampler step
     pdf_guidance_blur: float = 0.8  # A, largest blur of both G(r) curves (at high noise)
+    # What a self-conditioned model (model.self_condition) is fed as its previous estimate: "clean", the x0 after
+    # clipping and PDF guidance; "raw", the network's own x0 from its epsilon, as in training.
+    self_cond_estimate: Literal["clean", "raw"] = "clean"
 
     def __post_init__(self) -> None:
+        _check(self.self_cond_estimate in ("clean", "raw"), "self_cond_estimate",
+               f"must be 'clean' or 'raw', got {self.self_cond_estimate!r}")
         _check(self.spacing in ("time", "sigma"), "spacing", f"must be 'time' or 'sigma', got {self.spacing!r}")
         _check(self.init_t is None or self.init_t >= 1, "init_t", f"must be None or a time >= 1, got {self.init_t}")
         _check(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", f"must be None or positive, got {self.clip_x0}")

@@ -112,3 +112,36 @@ def test_sampler_feeds_each_steps_estimate_to_the_next():
     assert xh.shape == (2, 10, 3) and bool((xh[1, 10:] == 0).all()) and bool((xh[0, 8:] == 0).all())
     assert xh.abs().max() <= diffusion.model_cfg.coords_range
     assert torch.isfinite(out.positions).all()
+
+
+def test_raw_estimate_is_the_networks_own_and_clean_is_the_clipped_one():
+    """`self_cond_estimate`: "raw" feeds back x̂0 from the network's ε (what training shows it), "clean" the x̂0
+    after clipping. Without clipping both are the same; with a clip that bites, only "clean" is bounded by it."""
+    model, diffusion = tiny(seed=7, cutoff=4.0, self_condition=True)
+    batch = toy_batch([8, 10])
+    with torch.no_grad():  # large coordinate outputs, so a small clip radius changes x̂0
+        model.egnn.out.weight.normal_(0, 3.0)
+
+    def fed(**kw):
+        calls, orig = [], model.forward
+
+        def spy(x, h, mask, t, *a, **k):
+            calls.append(k.get("self_cond"))
+            return orig(x, h, mask, t, *a, **k)
+
+        model.forward = spy
+        try:
+            sample(model, diffusion, batch.pdf, batch.metal, [8, 10], SampleConfig(steps=4, eta=0.0, **kw))
+        finally:
+            model.forward = orig
+        return [c[0] for c in calls[1:]]
+
+    for a, b in zip(fed(clip_x0=None, self_cond_estimate="raw"), fed(clip_x0=None, self_cond_estimate="clean"),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    radius = 0.5  # Å
+    clean = fed(clip_x0=radius, self_cond_estimate="clean")
+    raw = fed(clip_x0=radius, self_cond_estimate="raw")
+    limit = 2 * radius / diffusion.model_cfg.position_scale  # re-centring after the clip may move atoms a little
+    assert all(float(c.norm(dim=-1).max()) <= limit for c in clean)
+    assert any(float(r.norm(dim=-1).max()) > limit for r in raw)

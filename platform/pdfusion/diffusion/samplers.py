@@ -197,12 +197,15 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
                 raise SamplingCancelled(f"sampling cancelled before step t={t_now}")
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance, self_cond=estimate)
+            if self_conditioned and cfg.self_cond_estimate == "raw":  # the network's own x̂0, as in training
+                estimate = diffusion.bound_estimate(diffusion.predict_x0(x, tt, ex), diffusion.predict_x0(h, tt, eh),
+                                                    mask)
             if cfg.steps is None:
                 x, h, x0, h0 = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, guide)
             else:
                 x, h, x0, h0 = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip,
                                           guide)
-            if self_conditioned:
+            if self_conditioned and cfg.self_cond_estimate == "clean":
                 estimate = diffusion.bound_estimate(x0, h0, mask)
             x = remove_mean(x, mask)
             h = h * m3
