@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from pdfusion.config import PDFConfig
+from pdfusion.io_utils import atomic_write
 from pdfusion.pdf import rwp, simulate_pdf, srreal_grid
 from pdfusion.structures.io import read_seed_h5
 
@@ -77,14 +77,6 @@ def _dc_gr(calc, particle) -> np.ndarray:
         warnings.simplefilter("ignore")
         _, g = calc.gr((symbols, torch.as_tensor(particle.positions, dtype=torch.float64)))
     return np.asarray(g, dtype=np.float64)
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         "debyecalculator_median<=0.01 (matched Q grid)": res["ours_vs_debyecalculator_matched_qgrid"]["median"] <= 0.01,
         "debyecalculator_median<=0.01 (its own Q grid)": res["ours_vs_debyecalculator_own_qgrid"]["median"] <= 0.01,
     }
-    _atomic_json(args.out, res)
+    atomic_write(args.out, json.dumps(res, indent=2))
 
     f = "{:.3g}".format
     print(f"ours vs stored srreal, {vs_srreal['n']} files ({t_ours:.1f} s): median {f(vs_srreal['median'])}  "

@@ -17,7 +17,6 @@ import multiprocessing as mp
 import os
 import resource
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -228,11 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{b['atoms']} atoms, {dtype_name}, {'forward+backward' if grad else 'forward'}: "
                   f"{b['seconds']:.2f} s, peak RSS growth {b['peak_rss_growth_mib']:.0f} MiB, finite={b['finite']}")
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=args.out.parent)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(tmp, args.out)
+        from pdfusion.io_utils import atomic_write
+
+        atomic_write(args.out, json.dumps(res, indent=2))
         print(f"wrote {args.out}")
     return 0
 

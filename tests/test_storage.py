@@ -20,6 +20,7 @@ def test_local_and_uri_round_trip(tmp_path):
     storage.write_text(local, "run-1")
     assert Path(local).read_text() == "run-1" and storage.read_text(local) == "run-1"
     assert list(Path(local).parent.glob("*.tmp")) == []
+    assert [p.name for p in Path(local).parent.iterdir()] == ["id.txt"]  # no temp file of any name
 
     uri = storage.join(f"file://{tmp_path}", "b", "id.txt")
     assert storage.is_uri(uri) and storage.read_text(uri) is None

@@ -23,14 +23,32 @@ def _umask() -> int:
     return mask
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable; a file system that cannot fsync a folder is left as it is."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, fsync: bool = True, *, prefix: str | None = None,
+                suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path` (same suffix, so h5py and matplotlib pick the format); when the
     block ends without an error it is made readable as a normal file (mkstemp's 0600 would hide a shared
-    checkpoint from others) and renamed over `path`; on an error it is removed."""
+    checkpoint from others) and renamed over `path`; on an error it is removed.
+
+    With `fsync` the file is flushed to disk before the rename and the folder after it, so after a crash
+    the target is the old file or the complete new one. The temporary file is named
+    ``<prefix><random><suffix>``, by default ``.<name>.<random>.tmp<suffix of path>``; a caller whose
+    clean-up finds its own leftovers by name (the HDF5 store's ``<name>.tmp.<pid>.<random>``) passes both.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}." if prefix is None else prefix,
+                                suffix=f".tmp{path.suffix}" if suffix is None else suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
@@ -43,6 +61,8 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        _fsync_dir(path.parent)
 
 
 def atomic_write(path: str | Path, data: bytes | str, encoding: str = "utf-8") -> Path:

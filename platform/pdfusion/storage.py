@@ -9,7 +9,6 @@ filesystem layer, the one Ray itself uses for remote storage.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 __all__ = ["is_uri", "normalize_storage_path", "join", "read_text", "write_text"]
@@ -48,12 +47,9 @@ def read_text(path: str) -> str | None:
 def write_text(path: str, text: str) -> None:
     """Atomic on a local disk (temp file + rename); object stores replace whole objects anyway."""
     if not is_uri(path):
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, p)
+        from pdfusion.io_utils import atomic_write
+
+        atomic_write(path, text)
         return
     import pyarrow.fs
 

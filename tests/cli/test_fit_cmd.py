@@ -77,6 +77,7 @@ def test_periodic_cif_fit_writes_every_output(tmp_path, capsys):
     assert doc["rw"] < 1e-3 and set(doc["uncertainties"]) == set(doc["free"])
     assert "_atom_site_U_iso_or_equiv" in (out / "ni.refined.cif").read_text()
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+    assert not list(out.glob(".*.tmp*"))  # nor io_utils names (.<name>.<random>.tmp<suffix>)
 
 
 def test_particle_xyz_fit_with_fix_and_init(tmp_path, capsys):

@@ -65,3 +65,13 @@ def test_diversity_zero_for_identical_positive_for_different():
     assert metrics.pairwise_diversity([ref.positions, ref.positions.copy()]) == 0.0
     rng = np.random.default_rng(2)
     assert metrics.pairwise_diversity([ref.positions, rng.normal(scale=3.0, size=ref.positions.shape)]) > 0.1
+
+
+def test_best_of_k_is_the_one_median_and_name():
+    assert metrics.BEST_OF_K_METRIC == "rwp_best_median" and metrics.VAL_BEST_OF_K_METRIC == "val_rwp_best_median"
+    assert metrics.best_of_k([0.3, 0.1, 0.2, 0.6]) == {"rwp_best_median": pytest.approx(0.25),
+                                                       "rwp_best_mean": pytest.approx(0.3)}
+    assert metrics.best_of_k([0.4], prefix="val_") == {"val_rwp_best_median": 0.4, "val_rwp_best_mean": 0.4}
+    assert metrics.best_of_k([]) == {"rwp_best_median": float("inf"), "rwp_best_mean": float("inf")}
+    nan = metrics.best_of_k([], empty=float("nan"))
+    assert all(v != v for v in nan.values())

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from pdfusion.pdf.files import (
+    MAX_NEGATIVE_RATIO,
     PDFData,
     PDFValueError,
+    covered,
     interpolate_pdf,
     map_to_grid,
     parse_pdf_bytes,
@@ -306,6 +308,38 @@ def test_map_to_grid_refuses_too_little_coverage():
     with pytest.raises(PDFValueError) as e:
         map_to_grid(GRID, -np.ones_like(GRID), GRID, normalize=True)
     assert e.value.field == "g" and "no positive value" in e.value.message
+
+
+@pytest.mark.parametrize(("g", "fragment"), [
+    (np.zeros_like(GRID), "is zero everywhere on the model's r range"),
+    (np.where(np.arange(GRID.size) == 200, 1e5, 0.01), "a lone spike is a corrupt row"),
+    (np.where(np.arange(GRID.size) == 200, 1.0, 0.0), "nonzero where every other value is 0"),
+    (np.where(np.arange(GRID.size) == 0, 1e-300, -1.0), "the positive part is negligible"),
+    (np.where(np.arange(GRID.size) == 50, 1.0, -1e30), "overflow"),
+])
+def test_map_to_grid_refuses_unusable_curves(g, fragment):
+    """The one rule of `pdfusion sample` and the HTTP service: an unusable curve is a 'g' error."""
+    with pytest.raises(PDFValueError) as e:
+        map_to_grid(GRID, g, GRID, normalize=True)
+    assert e.value.field == "g" and fragment in e.value.message
+
+
+def test_map_to_grid_negative_ratio_bound():
+    g = np.sin(GRID) - 1.0 + 1e-3  # most negative -2 + 1e-3, largest 1e-3: ratio ~2000
+    with pytest.raises(PDFValueError, match="negligible"):
+        map_to_grid(GRID, g, GRID, normalize=True)
+    assert map_to_grid(GRID, g, GRID, normalize=False).g.min() < -1.9  # only a normalising model cares
+    ok = np.sin(GRID) - 1.0 + 2.0 / MAX_NEGATIVE_RATIO * 1.01  # ratio just under the bound
+    assert map_to_grid(GRID, ok, GRID, normalize=True).g.max() == pytest.approx(1.0)
+
+
+def test_covered_and_interpolate_share_one_tolerance():
+    r = np.linspace(1, 9, 81)
+    target = np.array([1 - 1e-7, 1.0, 5.0, 9 + 1e-7, 9 + 1e-5])
+    assert covered(r, target).tolist() == [True, True, True, True, False]
+    assert np.allclose(interpolate_pdf(r, r, target[:4]), np.clip(target[:4], 1, 9))
+    with pytest.raises(ValueError, match="r: data cover"):
+        interpolate_pdf(r, r, target)
 
 
 def test_interpolate_is_exact_for_linear_data_and_checks_inputs():

@@ -14,6 +14,7 @@ from pdfusion.structures.io import (
     read_structures,
     write_seed_h5,
     write_structure,
+    xyz_text,
 )
 from pdfusion.structures.particle import Particle
 
@@ -41,6 +42,34 @@ def test_xyz_round_trip_is_bit_exact(tmp_path, seed):
     q = read_structure(tmp_path / "a.xyz")
     np.testing.assert_array_equal(q.numbers, p.numbers)
     assert q.positions.tobytes() == p.positions.tobytes()
+
+
+def test_xyz_text_is_the_one_writer(tmp_path):
+    """Files, Candidate.to_xyz and the HTTP answers all write this: count, one comment line, repr coordinates."""
+    text = xyz_text(np.array([22, 8]), np.array([[0.0, 0.1, -1.5], [1.0 / 3, 2.0, 3.0]]), "two\nlines")
+    assert text == "2\ntwo lines\nTi 0.0 0.1 -1.5\nO 0.3333333333333333 2.0 3.0\n"
+    p = rocksalt_cluster(jitter=0.05)
+    p.meta["comment"] = "a cluster"
+    write_structure(p, tmp_path / "a.xyz")
+    assert (tmp_path / "a.xyz").read_text() == xyz_text(p.numbers, p.positions, "a cluster")
+
+
+def test_seed_h5_leftover_never_looks_like_a_seed_file(tmp_path, monkeypatch):
+    """A write that fails leaves nothing; its temp name ends in .tmp, so a seed folder's *.h5 never lists it."""
+    import h5py as _h5py
+
+    rec = make_seed_record(rocksalt_cluster(jitter=0.05))
+    seen = []
+    real = _h5py.File
+
+    def spy(name, *a, **k):
+        seen.append(str(name))
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(_h5py, "File", spy)
+    write_seed_h5(rec, tmp_path / "graph_NaCl_MgO_r5.h5")
+    assert seen and seen[0].endswith(".tmp") and not seen[0].endswith(".h5")
+    assert [x.name for x in tmp_path.iterdir()] == ["graph_NaCl_MgO_r5.h5"]
 
 
 def test_extxyz_round_trip_keeps_meta_and_lattice(tmp_path):

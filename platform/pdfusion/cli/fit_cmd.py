@@ -71,28 +71,10 @@ def register(sub) -> None:
 # --------------------------------------------------------------------------------------------------
 def _read_data(path: Path, max_points: int | None = None):
     """(r, g, dg, meta) from the data file; meta has lower-case header keys (qmax, qmin, ...)."""
-    from pdfusion.pdf import files
+    from pdfusion.pdf.files import read_pdf_file
 
-    reader = getattr(files, "read_pdf_file", None)
-    if reader is not None:
-        d = reader(path, max_points=max_points)
-        meta = {str(k).lower(): v for k, v in (getattr(d, "meta", None) or {}).items()}
-        return d.r, d.g, getattr(d, "dg", None), meta
-    r, g = files.read_pdf(path)  # pragma: no cover - older reader without metadata
-    return r, g, None, _header_numbers(path)
-
-
-def _header_numbers(path: Path) -> dict:  # pragma: no cover - fallback only
-    meta = {}
-    for line in path.read_text(errors="replace").splitlines()[:200]:
-        body = line.lstrip("#;! ").strip()
-        if "=" in body:
-            k, _, v = body.partition("=")
-            try:
-                meta[k.strip().lower()] = float(v)
-            except ValueError:
-                pass
-    return meta
+    d = read_pdf_file(path, max_points=max_points)
+    return d.r, d.g, d.dg, {str(k).lower(): v for k, v in (d.meta or {}).items()}
 
 
 def _meta_float(meta: dict, key: str) -> float | None:
@@ -214,15 +196,16 @@ def _figure(res, title: str) -> tuple[bytes, bytes]:
 
 
 def _write_outputs(res, out: Path, stem: str, args, title: str, cmd: str) -> list[Path]:
+    from pdfusion.io_utils import atomic_write
     from pdfusion.pdf.periodic import Crystal
-    from pdfusion.structures.io import _write_cif_text, _write_xyz_text, atomic_write_bytes
+    from pdfusion.structures.io import _write_cif_text, _write_xyz_text
     from pdfusion.structures.particle import Particle
 
     written: list[Path] = []
 
     def put(name: str, data: bytes) -> None:
         path = out / name
-        atomic_write_bytes(path, data)
+        atomic_write(path, data)
         written.append(path)
 
     st = res.structure

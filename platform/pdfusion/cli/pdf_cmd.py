@@ -19,9 +19,7 @@ kept metal, as ``pdfusion structure`` cuts); the bulk crystal's PDF is ``pdfusio
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,15 +64,10 @@ def register(sub) -> None:
 
 
 def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from pdfusion.io_utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format=path.suffix[1:].lower() or "png")
 
 
 def _plot(path: Path, r, g, title: str, stored=None, score: float | None = None) -> None:
@@ -166,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_path,
     )
     from pdfusion.pdf import r_grid, rwp, simulate_pdf
-    from pdfusion.pdf.files import interpolate_pdf, write_pdf
+    from pdfusion.pdf.files import covered, interpolate_pdf, write_pdf
     from pdfusion.pdf.limits import check_pdf_config
     from pdfusion.structures.io import read_seed_h5, read_structure, xyz_atom_count
 
@@ -219,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     score = None
     if stored is not None:
-        lo, hi = max(r[0], stored[0][0]), min(r[-1], stored[0][-1])
-        sel = (r >= lo - 1e-9) & (r <= hi + 1e-9)
+        sel = covered(stored[0], r)
         target = interpolate_pdf(stored[0], stored[1], r[sel])
         score = float(rwp(torch.as_tensor(g[sel]), torch.as_tensor(target)))
 

@@ -12,15 +12,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pdfusion.config import ConfigError
+from pdfusion.io_utils import atomic_write
 from pdfusion.limits import add_limit_flags, limits_from_args
-
-MAX_NORMALIZED = 50.0  # a G(r) scaled to max 1 whose minimum is below -50 has a negligible positive part
 
 
 def register(sub) -> None:
@@ -56,8 +54,9 @@ def load_target(path: str | Path, r_grid: np.ndarray, *, normalize: bool = True)
     :func:`pdfusion.pdf.files.map_to_grid` -- the reader and grid rule of the HTTP service, so both accept the
     same files and give the same curve. Data starting above the grid's rmin or ending below its rmax are
     mapped with G = 0 where they do not reach, and interpolation from a coarser step is done: each prints a
-    one-line warning to stderr. Raises ValueError naming the file (and line) for a malformed file, or when
-    the r range covers less than half of the model's."""
+    one-line warning to stderr. Raises ValueError naming the file (and line) for a malformed file, and
+    ConfigError (a ValueError) when the r range covers less than half of the model's or the mapped curve is
+    unusable (zero, a lone spike, a negligible positive part: map_to_grid's rules)."""
     path = Path(path)
     return map_target(path, read_target(path), r_grid, normalize=normalize)
 
@@ -80,15 +79,10 @@ def map_target(path: Path, data, r_grid: np.ndarray, *, normalize: bool = True) 
     try:
         mapped = map_to_grid(data.r, data.g, np.asarray(r_grid, dtype=np.float64), normalize=normalize)
     except PDFValueError as exc:
-        raise ValueError(f"{path}: {exc.message}") from None
-    g = mapped.g
-    if normalize and np.abs(g).max() > MAX_NORMALIZED:
-        raise ConfigError(f"{path}: scaled to max 1 on the model's r range, G reaches {g.min():.3g}: its positive part "
-                          f"is negligible next to the rest, so the model would see a curve of ±{np.abs(g).max():.3g}; "
-                          "is this G(r)? (check the columns and the sign)")
+        raise ConfigError(f"{path}: {exc.message}") from None
     for note in mapped.warnings:
         print(f"warning: {path.name}: {note}", file=sys.stderr)
-    return g
+    return mapped.g
 
 
 def check_checkpoint_source(source: str) -> None:
@@ -102,13 +96,6 @@ def check_checkpoint_source(source: str) -> None:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"checkpoint {source!r}: no MLflow store at {uri[len('sqlite:///'):]}; set "
                           "MLFLOW_TRACKING_URI to the store that registered the model, or give a checkpoint file")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     files = []
     for i, c in enumerate(cands, start=1):
         name = f"rank{i:02d}_rwp{c.rwp:.4f}.xyz"
-        _atomic_write_text(out / name, c.to_xyz())
+        atomic_write(out / name, c.to_xyz())
         files.append(name)
     summary = {
         "checkpoint": str(args.checkpoint), "model": bundle.name, "version": bundle.version,
@@ -167,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             for i, (f, c) in enumerate(zip(files, cands, strict=True), start=1)
         ],
     }
-    _atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     if not args.no_plot:
         from pdfusion.evaluation.plots import candidate_overlay
 

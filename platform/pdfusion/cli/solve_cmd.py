@@ -58,35 +58,12 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _header_meta(path: Path) -> dict[str, Any]:
-    """`key = value` lines above the data (only used when pdf.files has no read_pdf_file)."""
-    meta: dict[str, Any] = {}
-    for line in path.read_text(errors="replace").splitlines():
-        s = line.strip()
-        if s.lower().startswith("#") and "start data" in s.lower():
-            break
-        if "=" in s and not s.startswith("#"):
-            k, _, v = s.partition("=")
-            v = v.strip()
-            try:
-                meta[k.strip()] = float(v)
-            except ValueError:
-                meta[k.strip()] = v
-    return meta
-
-
 def read_data(path: str | Path, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(r, G, header meta) of a PDF file through pdfusion.pdf.files."""
-    from pdfusion.pdf import files
+    """(r, G, header meta) of a PDF file through :func:`pdfusion.pdf.files.read_pdf_file`."""
+    from pdfusion.pdf.files import read_pdf_file
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such PDF file")
-    if hasattr(files, "read_pdf_file"):
-        data = files.read_pdf_file(path, max_points=max_points)
-        return np.asarray(data.r, dtype=np.float64), np.asarray(data.g, dtype=np.float64), dict(data.meta or {})
-    r, g = files.read_pdf(path)
-    return r, g, _header_meta(path) if path.suffix.lower() not in (".h5", ".hdf5", ".csv") else {}
+    data = read_pdf_file(path, max_points=max_points)  # FileNotFoundError "<path>: no such PDF file"
+    return np.asarray(data.r, dtype=np.float64), np.asarray(data.g, dtype=np.float64), dict(data.meta or {})
 
 
 def resolve_composition(given: str | None, meta: dict[str, Any], path: str | Path) -> str:

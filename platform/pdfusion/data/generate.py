@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import AugmentConfig, ConfigError, GenerateConfig, PDFConfig, to_dict
+from pdfusion.io_utils import atomic_path, atomic_write
 from pdfusion.structures.features import node_attributes
 from pdfusion.structures.particle import Particle
 from pdfusion.structures.particles import make_particle, min_radius
@@ -146,11 +147,7 @@ def save_config(cfg: GenerateConfig) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"config_hash": config_hash(cfg), "config": to_dict(cfg)}
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, sort_keys=True)
-    os.replace(tmp, out / CONFIG_FILE)
-    return out / CONFIG_FILE
+    return atomic_write(out / CONFIG_FILE, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def expand_grid(cfg: GenerateConfig) -> list[WorkUnit]:
@@ -354,10 +351,7 @@ def write_summary(root: str | Path, json_path: str | Path | None = None, png_pat
     json_path = Path(json_path) if json_path else root / "summary.json"
     png_path = Path(png_path) if png_path else root / "atom_counts.png"
     body = {k: v for k, v in s.items() if k != "sizes"}
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", dir=json_path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(body, fh, indent=2)
-    os.replace(tmp, json_path)
+    atomic_write(json_path, json.dumps(body, indent=2))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,8 +363,9 @@ def write_summary(root: str | Path, json_path: str | Path | None = None, png_pat
     ax.set_ylabel("structures")
     ax.set_title(f"{s['n_structures']} structures, {len(s['per_type'])} types")
     fig.tight_layout()
-    tmp_png = png_path.with_name(f".{png_path.name}.tmp.png")
-    fig.savefig(tmp_png, dpi=100)
-    plt.close(fig)
-    os.replace(tmp_png, png_path)
+    try:
+        with atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return body

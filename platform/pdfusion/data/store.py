@@ -19,7 +19,8 @@ Why this shape: the reader needs O(1) random access to one structure (offsets) a
 all structures without touching the big arrays (``sizes()`` reads only ``offsets``), and generation
 jobs write shards from many Ray tasks at once, so a shard is the unit of atomicity and of retry.
 
-Crash safety: a shard is written to ``<name>.tmp.<pid>.<rand>``, fsynced, ``os.replace``d into place,
+Crash safety: a shard is written to ``<name>.tmp.<pid>.<rand>``, fsynced, ``os.replace``d into place
+(``pdfusion.io_utils.atomic_path``, which also fsyncs the folder),
 and only then added to the manifest (itself replaced atomically under a ``flock``). The manifest
 is the single source of truth: a reader never sees a half shard. A writer killed mid-shard leaves a
 stale temp file (removed by :func:`recover`) and a writer killed between the rename and the manifest
@@ -49,7 +50,6 @@ import json
 import math
 import os
 import re
-import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import ConfigError
+from pdfusion.io_utils import atomic_path
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -165,27 +166,15 @@ def r_grid_sha256(r_grid: np.ndarray) -> str:
     return hashlib.sha256(r.dtype.str.encode() + r.tobytes()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _atomic_store_path(path: Path):
+    """`io_utils.atomic_path` (fsync of file and folder) with the store's temp name ``<name>.tmp.<pid>.<random>``,
+    which :func:`recover` removes (``*.tmp.*``) and which never ends in ``.h5`` (it cannot pass for an orphan shard)."""
+    return atomic_path(path, prefix=f"{path.name}.tmp.{os.getpid()}.", suffix="")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _atomic_store_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 class StoreWriteError(ConfigError):
@@ -423,19 +412,10 @@ def _write_shard(root: Path, shard_name: str, records, r_grid, compression, upda
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"{shard_name}: duplicate record ids {dup[:5]}; ids (meta 'id' or 'source') must be unique")
-    final = root / shard_name
-    tmp = root / f"{shard_name}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
+    with _atomic_store_path(root / shard_name) as tmp:
         _write_h5(tmp, recs, r_sha, compression)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         info = ShardInfo(shard_name, sha256_file(tmp), len(recs), int(sum(len(r.numbers) for r in recs)),
                          tuple(ids), str(recs[0].pdf.dtype), tmp.stat().st_size)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     if update_manifest:
         Manifest.add_shard(root, info, r_grid_sha=r_sha, n_r=n_r)
     return info

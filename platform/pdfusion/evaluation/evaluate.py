@@ -18,6 +18,7 @@ import numpy as np
 
 from pdfusion.config import DataConfig, EvalConfig, PDFConfig, to_dict
 from pdfusion.evaluation import harness, plots
+from pdfusion.io_utils import atomic_write
 
 
 def _method(name: str, cfg: EvalConfig, bundle, library, pdf_cfg: PDFConfig):
@@ -118,9 +119,7 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = Fa
     }
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1, default=float))
-    tmp.replace(out / "report.json")
+    atomic_write(out / "report.json", json.dumps(report, indent=1, default=float))
     (out / "summary.md").write_text(summary_table(summary))
     plots.rwp_histograms(rows_by_method, out / "rwp_histograms.png")
     r = np.asarray(ds.r_grid)

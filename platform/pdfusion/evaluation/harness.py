@@ -25,8 +25,6 @@ from pdfusion.evaluation.baselines import nearest_library, particle_radius, rand
 from pdfusion.pdf import rwp
 from pdfusion.structures.particle import OXYGEN, Particle
 
-METHODS = ("model", "unconditional", "library", "random")
-
 
 @dataclass
 class Target:
@@ -51,7 +49,9 @@ class Proposal:
     wall_s: float
 
 
-Method = Callable[[Sequence[Target], int, int], list[Proposal]]
+# A method of the harness (the model, a baseline) as a callable: (targets, k, seed) -> one Proposal per target.
+# The method names the evaluation knows are pdfusion.config.EVAL_METHODS.
+Proposer = Callable[[Sequence[Target], int, int], list[Proposal]]
 
 
 def targets_from_dataset(ds, indices: Sequence[int]) -> list[Target]:
@@ -68,7 +68,7 @@ def targets_from_dataset(ds, indices: Sequence[int]) -> list[Target]:
 # methods
 # --------------------------------------------------------------------------------------------------
 def model_method(bundle, *, guidance: float | None = None, steps: int | None = None, refine: bool = False,
-                 fix_n_atoms: bool = False, max_batch: int | None = None) -> Method:
+                 fix_n_atoms: bool = False, max_batch: int | None = None) -> Proposer:
     """The diffusion model (guidance γ and steps default to the bundle's); γ = 0 is the unconditional baseline."""
     from pdfusion.diffusion import NonFiniteError
     from pdfusion.inference.candidates import generate_candidates
@@ -94,7 +94,7 @@ def model_method(bundle, *, guidance: float | None = None, steps: int | None = N
     return run
 
 
-def library_method(library: Sequence[Particle], library_pdfs: np.ndarray) -> Method:
+def library_method(library: Sequence[Particle], library_pdfs: np.ndarray) -> Proposer:
     """The K training structures whose PDFs fit the target best (no ML)."""
 
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
@@ -106,7 +106,7 @@ def library_method(library: Sequence[Particle], library_pdfs: np.ndarray) -> Met
     return run
 
 
-def random_method() -> Method:
+def random_method() -> Proposer:
     """Random particles with the true atom count, stoichiometry and particle radius (hence density)."""
 
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
@@ -122,7 +122,7 @@ def random_method() -> Method:
     return run
 
 
-def refined(method: Method, pdf_cfg: PDFConfig, steps: int) -> Method:
+def refined(method: Proposer, pdf_cfg: PDFConfig, steps: int) -> Proposer:
     """Any method followed by the same R_wp refinement of each candidate against the target PDF, so
     refinement's share can be compared fairly (random particles refined too, not only model samples)."""
     from pdfusion.inference.refine import refine_ragged
@@ -210,7 +210,7 @@ def score_target(target: Target, prop: Proposal, cfg: PDFConfig, k: int, rmsd_to
     return row
 
 
-def score_targets(method: Method, targets: Sequence[Target], cfg: PDFConfig, k: int, seed: int = 0,
+def score_targets(method: Proposer, targets: Sequence[Target], cfg: PDFConfig, k: int, seed: int = 0,
                   keep: int = 0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(rows, kept) — kept holds the best/median candidates of the first `keep` targets, for plots."""
     rows, kept = [], []
@@ -231,12 +231,12 @@ def _finite(values: Sequence[float]) -> np.ndarray:
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """One table row: medians over targets of the per-target metrics (finite values), plus totals."""
     out: dict[str, float] = {"n_targets": len(rows), "nan_total": int(sum(r["nan_count"] for r in rows))}
-    for key in ("rwp_best", "rwp_median", "rwp_mean", "rwp_std", "valid_fraction", "n_atoms_error",
+    best = _finite([r.get("rwp_best") for r in rows])
+    out.update(metrics.best_of_k(best, empty=math.nan))  # rwp_best_median, rwp_best_mean
+    for key in ("rwp_median", "rwp_mean", "rwp_std", "valid_fraction", "n_atoms_error",
                 "mo_ratio_error", "composition_match", "rmsd_best", "rmsd_min", "diversity", "wall_s_per_structure"):
         vals = _finite([r.get(key) for r in rows])
         out[f"{key}_median"] = float(np.median(vals)) if vals.size else math.nan
-    best = _finite([r.get("rwp_best") for r in rows])
-    out["rwp_best_mean"] = float(best.mean()) if best.size else math.nan
     out["frac_rwp_best_le_0.10"] = float(np.mean(best <= 0.10)) if best.size else math.nan
     rm = _finite([r.get("rmsd_best") for r in rows])
     out["rmsd_best_defined_fraction"] = rm.size / max(len(rows), 1)

@@ -1,4 +1,5 @@
-"""Structure-level metrics for generated candidates: validity, recovery (RMSD), stoichiometry, diversity.
+"""Structure-level metrics for generated candidates: validity, recovery (RMSD), stoichiometry, diversity; and the
+best-of-K R_wp summary every model selection uses (:func:`best_of_k`, :data:`BEST_OF_K_METRIC`).
 
 RMSD uses an optimal rigid alignment (Kabsch, reflections allowed only when asked) combined with an optimal
 atom assignment (Hungarian, within each element), iterated because the best assignment depends on the
@@ -9,6 +10,8 @@ minima a single start falls into for near-spherical particles.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +22,20 @@ from scipy.spatial.distance import cdist
 from pdfusion.structures.particle import OXYGEN, Particle
 
 MIN_DISTANCE = 1.2  # Å: closer pairs are unphysical for oxides (the dataset filter uses the same bound)
+# The score of a generator: over target PDFs, the median of each PDF's best R_wp among its K candidates (lower
+# is better). With the "val_" prefix it is the trainer's validation score, the checkpoint and schedule-sweep
+# metric; without, the evaluation table's and the guidance sweep's.
+BEST_OF_K_METRIC = "rwp_best_median"
+VAL_BEST_OF_K_METRIC = f"val_{BEST_OF_K_METRIC}"
+
+
+def best_of_k(best_rwp: Sequence[float], *, prefix: str = "", empty: float = math.inf) -> dict[str, float]:
+    """``{prefix}rwp_best_median`` (:data:`BEST_OF_K_METRIC`) and ``{prefix}rwp_best_mean`` of the per-PDF
+    best-of-K R_wp values; both ``empty`` when there are none (inf: a minimising search ranks it last)."""
+    arr = np.asarray(list(best_rwp), dtype=np.float64)
+    if not arr.size:
+        return {f"{prefix}{BEST_OF_K_METRIC}": empty, f"{prefix}rwp_best_mean": empty}
+    return {f"{prefix}{BEST_OF_K_METRIC}": float(np.median(arr)), f"{prefix}rwp_best_mean": float(arr.mean())}
 
 
 def min_distance(positions: np.ndarray) -> float:

@@ -46,16 +46,13 @@ class Candidate:
     expansion: float | None = None  # isotropic scale fitted to the target (bond-length-frame models only)
 
     def to_xyz(self, comment: str | None = None) -> str:
-        """Plain XYZ text (element symbols, Å)."""
-        from pymatgen.core import Element
+        """Plain XYZ text (element symbols, Å; ``pdfusion.structures.io.xyz_text``)."""
+        from pdfusion.structures.io import xyz_text
 
         if comment is None:
             comment = f"pdfusion candidate rwp={self.rwp:.5f} n_atoms={self.n_atoms}"
             comment += f" expansion={self.expansion:.5f}" if self.expansion is not None else ""
-        lines = [str(self.n_atoms), comment.replace("\n", " ")]
-        for z, (x, y, w) in zip(self.numbers, self.positions, strict=True):
-            lines.append(f"{Element.from_Z(int(z)).symbol:<2s} {x:14.8f} {y:14.8f} {w:14.8f}")
-        return "\n".join(lines) + "\n"
+        return xyz_text(self.numbers, self.positions, comment)
 
 
 def metal_number(metal: int | str) -> int:

@@ -1,6 +1,6 @@
 """The ranked report of a :class:`~pdfusion.inference.solve.SolveResult`: a printed table, ``report.json``,
 one XYZ file and one fit plot (data circles, fit line, difference offset below, Rw in the legend) per
-reported candidate. Every file is written atomically (``structures.io.atomic_write_bytes``)."""
+reported candidate. Every file is written atomically (``pdfusion.io_utils.atomic_write``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from pdfusion.inference.solve import SolvedCandidate, SolveResult
-from pdfusion.structures.io import atomic_write_bytes, write_structure
+from pdfusion.io_utils import atomic_write
+from pdfusion.structures.io import write_structure
 from pdfusion.structures.particle import Particle
 
 __all__ = ["format_table", "plot_fit", "write_report", "REPORT_SCHEMA_KEYS"]
@@ -84,7 +85,7 @@ def plot_fit(c: SolvedCandidate, path: str | Path, title: str = "") -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     return Path(path)
 
 
@@ -116,7 +117,7 @@ def write_report(result: SolveResult, outdir: str | Path, *, data_name: str = ""
             plot_fit(c, out / f"fit_rank{c.rank:02d}.png", title=f"{data_name}  rank {c.rank}: {c.label}".strip())
             entry["plot"] = f"fit_rank{c.rank:02d}.png"
     text = json.dumps(report, indent=2, allow_nan=False, default=_json_default)
-    atomic_write_bytes(out / "report.json", text.encode())
+    atomic_write(out / "report.json", text)
     return report
 
 

@@ -24,7 +24,8 @@ count, a second ``#S`` scan, fewer than two rows, more than ``max_points`` rows 
 before anything is allocated) -- measured files arrive from users and a silent misparse would condition
 the model on garbage.
 
-:func:`map_to_grid` puts a curve on a model's r grid (the rule the CLI and HTTP share).
+:func:`map_to_grid` puts a measured curve on a model's r grid (the one rule of the CLI and HTTP, and the checks that
+the mapped curve is usable); :func:`interpolate_pdf` interpolates a computed curve that must cover the target r.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ import io
 import math
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 import numpy as np
 
+from pdfusion.io_utils import atomic_write
+
 TEXT_SUFFIXES = (".gr", ".fgr", ".dat", ".txt", ".xy", ".csv")
 H5_SUFFIXES = (".h5", ".hdf5")
 MIN_COVERAGE = 0.5  # map_to_grid refuses data covering less than this fraction of the model's r range
+R_TOL = 1e-6  # Å: r values closer than this are the same r (map_to_grid's same grid, interpolate_pdf's range)
 _START = re.compile(r"^#+\s*start\s+data\b", re.IGNORECASE)
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*( [A-Za-z0-9_.\-]+){0,3}$")
 _MAX_NAME = 120
@@ -335,35 +338,48 @@ def _read_h5(path: Path, max_points: int | None) -> PDFData:
 MAX_ABS_G = 1e10  # |G| beyond this is no PDF in any unit (Å⁻², counts), and squares overflow float64 in a fit
 SPIKE_RATIO = 100.0  # a point this many times larger than every point away from it is not a PDF peak
 _SPIKE_GAP = 5  # points either side of the largest that may belong to the same peak
+# After scaling to max 1, a real G(r) dips to about -0.3..-0.7 (Pt_S1, Ni, Fe2O3: -0.32 / -0.55 / -0.63);
+# a minimum below -MAX_NEGATIVE_RATIO means the positive side is a rounding error, not a PDF.
+MAX_NEGATIVE_RATIO = 100.0
+
+
+def _where(source: str, k: int) -> str:
+    return f"{source} point {k}" if source else f"point {k}"
 
 
 def check_pdf_values(r, g, source: str) -> None:
     """Finite values a fit can use: no lone spike (:func:`check_spikes`), and no |G| above ``MAX_ABS_G``
-    (1e308 overflows every sum of squares)."""
+    (1e308 overflows every sum of squares). Raises :class:`PDFValueError` ('g')."""
     check_spikes(r, g, source)
+    check_magnitude(r, g, source)
+
+
+def check_magnitude(r, g, source: str = "") -> None:
+    """Refuse |G| above ``MAX_ABS_G``: such values overflow float32 once interpolated and scaled, and float64
+    in a fit's sum of squares (:class:`PDFValueError` 'g', naming the point)."""
     ga = np.abs(np.asarray(g, dtype=np.float64).reshape(-1))
     if ga.size and ga.max() > MAX_ABS_G:
         k = int(np.argmax(ga))
-        raise ValueError(f"{source} point {k}: |G| = {ga[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
-                         f"beyond {MAX_ABS_G:g}; no PDF is this large in any unit (check the columns, or rescale)")
+        raise PDFValueError("g", f"{_where(source, k)}: |G| = {ga[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å "
+                                 f"is beyond {MAX_ABS_G:g}; no PDF is this large in any unit, and such values overflow "
+                                 "once interpolated and scaled (check the columns: r, then G; or rescale)", k)
 
 
-def check_spikes(r, g, source: str, lines: Sequence[int] | None = None) -> None:
+def check_spikes(r, g, source: str = "") -> None:
     """Refuse a curve whose largest |G| is a lone spike, more than ``SPIKE_RATIO`` x every value more than
     ``_SPIKE_GAP`` points away (a stray ``2.0 1e12`` row). Every PDF peak is many points wide and the
     first peaks of a real G(r) are within a factor of a few of each other, so one such point is a corrupt
-    row; scaled to max 1 it would turn the whole target into a single spike."""
+    row; scaled to max 1 it would turn the whole target into a single spike (:class:`PDFValueError` 'g')."""
     g = np.abs(np.asarray(g, dtype=np.float64).reshape(-1))
     if g.size <= 2 * _SPIKE_GAP + 2:
         return
     k = int(np.argmax(g))
     rest = np.concatenate([g[: max(0, k - _SPIKE_GAP)], g[k + _SPIKE_GAP + 1:]])
     other = float(rest.max()) if rest.size else 0.0
-    if other > 0 and g[k] > SPIKE_RATIO * other:
-        where = f"line {lines[k]}" if lines is not None else f"point {k}"
-        raise ValueError(f"{source} {where}: G = {g[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
-                         f"{g[k] / other:.3g} x every other value; a lone spike is a corrupt row, not a PDF peak "
-                         "(remove or fix that row)")
+    if g[k] > 0 and g[k] > SPIKE_RATIO * other:
+        times = f"{g[k] / other:.3g} x every other value" if other > 0 else "nonzero where every other value is 0"
+        raise PDFValueError("g", f"{_where(source, k)}: G = {g[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
+                                 f"{times}; a lone spike is a corrupt row, not a PDF peak (remove or fix that row)", k)
 
 
 def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, check: bool = True) -> PDFData:
@@ -406,19 +422,25 @@ class GridMapping:
 
 
 def map_to_grid(r, g, grid, *, normalize: bool, min_coverage: float = MIN_COVERAGE) -> GridMapping:
-    """Put a measured G(r) on a model's r grid -- the rule shared by ``pdfusion sample`` and the HTTP API.
+    """Put a measured G(r) on a model's r grid -- the one rule of ``pdfusion sample``, ``pdfusion solve``'s
+    model candidates and the HTTP API (which only add their error type and, for HTTP, the float32 cast).
 
+    - ``r``, ``g`` are checked by :func:`validate_pdf_arrays`, and |G| above ``MAX_ABS_G`` is refused
+      (:func:`check_magnitude`: it would overflow once interpolated and scaled).
     - The data must cover at least ``min_coverage`` (default half) of the grid's range, else
       :class:`PDFValueError` ('r'): fitting a model to a curve it mostly never sees is meaningless.
-    - Grid points below the data's first r or above its last r (beyond half a grid step) get G = 0, with
-      a warning each: G(r) is ~0 below the first peak and beyond a nanoparticle's diameter, and a zero
-      contributes nothing the data did not say.
-    - Different grids are linearly interpolated; when the data's (median) step is coarser than the grid's,
-      a warning says so (the model sees straight lines between the data points).
-    - ``normalize``: scale to max 1 as the training PDFs were ('g' error when no value is positive).
-
-    ``r``, ``g`` are checked by :func:`validate_pdf_arrays` first."""
+    - Data on the grid itself (every r within ``R_TOL`` of its grid point) are taken as they are. Otherwise
+      G is linearly interpolated, and grid points below the data's first r or above its last r (beyond half
+      a grid step) get G = 0, with a warning each: G(r) is ~0 below the first peak and beyond a
+      nanoparticle's diameter, and a zero contributes nothing the data did not say. When the data's (median)
+      step is coarser than the grid's, a warning says so (the model sees straight lines between the points).
+    - On the grid the curve must be usable ('g' errors): not zero everywhere, not a lone spike
+      (:func:`check_spikes`), and with ``normalize`` a positive maximum and a most negative value at most
+      ``MAX_NEGATIVE_RATIO`` times that maximum (else the positive part is negligible and scaling to max 1,
+      as the training PDFs were, blows the curve up to -1e300).
+    - ``normalize``: scale to max 1."""
     r, g, _ = validate_pdf_arrays(r, g)
+    check_magnitude(r, g)
     grid = np.asarray(grid, dtype=np.float64).reshape(-1)
     if grid.size < 2:
         raise ValueError(f"grid: need at least two points, got {grid.size}")
@@ -434,7 +456,7 @@ def map_to_grid(r, g, grid, *, normalize: bool, min_coverage: float = MIN_COVERA
             f"(at least {min_coverage:.0%} needed); give a PDF computed over a wider r range, e.g. rmax ≥ {hi:g} Å",
         )
     notes: list[str] = []
-    same = r.size == grid.size and np.allclose(r, grid, rtol=0, atol=1e-6)
+    same = r.size == grid.size and np.allclose(r, grid, rtol=0, atol=R_TOL)
     if same:
         out = g.copy()
     else:
@@ -454,17 +476,35 @@ def map_to_grid(r, g, grid, *, normalize: bool, min_coverage: float = MIN_COVERA
         if data_step > step * 1.001:
             notes.append(f"data step {data_step:.4g} Å is coarser than the model's {step:.4g} Å: "
                          "G linearly interpolated between data points")
+    if not float(np.abs(out).max()) > 0:
+        raise PDFValueError("g", f"is zero everywhere on the model's r range {lo:g}–{hi:g} Å; nothing to fit")
+    check_spikes(grid, out)
     if normalize:
         peak = float(out.max())
         if not (peak > 0 and math.isfinite(peak)):
             raise PDFValueError("g", f"has no positive value on the model's r range {lo:g}–{hi:g} Å; cannot scale to "
-                                     "max 1 (is this G(r)? check the columns)")
+                                     "max 1 (is this G(r)? check the columns and the sign)")
+        ratio = -float(out.min()) / peak
+        if ratio > MAX_NEGATIVE_RATIO:
+            raise PDFValueError("g", f"its most negative value {float(out.min()):.3g} is {ratio:.3g} times its largest "
+                                     f"{peak:.3g}: the positive part is negligible, and scaled to max 1 as the model "
+                                     "expects the curve would be noise (a G(r) dips to about -0.5 of its maximum; is "
+                                     "this G(r)? check the sign and the columns)")
         out = out / peak
     return GridMapping(out, not same, notes)
 
 
+def covered(r: np.ndarray, r_target: np.ndarray) -> np.ndarray:
+    """Mask of the ``r_target`` points inside the data's range [r[0], r[-1]] (to within ``R_TOL``): where
+    :func:`interpolate_pdf` may be asked for a value."""
+    r, r_target = np.asarray(r, dtype=np.float64), np.asarray(r_target, dtype=np.float64)
+    return (r_target >= r[0] - R_TOL) & (r_target <= r[-1] + R_TOL)
+
+
 def interpolate_pdf(r: np.ndarray, g: np.ndarray, r_target: np.ndarray) -> np.ndarray:
-    """G linearly interpolated onto ``r_target``; r must be strictly increasing, finite and cover r_target."""
+    """G linearly interpolated onto ``r_target``, for curves compared point by point (a simulated G(r) against
+    a stored one): r must be strictly increasing, finite and cover r_target (to within ``R_TOL``); nothing is
+    filled in or scaled. A measured PDF goes onto a model's grid with :func:`map_to_grid`."""
     r = np.asarray(r, dtype=np.float64)
     g = np.asarray(g, dtype=np.float64)
     r_target = np.asarray(r_target, dtype=np.float64)
@@ -478,8 +518,7 @@ def interpolate_pdf(r: np.ndarray, g: np.ndarray, r_target: np.ndarray) -> np.nd
     if not np.all(np.diff(r) > 0):
         k = int(np.argmax(~(np.diff(r) > 0)))
         raise ValueError(f"r: must be strictly increasing; r[{k}]={r[k]} >= r[{k + 1}]={r[k + 1]}")
-    tol = 1e-9 * max(1.0, float(np.abs(r).max()))
-    if r_target.size and (r_target.min() < r[0] - tol or r_target.max() > r[-1] + tol):
+    if not covered(r, r_target).all():
         raise ValueError(f"r: data cover [{r[0]}, {r[-1]}] but r_target needs [{r_target.min()}, {r_target.max()}]; "
                          "measure to a larger rmax or simulate with a smaller one")
     return np.interp(r_target, r, g)
@@ -490,22 +529,11 @@ def _atomic_write_lines(path: Path, head: str, r: np.ndarray, g: np.ndarray, sep
     g = np.asarray(g, dtype=np.float64).reshape(-1)
     if r.shape != g.shape:
         raise ValueError(f"g: has {g.size} points but r has {r.size}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(head)
-            for ri, gi in zip(r, g, strict=True):
-                fh.write(f"{ri:.10g}{sep}{gi:.10g}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, head + "".join(f"{ri:.10g}{sep}{gi:.10g}\n" for ri, gi in zip(r, g, strict=True)))
 
 
 def write_pdf_csv(path: str | os.PathLike, r: np.ndarray, g: np.ndarray) -> None:
-    """Write 'r,G' CSV atomically (temporary file in the same folder, then os.replace)."""
+    """Write 'r,G' CSV atomically (``pdfusion.io_utils.atomic_write``)."""
     _atomic_write_lines(Path(path), "r,G\n", r, g, ",")
 
 

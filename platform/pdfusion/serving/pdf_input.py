@@ -55,70 +55,29 @@ def check_pdf_arrays(r, g, limits: ServeLimits, origin: str = "") -> tuple[np.nd
     return r, g
 
 
-# A G(r) in any unit a PDF program writes (Å⁻², normalised, arbitrary) is far inside this; beyond it the
-# curve is garbage or its interpolation / normalisation would overflow float64 or the model's float32.
-MAX_ABS_G = 1e10
-# After scaling to max 1, a real G(r) dips to about -0.3..-0.7 (Pt_S1, Ni, Fe2O3: -0.32 / -0.55 / -0.63);
-# a minimum below -MAX_NEGATIVE_RATIO means the positive side is a rounding error, not a PDF.
-MAX_NEGATIVE_RATIO = 100.0
-
-
 def _g_field(origin: str) -> str:
     return f"{origin}.g" if origin else "g"
 
 
-def check_magnitude(g: np.ndarray, origin: str = "") -> None:
-    """InputError naming `g` when |G| exceeds MAX_ABS_G (it would overflow once interpolated and scaled)."""
-    big = float(np.max(np.abs(g))) if g.size else 0.0
-    if not np.isfinite(big) or big > MAX_ABS_G:
-        raise InputError(_g_field(origin), f"|G| reaches {big:.3g}, beyond the {MAX_ABS_G:.0e} a G(r) may have: values this large "
-                         "overflow float32 once interpolated and scaled (check the units and the columns: r, then G)")
-
-
 def to_model_grid(r: np.ndarray, g: np.ndarray, grid: np.ndarray, normalize: bool, origin: str = "") -> tuple[np.ndarray, bool]:
-    """G on the model's grid via :func:`pdfusion.pdf.files.map_to_grid` (the CLI's rule): linear
+    """G on the model's grid via :func:`pdfusion.pdf.files.map_to_grid`, the CLI's rule: linear
     interpolation when the grids differ, G = 0 where the data do not reach (logged), refused when the data
     cover less than half the model's r range; scaled to max 1 when the model was trained on max-normalised
     PDFs. Returns (g_model float32, interpolated?).
 
-    Finite-but-unusable curves are refused naming `g` (422) before anything overflows: |G| beyond
-    MAX_ABS_G; on the model's range all zero, a single spike, no positive value, or a positive side
-    negligible next to the negative one (which max-normalisation would blow up to -1e300). The sampler
-    only ever sees a finite float32 curve of sane size."""
-    g = np.asarray(g, dtype=np.float64)
-    check_magnitude(g, origin)
-    field = _g_field(origin)
+    Finite-but-unusable curves are refused there, naming `g` (422), before anything overflows: |G| beyond
+    ``pdf.files.MAX_ABS_G``; on the model's range all zero, a lone spike, no positive value, or a positive
+    side negligible next to the negative one (``pdf.files.MAX_NEGATIVE_RATIO``; max-normalisation would blow
+    it up to -1e300). The sampler only ever sees a finite float32 curve of sane size."""
     try:
-        mapped = map_to_grid(r, g, grid, normalize=False)
+        mapped = map_to_grid(r, g, grid, normalize=normalize)
     except PDFValueError as exc:
         raise InputError(f"{origin}.{exc.field}" if origin else exc.field, exc.message) from None
-    out = np.asarray(mapped.g, dtype=np.float64)
-    lo, hi = float(grid[0]), float(grid[-1])
-    big = float(np.max(np.abs(out)))
-    if not big > 0:
-        raise InputError(field, f"is zero everywhere on the model's r range {lo:g}–{hi:g} Å; nothing to fit")
-    # a spike: one grid point carries the curve, every other value is < 1 % of it (e.g. one row '2.0 1e6')
-    k = int(np.argmax(np.abs(out)))
-    rest = np.abs(np.delete(out, k))
-    if rest.size and float(rest.max()) < 0.01 * big:
-        raise InputError(field, f"is a single spike at r = {float(grid[k]):g} Å (G = {out[k]:.3g}, every other value "
-                                "below 1 % of it); check that row of the data")
-    if normalize:
-        peak = float(out.max())
-        if not peak > 0:
-            raise InputError(field, f"has no positive value on the model's r range {lo:g}–{hi:g} Å; cannot scale to "
-                                    "max 1 (is this G(r)? check the columns and the sign)")
-        ratio = -float(out.min()) / peak
-        if ratio > MAX_NEGATIVE_RATIO:
-            raise InputError(field, f"its most negative value {float(out.min()):.3g} is {ratio:.3g} times its largest "
-                                    f"{peak:.3g}: scaled to max 1 as the model expects, the curve would be noise "
-                                    "(a G(r) dips to about -0.5 of its maximum; check the sign and the columns)")
-        out = out / peak
     for note in mapped.warnings:
         log.warning("request PDF: %s", note)
-    g32 = out.astype(np.float32)
-    if not np.isfinite(g32).all():  # unreachable after the bounds above; the sampler never gets inf
-        raise InputError(field, "does not fit in float32 after mapping onto the model's grid")
+    g32 = mapped.g.astype(np.float32)
+    if not np.isfinite(g32).all():  # unreachable after map_to_grid's bounds; the sampler never gets inf
+        raise InputError(_g_field(origin), "does not fit in float32 after mapping onto the model's grid")
     return g32, mapped.interpolated
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pdfusion.config import ServeConfig
 from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, is_multipart, read_form, read_json
 from pdfusion.serving.schemas import no_bool
+from pdfusion.structures.io import xyz_text
 
 MAX_TOP = 10
 MAX_RADII = 12
@@ -52,19 +53,10 @@ class SolveJSON(SolveOptions):
     _arrays = field_validator("r", "g", mode="before")(no_bool)
 
 
-def _xyz(numbers: np.ndarray, positions: np.ndarray, comment: str) -> str:
-    from pymatgen.core import Element
-
-    lines = [str(len(numbers)), comment]
-    lines += [f"{Element.from_Z(int(z)).symbol} {x:.6f} {y:.6f} {w:.6f}" for z, (x, y, w) in zip(numbers, positions,
-                                                                                                 strict=True)]
-    return "\n".join(lines) + "\n"
-
-
 def _candidate_out(c, return_curves: bool) -> dict[str, Any]:
     out = c.to_dict()
-    out["xyz"] = _xyz(c.structure.numbers, c.structure.positions,
-                      f"pdfusion solve rank {c.rank} {c.structure_type} Rw={c.rw:.5f}")
+    out["xyz"] = xyz_text(c.structure.numbers, c.structure.positions,
+                          f"pdfusion solve rank {c.rank} {c.structure_type} Rw={c.rw:.5f}")
     if return_curves:
         out["curves"] = {"r": c.r.round(6).tolist(), "gobs": c.gobs.tolist(), "gcalc": c.gcalc.tolist()}
     return out

@@ -2,7 +2,7 @@
 
 Every reader returns a :class:`~pdfusion.structures.particle.Particle`; malformed input raises
 ``ValueError`` naming the file and the line (text formats) or key (HDF5) and what was expected, because
-these files come from users and from other codes. Writers are atomic (temp file + ``os.replace``) so an
+these files come from users and from other codes. Writers are atomic (``pdfusion.io_utils``) so an
 interrupted write never leaves a half file under the final name.
 
 * XYZ / extended XYZ are parsed here (a few lines) rather than through ASE so errors can name the line;
@@ -22,11 +22,8 @@ interrupted write never leaves a half file under the final name.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from pdfusion.io_utils import atomic_path, atomic_write
 from pdfusion.structures.particle import Particle
 
 FORMATS = ("xyz", "extxyz", "cif", "h5")
@@ -56,22 +54,6 @@ def _fmt_of(path: Path, fmt: str | None) -> str:
         raise ValueError(f"{path}: cannot tell the format (of a structure) from the suffix {ext or '(none)'!r}; "
                          f"name the file with one of {' '.join(sorted(_EXT))}")
     return _EXT[ext]
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: a temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _symbol_to_z(sym: str, where: str) -> int:
@@ -232,9 +214,17 @@ def _meta_for_extxyz(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def xyz_text(numbers, positions, comment: str = "") -> str:
+    """Plain XYZ text: the atom count, ``comment`` on one line, then ``symbol x y z`` (Å) at ``repr``
+    precision, so reading it back is bit-exact. The one XYZ writer: structure files, ``Candidate.to_xyz``,
+    the HTTP answers."""
+    lines = [str(len(numbers)), str(comment).replace("\n", " ")]
+    lines += [f"{_z_to_symbol(z)} {float(x)!r} {float(y)!r} {float(w)!r}"
+              for z, (x, y, w) in zip(numbers, positions, strict=True)]
+    return "\n".join(lines) + "\n"
+
+
 def _write_xyz_text(p: Particle, extended: bool) -> str:
-    buf = io.StringIO()
-    buf.write(f"{len(p)}\n")
     if extended:
         from ase.io.extxyz import key_val_dict_to_str
 
@@ -248,12 +238,10 @@ def _write_xyz_text(p: Particle, extended: bool) -> str:
         kv.update(_meta_for_extxyz(p.meta))
         if "Lattice" in kv:
             kv["Lattice"] = " ".join(repr(float(v)) for v in kv["Lattice"])
-        buf.write(key_val_dict_to_str(kv) + "\n")
+        comment = key_val_dict_to_str(kv)
     else:
-        buf.write(str(p.meta.get("comment", p.meta.get("formula", ""))).replace("\n", " ") + "\n")
-    for z, (x, y, zz) in zip(p.numbers, p.positions, strict=True):
-        buf.write(f"{_z_to_symbol(z)} {float(x)!r} {float(y)!r} {float(zz)!r}\n")
-    return buf.getvalue()
+        comment = str(p.meta.get("comment", p.meta.get("formula", "")))
+    return xyz_text(p.numbers, p.positions, comment)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,12 +403,9 @@ def write_seed_h5(record: SeedRecord, path: str | Path) -> None:
     """Write a :class:`SeedRecord` in the seed-oxides layout (atomically), e.g. for tools that read that format."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        na = np.asarray(record.node_attributes, dtype=np.float64)
+    na = np.asarray(record.node_attributes, dtype=np.float64)
+    # a leftover temp file ends in .tmp, not .h5: it is never read as one more file of a seed folder
+    with atomic_path(path, suffix=".tmp") as tmp:
         with h5py.File(tmp, "w") as h5:
             h5["node_attributes"] = na
             h5["atomic_number"] = na[:, 0]
@@ -431,12 +416,6 @@ def write_seed_h5(record: SeedRecord, path: str | Path) -> None:
             h5["edge_attributes"] = np.asarray(record.edge_attr, dtype=np.float64)
             h5["r"] = np.asarray(record.r)
             h5["pdf"] = np.asarray(record.pdf)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------
@@ -475,5 +454,5 @@ def write_structure(particle: Particle, path: str | Path, fmt: str | None = None
         text = _write_cif_text(particle)
     else:
         text = _write_xyz_text(particle, extended=kind == "extxyz")
-    atomic_write_bytes(path, text.encode())
+    atomic_write(path, text)
     return path
