@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pdfusion.evaluation.metrics import VAL_BEST_OF_K_METRIC
+
 DEMO_TYPES = ("NaCl", "Rutile", "Fluorite", "Wurtzite", "ZincBlende", "CsCl")
 DEMO_METALS = ("Mg", "Ti", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ca", "Sr")
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                storage_path=str(out / "ray_results"), register_as=args.model_name,
                                experiment="pdfusion-demo")
         print(f"      {outcome.final_step} steps in {time.perf_counter() - t0:.0f} s; val best-of-K R_wp "
-              f"{outcome.metrics.get('val_rwp_best_median', float('nan')):.3f}; registered "
+              f"{outcome.metrics.get(VAL_BEST_OF_K_METRIC, float('nan')):.3f}; registered "
               f"models:/{outcome.model_name}/{outcome.model_version}")
         uri = f"models:/{outcome.model_name}/{outcome.model_version}" if outcome.model_version else outcome.checkpoint_path
         bundle = load_bundle(uri)

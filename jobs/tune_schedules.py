@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pdfusion.config import ConfigError, preset, with_sets
+from pdfusion.evaluation.metrics import VAL_BEST_OF_K_METRIC
 from pdfusion.tuning.space import DEFAULT_SCHEDULE_SPACE, SCHEDULE_KEYS, load_space, validate_space
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace-period", type=int, default=1, help="ASHA grace period (epochs)")
     p.add_argument("--reduction-factor", type=int, default=2, help="ASHA reduction factor")
     p.add_argument("--max-concurrent", type=int, default=None, help="default: cluster CPUs / CPUs per trial")
-    p.add_argument("--metric", default="val_rwp_best_median", choices=["val_rwp_best_median", "val_loss"],
+    p.add_argument("--metric", default=VAL_BEST_OF_K_METRIC, choices=[VAL_BEST_OF_K_METRIC, "val_loss"],
                    help="validation metric ASHA and Optuna minimise")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],

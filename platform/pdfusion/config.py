@@ -118,7 +118,7 @@ def _set(data: dict[str, Any], key: str, value: Any, cls: type | None = None, wh
             raise ConfigError(f"{what} {key}: {k!r} is not a config section")
         node = node[k]
     if parts[-1] not in node:
-        raise ConfigError(f"{what} {key}: unknown field {parts[-1]!r}")
+        raise ConfigError(f"{what} {key}: unknown field {parts[-1]!r} (an unknown key; valid keys are {sorted(node)})")
     if isinstance(value, str):
         hint = _field_hint(cls, parts)
         args = typing.get_args(hint)

@@ -18,6 +18,14 @@ __all__ = ["atomic_path", "atomic_torch_save", "atomic_write"]
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (setting it to read it would give a
+    file another thread creates meanwhile mode 0666)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

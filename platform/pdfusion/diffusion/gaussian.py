@@ -21,6 +21,7 @@ from pdfusion.data.batching import DenseBatch
 from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
+from pdfusion.structures.bonds import median_metal_oxygen_bond
 from pdfusion.structures.particle import OXYGEN
 
 __all__ = ["GaussianDiffusion", "atom_types", "types_to_numbers", "OXYGEN"]
@@ -56,8 +57,6 @@ class GaussianDiffusion:
         check_finite("batch.pos", batch.pos)
         x = remove_mean(batch.pos.float(), mask)
         if self.model_cfg.bond_length is not None:  # one shape per structure type (config.ModelConfig.bond_length)
-            from pdfusion.structures.bonds import median_metal_oxygen_bond
-
             x = x * (self.model_cfg.bond_length / median_metal_oxygen_bond(x, batch.z, mask))[:, None, None]
         x = x / self.model_cfg.position_scale
         types = atom_types(batch.z, mask)

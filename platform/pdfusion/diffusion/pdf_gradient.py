@@ -16,7 +16,9 @@ import torch
 
 from pdfusion.config import ModelConfig, PDFConfig
 from pdfusion.diffusion.edge_pdf import angstrom_scale, gaussian_blur_rows
+from pdfusion.diffusion.gaussian import types_to_numbers
 from pdfusion.diffusion.guards import check_finite
+from pdfusion.pdf.fitting import simulate_safe
 
 __all__ = ["pdf_gradient"]
 
@@ -33,9 +35,6 @@ def pdf_gradient(cfg: ModelConfig, x: torch.Tensor, h: torch.Tensor, mask: torch
 
     x (B,N,3) model units at noise ᾱ (B,); h noisy type features (argmax decides metal / oxygen); scale:
     `edge_pdf.angstrom_scale(cfg, pdf)` when the caller already has it."""
-    from pdfusion.diffusion.gaussian import types_to_numbers
-    from pdfusion.pdf.fitting import simulate_safe
-
     m = mask.bool()
     pdf = pdf.float()
     scale = angstrom_scale(cfg, pdf) if scale is None else scale

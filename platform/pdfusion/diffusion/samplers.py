@@ -18,6 +18,7 @@ from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import GaussianDiffusion, types_to_numbers
 from pdfusion.diffusion.geometry import remove_mean
 from pdfusion.diffusion.guards import check_finite
+from pdfusion.diffusion.pdf_guidance import PDFGuide
 from pdfusion.diffusion.schedules import NoiseSchedule
 
 __all__ = ["SampleResult", "SamplingCancelled", "sample", "guided_epsilon", "predict_n_atoms", "strided_timesteps"]
@@ -154,8 +155,6 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         if diffusion.model_cfg.bond_length is not None:
             raise ValueError("pdf_guidance: this model samples in a bond-length frame (model.bond_length), whose "
                              "sizes are only fitted to the target after sampling; set pdf_guidance=0")
-        from pdfusion.diffusion.pdf_guidance import PDFGuide
-
         guide = PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=cfg.pdf_guidance, iters=cfg.pdf_guidance_iters,
                          blur_max=cfg.pdf_guidance_blur)
     if generator is None:

@@ -242,7 +242,7 @@ def generate_candidates(
     if pdfs.shape[-1] != len(bundle.r_grid):
         raise ValueError(
             f"pdfs: expected {len(bundle.r_grid)} points (the model's r grid {bundle.r_grid[0]:g}–"
-            f"{bundle.r_grid[-1]:g} Å), got {pdfs.shape[-1]}; interpolate with pdfusion.pdf.files.interpolate_pdf"
+            f"{bundle.r_grid[-1]:g} Å), got {pdfs.shape[-1]}; put a measured PDF on it with pdfusion.pdf.files.map_to_grid"
         )
     cfgs = [cfg] * pdfs.shape[0] if isinstance(cfg, SampleConfig) else list(cfg)
     if len(cfgs) != pdfs.shape[0]:

@@ -18,7 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdfusion.config import SolveConfig
+from pdfusion.structures.clusters import cluster_series
 from pdfusion.structures.particle import Particle
+from pdfusion.structures.particles import make_particle
+from pdfusion.structures.prototypes import PROTOTYPES, canonical_type
 
 __all__ = ["DEFAULT_RADII", "FAMILIES", "NOBLE_METALS", "ParsedComposition", "build_library", "default_families",
            "parse_composition"]
@@ -91,9 +94,6 @@ def default_families(comp: ParsedComposition) -> tuple[str, ...]:
 
 def _oxide_candidates(comp: ParsedComposition, radii: Sequence[float], types: Sequence[str] | None,
                       max_mismatch: float | None, max_atoms: int) -> list[Particle]:
-    from pdfusion.structures.particles import make_particle
-    from pdfusion.structures.prototypes import PROTOTYPES, canonical_type
-
     names = list(PROTOTYPES) if types is None else [canonical_type(t) for t in types]
     target = comp.o_per_metal if comp.is_oxide else None
 
@@ -131,8 +131,6 @@ def build_library(composition: str | ParsedComposition, radii: Sequence[float] =
     'metal'), default :func:`default_families`; ``oxide_types`` / ``cluster_types`` restrict the prototypes;
     ``max_mismatch`` drops oxide prototypes whose O/M ratio differs from the formula's by more than this
     fraction; ``max_atoms`` skips larger particles (screening cost grows as N^2)."""
-    from pdfusion.structures.clusters import cluster_series
-
     comp = parse_composition(composition) if isinstance(composition, str) else composition
     radii = sorted({float(r) for r in radii})
     if not radii or not all(math.isfinite(r) and r > 0 for r in radii):

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import ScreenConfig
+from pdfusion.pdf.formfactors import scattering_factors
 from pdfusion.pdf.realspace import pair_distances
 from pdfusion.pdf.refine import FitResult
 from pdfusion.structures.particle import Particle
@@ -132,8 +133,6 @@ class Curves:
 
     def __init__(self, particle: Particle, q: np.ndarray, cfg: ScreenConfig):
         import torch
-
-        from pdfusion.pdf.formfactors import scattering_factors
 
         self.q = np.asarray(q, dtype=np.float64)
         hi = cfg.expansion[1]

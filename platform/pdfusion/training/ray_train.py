@@ -25,9 +25,19 @@ from pathlib import Path
 from typing import Any
 
 from pdfusion import storage, tracking
-from pdfusion.config import ConfigError, TrainConfig, from_dict, to_dict
+from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, to_dict
+from pdfusion.data.batching import BucketBatchSampler
+from pdfusion.data.dataset import open_dataset
+from pdfusion.data.splits import split_indices
+from pdfusion.diffusion.guards import NonFiniteError
+from pdfusion.evaluation import plots
+from pdfusion.evaluation.metrics import VAL_BEST_OF_K_METRIC
+from pdfusion.inference.candidates import sample_and_score
+from pdfusion.inference.checkpoint import load_checkpoint
+from pdfusion.pdf import r_grid
+from pdfusion.training.trainer import Trainer, autocast_for
 
-SCORE_METRIC = "val_rwp_best_median"
+SCORE_METRIC = VAL_BEST_OF_K_METRIC
 # Score of checkpoints taken before the first validation: worse than any real R_wp, and finite because
 # Ray's run snapshot stores metrics as JSON, where inf does not survive a restore.
 UNVALIDATED_SCORE = 1e6
@@ -61,9 +71,6 @@ class TrainingOutcome:
 # --------------------------------------------------------------------------------------------------
 def load_split(cfg: TrainConfig) -> tuple[list, list]:
     """(train, val) lists of PyG `Data` from `cfg.data.path`, split by group, capped at `max_atoms`."""
-    from pdfusion.data.dataset import open_dataset
-    from pdfusion.data.splits import split_indices
-
     if not cfg.data.path:
         raise ConfigError("data.path: no training data given; pass --data <store dir or seed-oxides folder>")
     if not Path(cfg.data.path).exists():
@@ -98,8 +105,6 @@ def _restore(trainer, sampler, ckpt, rank: int, seed: int) -> bool:
     """Load this rank's state from a Ray checkpoint (falls back to rank 0's when the world grew).
 
     Returns whether the sampler position was restored (then the current epoch continues mid-way)."""
-    from pdfusion.inference.checkpoint import load_checkpoint
-
     with ckpt.as_directory() as d:
         own = Path(d) / _state_file(rank)
         path = own if own.is_file() else Path(d) / _state_file(0)
@@ -119,9 +124,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
     import torch
-
-    from pdfusion.data.batching import BucketBatchSampler
-    from pdfusion.training.trainer import Trainer, autocast_for
 
     cfg: TrainConfig = from_dict(TrainConfig, config["train_config"])
     opts: dict[str, Any] = config["options"]
@@ -257,8 +259,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _validate(trainer, val_data) -> dict[str, float]:
     """`Trainer.validate`; if sampling produced structures whose PDF cannot be scored (e.g. an early
     model placing every atom beyond rmax), keep the validation loss and say why R_wp is missing."""
-    from pdfusion.diffusion.guards import NonFiniteError
-
     try:
         out = trainer.validate(val_data)
     except NonFiniteError:
@@ -283,8 +283,6 @@ def _read_last_val(ckpt) -> dict[str, float] | None:
 
 def _random_sampler(sizes, cfg: TrainConfig, world: int, rank: int):
     """Random batches (for comparison): pools of one batch, so sorting inside a pool changes nothing."""
-    from pdfusion.data.batching import BucketBatchSampler
-
     return BucketBatchSampler(sizes, cfg.data.batch_size, shuffle=True, seed=cfg.seed, num_replicas=world,
                               rank=rank, drop_last=True, pool_batches=1)
 
@@ -294,11 +292,6 @@ def _log_samples(trainer, val_data, cfg: TrainConfig, logger: tracking.RunLogger
     curve is each candidate's `g_sim`, drawn by evaluation.plots.candidate_overlay)."""
     import numpy as np
     import torch
-
-    from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.plots import candidate_overlay
-    from pdfusion.inference.candidates import sample_and_score
-    from pdfusion.pdf import r_grid
 
     chosen = val_data[:n_pdfs]
     if not chosen:
@@ -315,7 +308,7 @@ def _log_samples(trainer, val_data, cfg: TrainConfig, logger: tracking.RunLogger
             xyz = Path(tmp) / f"{tag}_best.xyz"
             xyz.write_text(best.to_xyz(f"best-of-{len(cands)} Rwp={best.rwp:.4f} target {getattr(data, 'source', '')}"))
             logger.log_artifact(xyz, "samples")
-            png = candidate_overlay(r, data.y.reshape(-1).cpu().numpy(), cands, f"{tag}: best of {len(cands)}",
+            png = plots.candidate_overlay(r, data.y.reshape(-1).cpu().numpy(), cands, f"{tag}: best of {len(cands)}",
                                     Path(tmp) / f"{tag}_pdf.png")
             logger.log_artifact(png, "plots")
 

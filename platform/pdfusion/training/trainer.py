@@ -21,17 +21,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pdfusion.config import TrainConfig, from_dict, to_dict
+from pdfusion.config import SampleConfig, TrainConfig, from_dict, to_dict
+from pdfusion.data.batching import BucketBatchSampler, collate
 from pdfusion.diffusion.factory import build_model
+from pdfusion.diffusion.guards import NonFiniteError
+from pdfusion.evaluation.metrics import best_of_k
+from pdfusion.inference.candidates import sample_and_score
 from pdfusion.inference.checkpoint import load_checkpoint, save_checkpoint
 
 CHECKPOINT_FORMAT = 1
-
-
-def _non_finite_error():
-    from pdfusion.diffusion.guards import NonFiniteError
-
-    return NonFiniteError
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int | None, min_factor: float = 0.05) -> float:
@@ -147,7 +145,7 @@ class Trainer:
         batch = self._batch_to(batch)
         loss, metrics = self._loss(self.model, batch, self.generator)
         if not torch.isfinite(loss):
-            raise _non_finite_error()(
+            raise NonFiniteError(
                 f"training step {self.step}: loss is {float(loss.detach())} (metrics {metrics}); "
                 "lower the learning rate or check the batch for bad positions/PDFs"
             )
@@ -156,7 +154,7 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
         if not torch.isfinite(grad_norm):
             bad = [n for n, p in self.module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
-            raise _non_finite_error()(
+            raise NonFiniteError(
                 f"training step {self.step}: gradient of parameter(s) {bad[:5]} is not finite (grad_norm {float(grad_norm)}); "
                 "the optimizer step was skipped - lower the learning rate or check the batch"
             )
@@ -198,9 +196,6 @@ class Trainer:
     ) -> dict[str, float]:
         """Validation loss plus best-of-K R_wp: sample K candidates per validation PDF with the EMA model
         (strided sampler, predicted atom count), simulate their PDFs, keep the best R_wp per PDF."""
-        from pdfusion.config import SampleConfig
-        from pdfusion.inference.candidates import sample_and_score
-
         n_pdfs = self.cfg.val_pdfs if n_pdfs is None else n_pdfs
         k = self.cfg.val_samples if k is None else k
         steps = self.cfg.val_steps if steps is None else steps
@@ -216,9 +211,7 @@ class Trainer:
             metals = [int(d.metal.reshape(-1)[0]) for d in chosen]
             scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=self.cfg.seed + self.step)
             ranked = sample_and_score(self.ema, self.diffusion, pdfs, metals, scfg, self.cfg.pdf, device=self.device)
-            best = np.array([cands[0].rwp for cands in ranked])
-            out["val_rwp_best_median"] = float(np.median(best))
-            out["val_rwp_best_mean"] = float(np.mean(best))
+            out.update(best_of_k([cands[0].rwp for cands in ranked], prefix="val_"))
         return out
 
     # ------------------------------------------------------------------------------------------
@@ -226,8 +219,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     @staticmethod
     def collate(data_list: Sequence):
-        from pdfusion.data.batching import collate
-
         return collate(list(data_list))
 
     def train_loop(
@@ -295,8 +286,6 @@ class Trainer:
 
         Returns the list of logged metric dicts (also kept in `.history`)."""
         from tqdm.auto import tqdm
-
-        from pdfusion.data.batching import BucketBatchSampler
 
         data = list(train_data)
         if not data:

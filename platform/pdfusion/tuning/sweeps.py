@@ -29,11 +29,21 @@ from typing import Any
 
 import numpy as np
 
+from pdfusion import tracking
 from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, load, to_dict
+from pdfusion.data.dataset import open_dataset
+from pdfusion.data.splits import split_indices
+from pdfusion.diffusion import NonFiniteError
+from pdfusion.evaluation.metrics import BEST_OF_K_METRIC, VAL_BEST_OF_K_METRIC, best_of_k
+from pdfusion.inference.bundle import load_bundle
+from pdfusion.inference.candidates import generate_candidates
+from pdfusion.io_utils import atomic_write
+from pdfusion.training.ray_train import run_training
 from pdfusion.tuning.space import GUIDANCE_KEYS, SCHEDULE_KEYS, to_tune, validate_space
+from pdfusion.tuning.trial_cleanup import RegisterWithReaper, start_reaper
 
-SCHEDULE_METRIC = "val_rwp_best_median"
-GUIDANCE_METRIC = "rwp_best_median"
+SCHEDULE_METRIC = VAL_BEST_OF_K_METRIC
+GUIDANCE_METRIC = BEST_OF_K_METRIC
 
 
 # a trial parameter -> the TrainConfig field it sets
@@ -60,9 +70,6 @@ def schedule_trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pdfusion.training.ray_train import run_training
-    from pdfusion.tuning.trial_cleanup import RegisterWithReaper
-
     meta = config["_pdfusion"]
     params = {k: v for k, v in config.items() if k != "_pdfusion"}
     cfg = apply_overrides(from_dict(TrainConfig, meta["base"]), params)
@@ -82,9 +89,6 @@ def schedule_trial(config: dict[str, Any]) -> None:
 def score_guidance(bundle, pdfs: np.ndarray, metals: list[int], guidance: float, steps: int, k: int,
                    seed: int = 0) -> dict[str, float]:
     """Median (and mean) best-of-K R_wp of `bundle` on `pdfs` for one (γ, steps)."""
-    from pdfusion.diffusion import NonFiniteError
-    from pdfusion.inference.candidates import generate_candidates
-
     cfg = SampleConfig(guidance=float(guidance), steps=int(steps), n_samples=int(k), seed=seed)
     best, nan = [], 0
     for i in range(len(pdfs)):
@@ -95,16 +99,12 @@ def score_guidance(bundle, pdfs: np.ndarray, metals: list[int], guidance: float,
             continue
         if cands:
             best.append(cands[0].rwp)
-    arr = np.asarray(best)
-    return {GUIDANCE_METRIC: float(np.median(arr)) if arr.size else math.inf,
-            "rwp_best_mean": float(arr.mean()) if arr.size else math.inf, "nan_pdfs": nan}
+    return {**best_of_k(best), "nan_pdfs": nan}
 
 
 def guidance_trial(config: dict[str, Any]) -> None:
     import ray.tune
     import torch
-
-    from pdfusion.inference.bundle import load_bundle
 
     torch.set_num_threads(1)
     meta = config["_pdfusion"]
@@ -157,26 +157,19 @@ def concurrent_trials(cluster: dict[str, float], num_workers: int, cpus_per_work
 
 def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any], storage_path: str) -> tuple[str, str]:
     """(tracking uri, parent run id) — reused when the sweep is resumed."""
-    from pdfusion import tracking
-
     uri = tracking_uri or tracking.default_tracking_uri()
     id_file = Path(storage_path) / name / "mlflow_parent_run_id"
     previous = id_file.read_text().strip() if id_file.is_file() else None
     run_id = tracking.start_run(uri, experiment=experiment, run_name=name, run_id=previous, params=params,
                                 tags={"pdfusion.sweep": name})
     if run_id != previous:
-        id_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = id_file.with_suffix(".tmp")
-        tmp.write_text(run_id)
-        tmp.replace(id_file)
+        atomic_write(id_file, run_id)
     return uri, run_id
 
 
 def _finish(results, metric: str, keys: list[str], out_dir: Path, uri: str, run_id: str, plot,
             max_t: int | None = None) -> dict[str, Any]:
     from mlflow import MlflowClient
-
-    from pdfusion import tracking
 
     rows = []
     for r in results:
@@ -235,8 +228,6 @@ def _log_trial_runs(rows: list[dict], keys: list[str], metric: str, uri: str, pa
     """One nested MLflow run per trial of a sweep whose trials do not log themselves (the guidance sweep):
     params, metrics and status, tagged with the trial id; trials already logged (a resumed sweep) are skipped."""
     from mlflow import MlflowClient
-
-    from pdfusion import tracking
 
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_run_id)
@@ -318,8 +309,6 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     storage_path = str(Path(storage_path).expanduser().resolve())
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-    from pdfusion.tuning.trial_cleanup import start_reaper
-
     if max_concurrent is None:
         max_concurrent = concurrent_trials(ray.cluster_resources(), num_workers, cpus_per_worker, use_gpu)
     # removes the Train placement group of every trial Tune stops mid-run; a named actor lives only
@@ -364,10 +353,6 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     import ray
     from ray import tune
 
-    from pdfusion.data.dataset import open_dataset
-    from pdfusion.data.splits import split_indices
-    from pdfusion.inference.bundle import load_bundle
-
     space = validate_space(space, GUIDANCE_KEYS)
     if search not in ("grid", "optuna"):
         raise ConfigError(f"search: must be 'grid' or 'optuna', got {search!r}")
@@ -408,8 +393,6 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     out["resumed"] = resumed
     best = out["best"]
     if record and best and model.startswith("models:/"):
-        from pdfusion import tracking
-
         tracking.set_model_defaults(model, guidance=float(best["guidance"]), steps=int(best["steps"]), tracking_uri=uri)
     return out
 
