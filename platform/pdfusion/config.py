@@ -387,9 +387,13 @@ class DiffusionConfig:
     t_sampling: Literal["uniform", "lognormal"] = "uniform"
     t_log_sigma_mean: float = -1.9  # ln σ: 0.15 ≈ 0.9 Å per atom at position_scale 3.5, where order forms
     t_log_sigma_std: float = 1.2
+    # Self-conditioning in training takes its first estimate at t + self_cond_lag (same noise ε): the sampler
+    # feeds the previous step's estimate, from about T / steps earlier; 0 = the same t (Chen et al. 2022).
+    self_cond_lag: int = 0
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.p_uncond <= 1.0, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
+        _check(self.self_cond_lag >= 0, "diffusion.self_cond_lag", f"must be >= 0, got {self.self_cond_lag}")
         _check(self.t_sampling in ("uniform", "lognormal"), "diffusion.t_sampling",
                f"must be 'uniform' or 'lognormal', got {self.t_sampling!r}")
         _check(self.t_log_sigma_std > 0, "diffusion.t_log_sigma_std", f"must be positive, got {self.t_log_sigma_std}")

@@ -145,3 +145,39 @@ def test_raw_estimate_is_the_networks_own_and_clean_is_the_clipped_one():
     limit = 2 * radius / diffusion.model_cfg.position_scale  # re-centring after the clip may move atoms a little
     assert all(float(c.norm(dim=-1).max()) <= limit for c in clean)
     assert any(float(r.norm(dim=-1).max()) > limit for r in raw)
+
+
+@pytest.mark.parametrize("lag", [0, 3])
+def test_training_estimate_comes_from_t_plus_the_lag(lag):
+    """`diffusion.self_cond_lag`: the first (no-grad) pass sees the same noise at t + lag (clamped to T), as the
+    sampler's fed-back estimate comes from its previous, noisier step; the second pass is at t."""
+    import dataclasses
+
+    from pdfusion.diffusion import GaussianDiffusion
+
+    model, diffusion = tiny(seed=6, cutoff=4.0, self_condition=True)
+    diffusion = GaussianDiffusion(diffusion.schedule, diffusion.model_cfg,
+                                  dataclasses.replace(diffusion.diffusion_cfg, self_cond_lag=lag))
+    batch = toy_batch([9, 14, 11])
+    calls = []
+    orig = model.forward
+
+    def spy(x, h, mask, t, *a, **kw):
+        calls.append((t.clone(), x.clone(), kw.get("self_cond") is not None))
+        return orig(x, h, mask, t, *a, **kw)
+
+    model.forward = spy
+    g = torch.Generator().manual_seed(0)
+    pairs = 0
+    for _ in range(12):
+        calls.clear()
+        diffusion.training_loss(model, batch, g)
+        if len(calls) == 2:
+            (t1, x1, sc1), (t2, x2, sc2) = calls
+            assert not sc1 and sc2
+            T = diffusion.T
+            expect = torch.clamp(torch.round(t2 * T) + lag, max=T) / T
+            torch.testing.assert_close(t1, expect)
+            assert torch.equal(x1, x2) == (lag == 0 or bool((expect == t2).all()))
+            pairs += 1
+    assert pairs > 0

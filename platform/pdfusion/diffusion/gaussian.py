@@ -163,7 +163,13 @@ class GaussianDiffusion:
         tf = t.float() / self.T
         extra = {}
         if self.model_cfg.self_condition and bool(torch.rand((), generator=generator, device=dev) < SELF_COND_RATE):
-            extra["self_cond"] = self.first_estimate(model, xt, ht, mask, t, batch.pdf, batch.metal, keep)
+            lag = self.diffusion_cfg.self_cond_lag
+            if lag:  # the estimate the sampler will feed: from the previous, noisier step (same ε)
+                tp = (t + lag).clamp(max=self.T)
+                xp, hp = self.q_sample(x0, tp, eps_x), self.q_sample(h0, tp, eps_h)
+                extra["self_cond"] = self.first_estimate(model, xp, hp, mask, tp, batch.pdf, batch.metal, keep)
+            else:
+                extra["self_cond"] = self.first_estimate(model, xt, ht, mask, t, batch.pdf, batch.metal, keep)
         out = model(xt, ht, mask, tf, batch.pdf, batch.metal, keep, return_count=with_count, **extra)
         pred_x, pred_h = out[0], out[1]
         m = mask.unsqueeze(-1).float()
