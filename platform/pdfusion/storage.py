@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pdfusion.io_utils import atomic_write
+
 __all__ = ["is_uri", "normalize_storage_path", "join", "read_text", "write_text"]
 
 
@@ -47,8 +49,6 @@ def read_text(path: str) -> str | None:
 def write_text(path: str, text: str) -> None:
     """Atomic on a local disk (temp file + rename); object stores replace whole objects anyway."""
     if not is_uri(path):
-        from pdfusion.io_utils import atomic_write
-
         atomic_write(path, text)
         return
     import pyarrow.fs

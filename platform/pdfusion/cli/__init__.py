@@ -5,6 +5,10 @@ Each subcommand lives in its own module exposing `register(subparsers)`; the han
 ``ConfigError`` (the package's user-error type, raised by ``pdfusion.limits`` and every config) and the
 ``ValueError`` / ``FileNotFoundError`` of the readers, plus the ``OSError`` of a disk that is full or
 read-only. Bugs still show their traceback.
+
+`pdfusion --help` imports every subcommand module, so each imports only light modules at its top; what a
+handler alone needs (torch, pymatgen, the simulator, the model) is imported inside it. This package is the
+one place where function-local `pdfusion` imports are the rule.
 """
 
 from __future__ import annotations

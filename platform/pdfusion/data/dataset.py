@@ -25,8 +25,10 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
+from pdfusion.data.seed import seed_files
 from pdfusion.data.splits import group_keys
 from pdfusion.data.store import MANIFEST, StoreReader, StoreRecord
+from pdfusion.structures.io import read_seed_h5
 
 PRELOAD_BYTES = 1 << 30
 _META = ("id", "structure_type", "formula", "source", "metal", "radius")
@@ -44,8 +46,6 @@ def spread_indices(n: int, k: int | None) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _load_seed_folder(folder: str, names: tuple[str, ...], stamp: tuple) -> tuple[np.ndarray, list[StoreRecord]]:
-    from pdfusion.structures.io import read_seed_h5
-
     del stamp  # part of the cache key only: a changed file invalidates the entry
     records, r0 = [], None
     for name in tqdm(names, desc=f"load {Path(folder).name}", unit="file"):
@@ -168,8 +168,6 @@ def open_dataset(path: str | Path, max_structures: int | None = None, *, preload
             return StructureDataset(reader.r_grid, records=records, index=index, path=str(p))
         return StructureDataset(reader.r_grid, reader=reader, index=index, path=str(p))
     if p.is_dir():
-        from pdfusion.data.seed import seed_files
-
         files = seed_files(p)
         keep = spread_indices(len(files), max_structures)
         chosen = [files[i] for i in keep]

@@ -31,11 +31,14 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import AugmentConfig, ConfigError, GenerateConfig, PDFConfig, to_dict
+from pdfusion.data.store import Manifest, StoreReader, StoreRecord, recover, write_shard
 from pdfusion.io_utils import atomic_path, atomic_write
+from pdfusion.pdf import r_grid, simulate_pdf
 from pdfusion.structures.features import node_attributes
 from pdfusion.structures.particle import Particle
 from pdfusion.structures.particles import make_particle, min_radius
 from pdfusion.structures.prototypes import PrototypeError, canonical_type, element_symbol
+from pdfusion.structures.variants import make_variant, sample_variant
 
 CONFIG_FILE = "generate_config.json"
 SHARD_PREFIX = "gen"
@@ -173,8 +176,6 @@ def item_seed(cfg: GenerateConfig, item: WorkItem) -> np.random.SeedSequence:
 def _particle(cfg: GenerateConfig, item: WorkItem, rng: np.random.Generator) -> Particle | None:
     mix = getattr(cfg, "off_library", None)
     if mix is not None:
-        from pdfusion.structures.variants import make_variant, sample_variant
-
         try:
             return make_variant(sample_variant(item.structure_type, item.metal, item.radius, rng, mix),
                                 min_distance=cfg.min_distance)
@@ -206,8 +207,6 @@ def simulate_batch(particles: Sequence[Particle], cfg: PDFConfig) -> np.ndarray:
     ``pdfusion.pdf.simulate_pdf``; raises naming the structure if a value is not finite."""
     import torch
 
-    from pdfusion.pdf import simulate_pdf
-
     order = np.argsort([len(p) for p in particles], kind="stable")
     result: list[np.ndarray | None] = [None] * len(particles)
     for start in range(0, len(order), PDF_BATCH):
@@ -232,8 +231,6 @@ def simulate_batch(particles: Sequence[Particle], cfg: PDFConfig) -> np.ndarray:
 
 def build_records(cfg: GenerateConfig, unit: WorkUnit, progress: Callable[[int], None] | None = None):
     """Particles -> node features -> (augmented) PDFs for one unit. Returns (records, dropped keys)."""
-    from pdfusion.data.store import StoreRecord
-
     particles: list[Particle] = []
     augs: list[dict[str, float]] = []
     dropped: list[str] = []
@@ -271,15 +268,11 @@ def build_records(cfg: GenerateConfig, unit: WorkUnit, progress: Callable[[int],
 
 
 def r_grid_array(cfg: GenerateConfig) -> np.ndarray:
-    from pdfusion.pdf import r_grid
-
     return r_grid(cfg.pdf).cpu().numpy().astype(np.float64)
 
 
 def run_unit(cfg: GenerateConfig, unit: WorkUnit) -> dict[str, Any]:
     """Build and write one shard unless a verified copy is already listed. Returns a small report."""
-    from pdfusion.data.store import Manifest, write_shard
-
     root = Path(cfg.out_dir)
     if Manifest.load_or_empty(root).has_shard(root, unit.shard_name, verify=True):
         return {"shard": unit.shard_name, "skipped": True, "written": 0, "dropped": []}
@@ -291,8 +284,6 @@ def run_unit(cfg: GenerateConfig, unit: WorkUnit) -> dict[str, Any]:
 
 def pending_units(cfg: GenerateConfig, units: Sequence[WorkUnit]) -> list[WorkUnit]:
     """Units whose shard is not yet listed with a matching checksum (a corrupt shard is redone)."""
-    from pdfusion.data.store import Manifest
-
     root = Path(cfg.out_dir)
     m = Manifest.load_or_empty(root)
     bad = set(m.verify(root)) if m.shards else set()
@@ -302,8 +293,6 @@ def pending_units(cfg: GenerateConfig, units: Sequence[WorkUnit]) -> list[WorkUn
 
 def prepare(cfg: GenerateConfig) -> tuple[GenerateConfig, list[WorkUnit]]:
     """Validate, record the config, clean up after a killed run (store ``recover``), expand the grid."""
-    from pdfusion.data.store import recover
-
     cfg = validate_config(cfg)
     save_config(cfg)
     recover(cfg.out_dir)
@@ -328,8 +317,6 @@ def generate(cfg: GenerateConfig, progress: Callable[[dict[str, Any]], None] | N
 # --------------------------------------------------------------------------------------------------
 def summarize(root: str | Path) -> dict[str, Any]:
     """Counts per structure type / metal and the atom-count distribution of a store."""
-    from pdfusion.data.store import StoreReader
-
     with StoreReader(root) as reader:
         meta = reader.metadata()
         sizes = np.asarray(reader.sizes())

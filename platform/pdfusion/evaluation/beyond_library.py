@@ -30,11 +30,19 @@ import numpy as np
 import torch
 
 from pdfusion.config import BEYOND_LIBRARY_METALS, BeyondLibraryConfig, PDFConfig, SampleConfig, to_dict
+from pdfusion.data.store import MANIFEST, StoreReader
+from pdfusion.diffusion import NonFiniteError
 from pdfusion.evaluation import metrics
 from pdfusion.evaluation.baselines import nearest_library
 from pdfusion.evaluation.harness import Target, simulate_many
+from pdfusion.inference.candidates import generate_candidates
+from pdfusion.inference.library import build_library
+from pdfusion.inference.refine import pad_structures, refine_ragged
 from pdfusion.pdf import rwp
+from pdfusion.pdf.fitting import fit_expansion
 from pdfusion.structures.particle import Particle
+from pdfusion.structures.prototypes import PROTOTYPES, canonical_type, element_symbol
+from pdfusion.structures.variants import is_off_library, make_variant, sample_variant
 
 __all__ = ["HELD_OUT_METALS", "build_targets", "library_for", "library_proposals", "model_proposals", "run_benchmark",
            "score_proposals", "summarise", "table", "training_overlap"]
@@ -49,17 +57,12 @@ Proposals = list[list[Particle]]
 # targets and library
 # --------------------------------------------------------------------------------------------------
 def _types(cfg: BeyondLibraryConfig) -> tuple[str, ...]:
-    from pdfusion.structures.prototypes import PROTOTYPES, canonical_type
-
     return tuple(canonical_type(t) for t in cfg.types) if cfg.types else tuple(PROTOTYPES)
 
 
 def build_targets(cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFConfig()) -> list[Target]:
     """The ``cfg.n_targets`` targets, each a pure function of (``cfg.seed``, its index): its true particle
     (``meta['variant_params']`` says how it was made) and its G(r) simulated with ``pdf_cfg``."""
-    from pdfusion.structures.prototypes import element_symbol
-    from pdfusion.structures.variants import is_off_library, make_variant, sample_variant
-
     types, metals = _types(cfg), tuple(element_symbol(m) for m in cfg.metals)
     truths = []
     for i in range(cfg.n_targets):
@@ -89,8 +92,6 @@ def library_for(metal: str, cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFCo
                 ) -> tuple[list[Particle], np.ndarray]:
     """Perfect atom-centred spherical cuts of every oxide prototype of ``metal`` (one per distinct size)
     across ``cfg.library_radii``, and their G(r)."""
-    from pdfusion.inference.library import build_library
-
     lib = build_library(f"{metal}O", cfg.library_radii, families=("oxide",), max_atoms=4 * cfg.max_atoms)
     return lib, simulate_many(lib, pdf_cfg)
 
@@ -98,8 +99,6 @@ def library_for(metal: str, cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFCo
 def library_proposals(targets: Sequence[Target], cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFConfig(),
                       libraries: dict[str, tuple[list[Particle], np.ndarray]] | None = None) -> Proposals:
     """For each target, the ``cfg.k`` library entries of its metal whose PDFs are nearest by raw R_wp."""
-    from pdfusion.structures.prototypes import element_symbol
-
     libraries = {} if libraries is None else libraries
     out = []
     for t in targets:
@@ -116,9 +115,6 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
                     sample_cfg: SampleConfig | None = None) -> tuple[Proposals, list[int]]:
     """``cfg.k`` samples of a trained model per target (one target per sampler call); non-finite runs give no
     candidates and count ``k`` NaNs. Returns (proposals, NaN count per target)."""
-    from pdfusion.diffusion import NonFiniteError
-    from pdfusion.inference.candidates import generate_candidates
-
     base = sample_cfg or SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0)),
                                       steps=bundle.defaults.get("steps"))
     out, nans = [], []
@@ -141,9 +137,6 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
 def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibraryConfig,
                     pdf_cfg: PDFConfig = PDFConfig(), nan_count: int = 0) -> dict[str, Any]:
     """Raw, fitted and refined best-of-k R_wp, validity and composition-matched RMSD of one target's candidates."""
-    from pdfusion.inference.refine import pad_structures, refine_ragged
-    from pdfusion.pdf.fitting import fit_expansion
-
     row: dict[str, Any] = {"index": target.index, "id": target.meta.get("id"), "structure_type": target.meta.get("structure_type"),
                            "metal": target.meta.get("metal"), "shape": target.meta["variant_params"]["shape"],
                            "n_atoms_true": len(target.truth), "n_candidates": len(cands), "nan_count": int(nan_count)}
@@ -279,8 +272,6 @@ def training_overlap(data_path: str | Path, metals: Sequence[str] = HELD_OUT_MET
     import re
 
     from pymatgen.core import Composition
-
-    from pdfusion.data.store import MANIFEST, StoreReader
 
     p = Path(data_path)
     if (p / MANIFEST).is_file():

@@ -16,8 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from pdfusion import tracking
 from pdfusion.config import DataConfig, EvalConfig, PDFConfig, to_dict
+from pdfusion.data.dataset import open_dataset
+from pdfusion.data.splits import split_indices
 from pdfusion.evaluation import harness, plots
+from pdfusion.inference.bundle import load_bundle
 from pdfusion.io_utils import atomic_write
 
 
@@ -40,8 +44,6 @@ def _evaluate_chunk(cfg: EvalConfig, name: str, targets, library, pdf_cfg: PDFCo
     torch.set_num_threads(1)
     bundle = None
     if name in ("model", "unconditional"):
-        from pdfusion.inference.bundle import load_bundle
-
         bundle = load_bundle(cfg.model)
     return harness.score_targets(_method(name, cfg, bundle, library, pdf_cfg), targets, pdf_cfg, cfg.k, cfg.seed, keep)
 
@@ -49,14 +51,9 @@ def _evaluate_chunk(cfg: EvalConfig, name: str, targets, library, pdf_cfg: PDFCo
 def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = False) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from pdfusion.data.dataset import open_dataset
-    from pdfusion.data.splits import split_indices
-
     t_start = time.perf_counter()
     data_cfg, pdf_cfg, model_info, max_atoms = DataConfig(path=cfg.data), PDFConfig(), {}, None
     if cfg.model:
-        from pdfusion.inference.bundle import load_bundle
-
         bundle = load_bundle(cfg.model)
         data_cfg, pdf_cfg = replace(bundle.config.data, path=cfg.data), bundle.pdf_config
         max_atoms = bundle.config.model.max_atoms
@@ -147,8 +144,6 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
 def _log_mlflow(report: dict[str, Any], out: Path) -> str:
     """One MLflow run (experiment `pdfusion-eval`) with params, per-method metrics and every output file."""
     from mlflow import MlflowClient
-
-    from pdfusion import tracking
 
     uri = tracking.default_tracking_uri()
     run_id = tracking.start_run(uri, experiment="pdfusion-eval", run_name="evaluate", params=report["config"])

@@ -20,9 +20,13 @@ import numpy as np
 import torch
 
 from pdfusion.config import PDFConfig, SampleConfig
+from pdfusion.diffusion import NonFiniteError
 from pdfusion.evaluation import metrics
 from pdfusion.evaluation.baselines import nearest_library, particle_radius, random_particle
+from pdfusion.inference.candidates import generate_candidates
+from pdfusion.inference.refine import refine_ragged
 from pdfusion.pdf import rwp
+from pdfusion.pdf.fitting import simulate_safe
 from pdfusion.structures.particle import OXYGEN, Particle
 
 
@@ -70,9 +74,6 @@ def targets_from_dataset(ds, indices: Sequence[int]) -> list[Target]:
 def model_method(bundle, *, guidance: float | None = None, steps: int | None = None, refine: bool = False,
                  fix_n_atoms: bool = False, max_batch: int | None = None) -> Proposer:
     """The diffusion model (guidance γ and steps default to the bundle's); γ = 0 is the unconditional baseline."""
-    from pdfusion.diffusion import NonFiniteError
-    from pdfusion.inference.candidates import generate_candidates
-
     gamma = float(bundle.defaults.get("guidance", 1.0) if guidance is None else guidance)
     n_steps = bundle.defaults.get("steps") if steps is None else steps
 
@@ -125,8 +126,6 @@ def random_method() -> Proposer:
 def refined(method: Proposer, pdf_cfg: PDFConfig, steps: int) -> Proposer:
     """Any method followed by the same R_wp refinement of each candidate against the target PDF, so
     refinement's share can be compared fairly (random particles refined too, not only model samples)."""
-    from pdfusion.inference.refine import refine_ragged
-
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
         out = []
         for t, prop in zip(targets, method(targets, k, seed), strict=True):
@@ -150,9 +149,6 @@ def refined(method: Proposer, pdf_cfg: PDFConfig, steps: int) -> Proposer:
 # --------------------------------------------------------------------------------------------------
 def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16) -> np.ndarray:
     """(K, n_r) simulated PDFs of a list of particles (padded batches of similar size)."""
-    # flung-apart candidates score G = 0, not an error
-    from pdfusion.pdf.fitting import simulate_safe
-
     out = np.zeros((len(particles), cfg.n_r))
     order = np.argsort([len(p) for p in particles])
     for s in range(0, len(order), batch):
@@ -166,7 +162,7 @@ def simulate_many(particles: Sequence[Particle], cfg: PDFConfig, batch: int = 16
             pos[j, :n] = torch.as_tensor(particles[i].positions)
             num[j, :n] = torch.as_tensor(particles[i].numbers)
             mask[j, :n] = True
-        with torch.no_grad():
+        with torch.no_grad():  # simulate_safe: flung-apart candidates score G = 0, not an error
             out[idx] = simulate_safe(pos, num, mask, cfg).numpy()
     return out
 

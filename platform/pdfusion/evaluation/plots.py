@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pdfusion.evaluation.harness import simulate_many  # noqa: E402
 from pdfusion.io_utils import atomic_path  # noqa: E402
 from pdfusion.structures.particle import OXYGEN  # noqa: E402
 
@@ -73,8 +74,6 @@ def candidate_overlay(r: np.ndarray, target: np.ndarray, cands: Sequence[Any], t
 
 def pdf_overlays(kept: Sequence[dict[str, Any]], r: np.ndarray, cfg, path: str | Path) -> Path:
     """Target G(r) vs the best and the median candidate's simulated G(r), one panel per target."""
-    from pdfusion.evaluation.harness import simulate_many
-
     n = max(len(kept), 1)
     fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), squeeze=False)
     for ax, item in zip(axes[:, 0], kept, strict=False):

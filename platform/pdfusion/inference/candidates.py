@@ -25,6 +25,7 @@ from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, samp
 from pdfusion.inference.refine import REFINE_LR, REFINE_SMOOTH, refine_ragged
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion, simulate_safe
+from pdfusion.structures.io import xyz_text
 from pdfusion.structures.particle import OXYGEN
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ class Candidate:
 
     def to_xyz(self, comment: str | None = None) -> str:
         """Plain XYZ text (element symbols, Å; ``pdfusion.structures.io.xyz_text``)."""
-        from pdfusion.structures.io import xyz_text
-
         if comment is None:
             comment = f"pdfusion candidate rwp={self.rwp:.5f} n_atoms={self.n_atoms}"
             comment += f" expansion={self.expansion:.5f}" if self.expansion is not None else ""

@@ -31,7 +31,7 @@ from pdfusion.inference.screen import (
     rescore,
     screen,
 )
-from pdfusion.pdf.refine import FitResult
+from pdfusion.pdf.refine import FitResult, fit_particle
 from pdfusion.structures.particle import Particle
 
 __all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend", "screen_config",
@@ -149,7 +149,7 @@ def _jsonable(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 def refine_backend() -> str:
     """'pdf.refine' when pdfusion.pdf.refine.fit_particle is importable, else 'screen-local'."""
-    try:
+    try:  # lazy on purpose: this import is the probe for the optional back end
         from pdfusion.pdf.refine import fit_particle  # noqa: F401
     except ImportError:
         return "screen-local"
@@ -160,8 +160,6 @@ def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r:
                 cfg: SolveConfig) -> FitResult:
     """pdf.refine.fit_particle from the screening optimum (its expansion bound contains the screen's range)."""
     import warnings
-
-    from pdfusion.pdf.refine import fit_particle
 
     free = ["scale", "expansion", "uiso", "delta2"] + (["qdamp"] if cfg.refine_qdamp else [])
     init = {"scale": score.scale, "expansion": score.expansion, "uiso": score.uiso, "delta2": score.delta2}

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from pdfusion.config import ConfigError, PDFConfig
+from pdfusion.pdf import srreal_backend
 from pdfusion.pdf.formfactors import scattering_factors
 
 DOUBLE_EPS = float(np.finfo(np.float64).eps)
@@ -652,8 +653,6 @@ def simulate_pdf(
     ``backend='srreal'`` runs diffpy.srreal itself (see ``pdfusion.pdf.srreal_backend``).
     """
     if backend == "srreal":
-        from pdfusion.pdf import srreal_backend
-
         return srreal_backend.simulate_pdf(positions, numbers, mask, cfg)
     if backend != "torch":
         raise ValueError(f"backend: must be 'torch' or 'srreal', got {backend!r}")

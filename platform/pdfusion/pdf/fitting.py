@@ -11,6 +11,7 @@ import torch
 
 from pdfusion.config import PDFConfig
 from pdfusion.pdf.debye import simulate_pdf
+from pdfusion.pdf.metrics import rwp
 
 __all__ = ["MIN_DISTANCE", "Expansion", "blur", "fit_expansion", "min_pair_distance", "pair_penalty", "simulate_safe"]
 
@@ -79,8 +80,6 @@ def fit_expansion(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Te
     fixed bond-length frame (`ModelConfig.bond_length`). Coarse grid on curves blurred by `smooth` Å (peaks
     ~0.09 Å wide at r ~ 15 Å move by more than their width between neighbouring factors), then two finer grids,
     each spanning ± one step of the one before; the last, on the sharp curves, decides."""
-    from pdfusion.pdf.metrics import rwp
-
     if not 0 < lo < 1 < hi:
         raise ValueError(f"fit_expansion: need 0 < lo < 1 < hi, got lo={lo}, hi={hi}")
     pos, num, msk = positions.double(), numbers.long(), mask.bool()

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from pdfusion.config import ServeConfig, load
+from pdfusion.serving.deployments import build_app
 
 
 def serve_config_from_args(args: dict[str, Any]) -> ServeConfig:
@@ -28,7 +29,5 @@ def serve_config_from_args(args: dict[str, Any]) -> ServeConfig:
 
 def app_builder(args: dict[str, Any]):
     """Serve application builder: `serve run serve.app:app_builder model=ckpt.pt max_replicas=2`."""
-    from pdfusion.serving.deployments import build_app
-
     cfg = serve_config_from_args(args)
     return build_app(cfg)  # checks the model file first (missing / unreadable: ConfigError naming it)

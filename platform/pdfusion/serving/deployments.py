@@ -18,7 +18,8 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from pdfusion.config import ServeConfig, from_dict, to_dict
+from pdfusion.config import ConfigError, ServeConfig, from_dict, to_dict
+from pdfusion.serving.api import RETRY_AFTER_S, ServiceUnavailable, create_api
 from pdfusion.serving.service import SampleJob, SamplerService, batch_cost
 
 SAMPLER_NAME = "PDFusionSampler"
@@ -127,8 +128,6 @@ class Ingress:
         self.cfg = from_dict(ServeConfig, cfg)
 
     async def __serve_build_asgi_app__(self):
-        from pdfusion.serving.api import RETRY_AFTER_S, ServiceUnavailable, create_api
-
         info = await self.sampler.info.remote()
         lost = _replica_lost_errors()
 
@@ -171,8 +170,6 @@ def check_model_file(model: str) -> None:
     from pathlib import Path
 
     import torch
-
-    from pdfusion.config import ConfigError
 
     if model.startswith(("models:/", "runs:/")) or "://" in model:
         return

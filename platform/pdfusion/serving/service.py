@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import SampleConfig, ServeConfig, to_dict
+from pdfusion.diffusion.samplers import SamplingCancelled
+from pdfusion.inference.bundle import load_bundle
+from pdfusion.inference.candidates import refine_candidates, sample_mixed
 
 
 @dataclass
@@ -85,8 +88,6 @@ class SamplerService:
         torch.set_num_threads(cfg.torch_threads)
         self.cfg = cfg
         if bundle is None:
-            from pdfusion.inference.bundle import load_bundle
-
             bundle = load_bundle(cfg.model, device=cfg.device)
         self.bundle = bundle
         self.stats = {"batches": 0, "jobs": 0, "loops": 0, "largest_batch": 0, "cancelled": 0}
@@ -122,8 +123,6 @@ class SamplerService:
         candidate (both guidance halves), and per PDF-guidance iteration (≈ one refinement step). A warm-up
         step on a small particle, then one step each at `atoms`: about two large steps in all, so a replica
         (re)start is not held up by it."""
-        from pdfusion.inference.candidates import sample_mixed
-
         b = self.bundle
         pdf = np.zeros((1, len(b.r_grid)), dtype=np.float32)
         pdf[0, len(b.r_grid) // 10] = 1.0
@@ -178,9 +177,6 @@ class SamplerService:
         return out  # type: ignore[return-value]
 
     def _run_group(self, jobs: list[SampleJob], seed: int) -> list[dict[str, Any]]:
-        from pdfusion.diffusion.samplers import SamplingCancelled
-        from pdfusion.inference.candidates import refine_candidates, sample_mixed
-
         def should_stop() -> bool:  # checked between sampler steps: stop once nobody waits for any of them
             return all(j.abandoned() for j in jobs)
 

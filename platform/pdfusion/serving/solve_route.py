@@ -18,7 +18,10 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pdfusion.config import ServeConfig
+from pdfusion.config import ServeConfig, SolveConfig
+from pdfusion.inference.library import parse_composition
+from pdfusion.inference.solve import solve
+from pdfusion.pdf.files import parse_pdf_bytes
 from pdfusion.serving.pdf_input import InputError, check_pdf_arrays, is_multipart, read_form, read_json
 from pdfusion.serving.schemas import no_bool
 from pdfusion.structures.io import xyz_text
@@ -69,8 +72,6 @@ def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
 
     async def parse(request: Request) -> tuple[SolveOptions, np.ndarray, np.ndarray, dict[str, Any]]:
         if is_multipart(request):
-            from pdfusion.pdf.files import parse_pdf_bytes
-
             opts, upload = await read_form(request, SolveOptions, lists=("radii", "families"))
             try:
                 pdf = parse_pdf_bytes(await upload.read(), upload.filename or "", max_points=limits.max_points)
@@ -86,10 +87,6 @@ def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
     async def solve_route(request: Request):
         """Rank candidate structures (oxide prototypes, metal motifs) for one measured PDF; each with refined
         scale, expansion, Uiso, delta2 (+ uncertainties), Rw, size and XYZ text."""
-        from pdfusion.config import SolveConfig
-        from pdfusion.inference.library import parse_composition
-        from pdfusion.inference.solve import solve
-
         t0 = time.perf_counter()
         opts, r, g, meta = await parse(request)
         composition = opts.composition or (meta.get("composition") if isinstance(meta.get("composition"), str) else None)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from pdfusion.io_utils import atomic_path, atomic_write
+from pdfusion.limits import MAX_COORDINATE
 from pdfusion.structures.particle import Particle
 
 FORMATS = ("xyz", "extxyz", "cif", "h5")
@@ -149,8 +150,6 @@ def xyz_atom_count(path: str | Path) -> int | None:
 
 
 def _read_xyz_frames(path: Path) -> list[Particle]:
-    from pdfusion.limits import MAX_COORDINATE
-
     lines = _xyz_text(path).splitlines()
     frames: list[Particle] = []
     i = 0

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pdfusion.limits import Limits, check_atoms, particle_atoms_estimate
 from pdfusion.structures.particle import Particle
 from pdfusion.structures.prototypes import element_symbol, get_prototype, min_mo_distance, unit_cell
 
@@ -122,8 +123,6 @@ def make_particle(
     before cutting when the sphere would hold more than ``max_atoms`` atoms (default
     ``pdfusion.limits.Limits().max_atoms``), estimated from the cell's density.
     """
-    from pdfusion.limits import Limits, check_atoms, particle_atoms_estimate
-
     proto = get_prototype(structure_type)
     sym = element_symbol(metal)
     if not (isinstance(radius, (int, float, np.floating, np.integer)) and math.isfinite(radius) and radius > 0):
