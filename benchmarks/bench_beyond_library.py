@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="CFG γ (default: the model's)")
     p.add_argument("--pdf-guidance", type=float, default=0.0)
     p.add_argument("--pdf-guidance-iters", type=int, default=1)
-    p.add_argument("--train-data", default=None, help="the model's training store / seed folder: must hold no target metal")
+    p.add_argument("--train-data", default=None,
+                   help="the model's training store / seed folder: must hold no target metal")
     p.add_argument("--out", default="outputs/beyond_library")
     return p
 
@@ -62,12 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         from pdfusion.inference.bundle import load_bundle
 
         bundle = load_bundle(args.checkpoint)
-        scfg = SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0) if args.guidance is None else args.guidance),
+        scfg = SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0) if args.guidance is None
+                                           else args.guidance),
                             steps=bundle.defaults.get("steps") if args.steps is None else args.steps,
                             pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, progress=lambda m: print(m, flush=True))
-    report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py", *(argv if argv is not None else sys.argv[1:])])
+    report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py",
+                                  *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))

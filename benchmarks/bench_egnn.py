@@ -15,7 +15,8 @@ Measured (2026-11-21, 1 thread, shared 2-core box at load ~20, so compare CPU se
 
 Fully connected forward+backward at 16 × 511 needs far more memory than a 24 GiB shared CPU box allows
 (4.2 M directed edges per layer, each holding several hidden-width activations for backward), so the script
-measures it at `--fc-batch` (and the forward at `--fc-fwd-batch`) particles and scales linearly in the batch (edges, and memory, are linear in B).
+measures it at `--fc-batch` (and the forward at `--fc-fwd-batch`) particles and scales linearly in the batch
+(edges, and memory, are linear in B).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def main() -> None:
         cb, ck, cf, ff, fb = (results[k] for k in keys)
         print(f"grad_checkpoint: memory {ck['peak_mib_above_setup'] / cb['peak_mib_above_setup']:.2f}x, "
               f"cpu time {ck['cpu_seconds'] / cb['cpu_seconds']:.2f}x of plain cutoff fwd+bwd")
-        print(f"ratios full/cutoff: edges {ff['edges'] / cf['edges']:.1f}x, forward cpu time {ff['cpu_seconds'] / cf['cpu_seconds']:.1f}x, "
+        print(f"ratios full/cutoff: edges {ff['edges'] / cf['edges']:.1f}x, "
+              f"forward cpu time {ff['cpu_seconds'] / cf['cpu_seconds']:.1f}x, "
               f"fwd+bwd cpu time {fb['cpu_seconds'] / cb['cpu_seconds']:.1f}x, fwd+bwd memory "
               f"{fb['peak_mib_above_setup'] / cb['peak_mib_above_setup']:.1f}x")
 

@@ -61,7 +61,8 @@ def naive_particle(structure_type: str, metal: str, radius: float):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seed-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/seed-oxides/graphs_h5")
+    ap.add_argument("--seed-dir", type=Path,
+                    default=Path(__file__).resolve().parents[2] / "shared/data/seed-oxides/graphs_h5")
     ap.add_argument("--every", type=int, default=1, help="use every n-th file (1 = all 1,536)")
     ap.add_argument("--no-pdf", action="store_true", help="atom counts only (skip the PDF comparison)")
     args = ap.parse_args(argv)
@@ -92,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         g = simulate_batch([p for _, p in batch], cfg)
         for (row, _), gi in zip(batch, g, strict=True):
             row["peak_ours"] = first_peak(r_ours, gi)
-            row["rwp"] = float(rwp(torch.from_numpy(np.interp(row["r_seed"], r_ours, gi)), torch.from_numpy(row["g_seed"])))
+            row["rwp"] = float(rwp(torch.from_numpy(np.interp(row["r_seed"], r_ours, gi)),
+                                   torch.from_numpy(row["g_seed"])))
             del row["r_seed"], row["g_seed"]
         batch.clear()
 
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         by_type[r["type"]].append(r)
     print(f"\n{len(rows)} seed particles; particle build {1e3 * t_build / len(rows):.1f} ms each")
-    head = f"{'type':<14}{'n':>5} | {'equal N':>8}{'±15% N':>8}{'peak±.05':>9}{'Rwp med':>8} | {'naive eq':>9}{'naive±15':>9}"
+    head = (f"{'type':<14}{'n':>5} | {'equal N':>8}{'±15% N':>8}{'peak±.05':>9}{'Rwp med':>8} | "
+            f"{'naive eq':>9}{'naive±15':>9}")
     print(head)
     print("-" * len(head))
     for name, sub in sorted(by_type.items()) + [("ALL", rows)]:

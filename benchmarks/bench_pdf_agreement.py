@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             ours_vs_dc_matched.append(float(rwp(ours, 2 * torch.as_tensor(_dc_gr(dc_matched, p)))))
 
     res = {
-        "command": " ".join(["python", "benchmarks/bench_pdf_agreement.py", *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(["python", "benchmarks/bench_pdf_agreement.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "config": dataclasses.asdict(cfg),
         "method": args.method,
         "ours_vs_srreal_stored": vs_srreal,

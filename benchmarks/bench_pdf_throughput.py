@@ -5,8 +5,9 @@ time and peak memory of one 5,000-atom structure.
 
 Both codes get the same thread count; debyecalculator runs one structure per call (its API), ours one padded,
 size-sorted batch per ``--batch-size`` structures. The passes are interleaved (ours, theirs, ours, ...) and the
-best of ``--repeats`` is kept, because the machine is shared and its load changes from second to second. Peak memory is the growth of the resident set of a fresh
-child process (sampled every 2 ms) over its level right before the call, after imports and a warm-up call.
+best of ``--repeats`` is kept, because the machine is shared and its load changes from second to second. Peak
+memory is the growth of the resident set of a fresh child process (sampled every 2 ms) over its level right
+before the call, after imports and a warm-up call.
 """
 
 from __future__ import annotations

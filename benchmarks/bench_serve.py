@@ -1,8 +1,8 @@
 """Benchmark the HTTP sampling service on loopback: latency p50/p95/p99 and throughput at several
 client concurrencies with dynamic batching on (max_batch_size=16) and off (1), measured side by side
-in one run on one sampler replica (cells interleaved), with the mean batch size each cell saw, then the sampler's replica count over time while autoscaling
-(short delays) goes 1 -> 2 under load and back to 1 when idle. Bounded: every cell stops after
---duration seconds or --max-requests requests; the whole run stops by itself.
+in one run on one sampler replica (cells interleaved), with the mean batch size each cell saw, then the sampler's
+replica count over time while autoscaling (short delays) goes 1 -> 2 under load and back to 1 when idle. Bounded:
+every cell stops after --duration seconds or --max-requests requests; the whole run stops by itself.
 
     nice -n 10 python benchmarks/bench_serve.py                       # trains a tiny model for a few steps
     python benchmarks/bench_serve.py --checkpoint runs/x/model.pt --n-samples 4 --steps 100
@@ -52,15 +52,18 @@ def tiny_checkpoint(folder: Path, steps: int) -> Path:
         data.append(Data(pos=p.float(), z=z, x=torch.zeros(len(z), 7), y=g.float()[None], metal=torch.tensor([metal]),
                          num_nodes=len(z)))
     base = preset("tiny")
-    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, max_atoms=64), data=DataConfig(batch_size=4), pdf=pdf)
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, max_atoms=64), data=DataConfig(batch_size=4),
+                              pdf=pdf)
     trainer = Trainer(cfg)
     trainer.fit(data, progress=True, max_steps=steps)
     path = folder / "bench_tiny.pt"
-    trainer.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 4}, "name": "bench-tiny", "version": "1"})
+    trainer.save_checkpoint(path, extra={"defaults": {"guidance": 1.0, "steps": 4}, "name": "bench-tiny",
+                                         "version": "1"})
     return path
 
 
-def sampler_only(ckpt: Path, n_samples: int, n_atoms: int, steps: int, batch: int, rounds: int = 4) -> tuple[float, float]:
+def sampler_only(ckpt: Path, n_samples: int, n_atoms: int, steps: int, batch: int,
+                 rounds: int = 4) -> tuple[float, float]:
     """ms per request of `SamplerService.run_batch` in-process (no HTTP, no Ray): `batch` requests one
     call at a time vs all in one call, alternated `rounds` times. Shows the sampler's own batching gain."""
     from pdfusion.config import ServeConfig, ServeLimits
@@ -177,7 +180,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50, help="sampler steps per request (the demo samples with 50)")
     ap.add_argument("--batch-wait", type=float, default=0.05, help="batch_wait_timeout_s of the batched service")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--autoscale-load-s", type=float, default=60.0, help="long enough for a second replica to start on a loaded machine")
+    ap.add_argument("--autoscale-load-s", type=float, default=60.0,
+                    help="long enough for a second replica to start on a loaded machine")
     ap.add_argument("--autoscale-idle-s", type=float, default=30.0)
     ap.add_argument("--cpus", type=int, default=4, help="logical CPUs for the local Ray (replicas take 1 each)")
     ap.add_argument("--address", help="connect to a running Ray cluster (e.g. one from `ray start --head`) instead "

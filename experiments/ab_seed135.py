@@ -8,8 +8,9 @@ denoiser's x̂0 error is measured at t = 10 / 25 / 50 / 100 on the validation pa
     python experiments/ab_seed135.py --minutes 30 --out runs/ab/edge_pdf \\
         --a model.normalization_factor=1 --b model.normalization_factor=1 model.edge_pdf=raw
     python experiments/ab_seed135.py --out runs/ab/edge_pdf --table-only      # the table again, from the results
-    python experiments/ab_seed135.py --minutes 30 --clock cpu --pdf-guidance 0.3 --pdf-guidance-iters 3 --out runs/ab/sc \
-        --a model.edge_pdf=raw diffusion.t_sampling=lognormal --b model.edge_pdf=raw diffusion.t_sampling=lognormal \
+    python experiments/ab_seed135.py --minutes 30 --clock cpu --pdf-guidance 0.3 --pdf-guidance-iters 3 \\
+        --out runs/ab/sc --a model.edge_pdf=raw diffusion.t_sampling=lognormal \\
+        --b model.edge_pdf=raw diffusion.t_sampling=lognormal \\
         model.self_condition=true                                      # CPU-time budgets, PDF-guided sampling
 """
 
@@ -33,7 +34,8 @@ TS = (10, 25, 50, 100)
 
 
 def launch(arm: str, sets: list[str], minutes: float, out: Path, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, str(HERE / "exp_seed135.py"), "--minutes", str(minutes), "--out", str(out / arm), *EVAL, *extra]
+    cmd = [sys.executable, str(HERE / "exp_seed135.py"), "--minutes", str(minutes), "--out", str(out / arm),
+           *EVAL, *extra]
     for s in sets:
         cmd += ["--set", s]
     (out / arm).mkdir(parents=True, exist_ok=True)
@@ -62,7 +64,8 @@ def table(out: Path, arms: dict[str, list[str]]) -> str:
         expanded = res.get("median_best_of_k_expanded", res["median_best_of_k"])
         lib = (f"{res['median_library_lookup']:.3f} / {res.get('median_library_lookup_expanded', float('nan')):.3f} / "
                f"{res.get('median_library_lookup_refined', float('nan')):.3f}")
-        lines.append(f"| {arm} | {' '.join(sets) or '(preset)'} | {res['train_step']} | {x0s} | {res['median_best_of_k']:.3f} "
+        lines.append(f"| {arm} | {' '.join(sets) or '(preset)'} | {res['train_step']} | {x0s} "
+                     f"| {res['median_best_of_k']:.3f} "
                      f"| {expanded:.3f} | {res.get('median_best_of_k_refined', float('nan')):.3f} "
                      f"| {100 * res.get('valid_frac', float('nan')):.0f}% | {res['nan_values']} | {lib} |")
     return "\n".join(lines)

@@ -135,7 +135,9 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
 
 def print_table(rows: list[dict]) -> None:
     oracle = "oracle_x0_error_A" in rows[0]
-    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}" + ("  ideal x0 error (A)" if oracle else ""))
+    print(f"{'t':>5} {'noise/atom (A)':>15} {'loss_x':>8} {'x0 error/atom (A)':>18}"
+          + ("  ideal x0 error (A)" if oracle else ""))
     for r in rows:
         extra = f"  {r['oracle_x0_error_A']:18.3f}" if oracle else ""
-        print(f"{r['t']:5d} {r['noise_A']:15.3f} {r['loss_x']:8.4f} {r['x0_error_A']:18.3f}{extra}   (sigma_t {r['sigma']:.4f})")
+        print(f"{r['t']:5d} {r['noise_A']:15.3f} {r['loss_x']:8.4f} {r['x0_error_A']:18.3f}{extra}"
+              f"   (sigma_t {r['sigma']:.4f})")

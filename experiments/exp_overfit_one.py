@@ -89,7 +89,8 @@ def main() -> None:
     train_s = time.time() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(out / "checkpoint.pt", extra={"defaults": {"guidance": 1.0, "steps": args.sample_steps or 100}})
+    trainer.save_checkpoint(out / "checkpoint.pt",
+                            extra={"defaults": {"guidance": 1.0, "steps": args.sample_steps or 100}})
     diag = x0_errors(trainer, data)
     (out / "diag.json").write_text(json.dumps({"train_steps": trainer.step, "train_seconds": train_s,
                                                "loss_last50": float(np.mean(losses[-50:])) if losses else None,
@@ -113,7 +114,8 @@ def main() -> None:
     result = {
         "file": Path(args.file).name, "n_atoms_true": int(data.num_nodes),
         "n_atoms_sampled": sorted(c.n_atoms for c in cands),
-        "train_steps": trainer.step, "timesteps": args.timesteps, "sampler": args.sample_steps or "ancestral", "eta": args.eta,
+        "train_steps": trainer.step, "timesteps": args.timesteps, "sampler": args.sample_steps or "ancestral",
+        "eta": args.eta,
         "final_loss_mean_last50": float(np.mean(losses[-50:])) if losses else None,
         "k": args.k, "nan_candidates": int(sum(not np.isfinite(c.rwp) for c in cands)),
         "best_rwp": float(rwps.min()), "median_rwp": float(np.median(rwps)),

@@ -100,7 +100,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     if seed_library is None:
         ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
     else:
-        ranked = seeded_candidates(model, diffusion, pdfs, metals, train_data, dataclasses.replace(scfg, init_t=seed_library),
+        ranked = seeded_candidates(model, diffusion, pdfs, metals, train_data,
+                                   dataclasses.replace(scfg, init_t=seed_library),
                                    pdf_cfg)
     sample_s = time.time() - t0
     rwp = np.array([[c.rwp for c in cands] for cands in ranked])  # (P, K), each row ascending
@@ -110,7 +111,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     lib_idx, lib_rwp = library_lookup(pdfs, torch.cat([d.y for d in train_data]).float())
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
-        "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
+        "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library,
+        "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
         "median_of_per_pdf_mean": float(np.median(rwp.mean(1))),
@@ -373,9 +375,11 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
         train_cpu_s = time.process_time() - c0
         train_s = time.time() - t0
         model, diffusion, pdf_cfg, step = trainer.ema, trainer.diffusion, trainer.cfg.pdf, trainer.step
-        info["val_loss_ema"] = trainer.evaluate_loss([trainer.collate(val_data[i:i + 8]) for i in range(0, len(val_data), 8)])
+        info["val_loss_ema"] = trainer.evaluate_loss([trainer.collate(val_data[i:i + 8])
+                                                      for i in range(0, len(val_data), 8)])
     result = {**info, "train_step": step, "train_seconds_this_call": train_s,
-              "train_cpu_seconds_this_call": train_cpu_s, "clock": args.clock, "threads": args.threads, "device": device,
+              "train_cpu_seconds_this_call": train_cpu_s, "clock": args.clock, "threads": args.threads,
+              "device": device,
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="train a fresh model with Ray Train and sample with it "
                    "(default: sample with the shipped model)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget on CPU (with --train)")
-    p.add_argument("--radii", nargs="+", type=float, default=[5.0], help="particle radii (Å), >= one metal-metal distance")
+    p.add_argument("--radii", nargs="+", type=float, default=[5.0],
+                   help="particle radii (Å), >= one metal-metal distance")
     p.add_argument("--variants", type=int, default=2, help="particles per (type, metal, radius)")
     p.add_argument("-k", type=int, default=8, help="candidates per held-out PDF")
     p.add_argument("--targets", type=int, default=4, help="held-out PDFs to sample for")
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                       val_steps=20, checkpoint_every_steps=100)
         steps_per_s = 2.0  # measured order of magnitude for this config on 2 CPU cores; the budget sets max_steps
         cfg = replace(cfg, max_steps=max(50, int(args.minutes * 60 * steps_per_s)))
-        print(f"[2/4] training on Ray Train (1 worker, {cfg.max_steps} steps, ~{args.minutes:g} min), tracked in MLflow")
+        print(f"[2/4] training on Ray Train (1 worker, {cfg.max_steps} steps, ~{args.minutes:g} min), "
+              "tracked in MLflow")
         t0 = time.perf_counter()
         outcome = run_training(cfg, num_workers=1, name=f"demo-{int(time.time())}",
                                storage_path=str(out / "ray_results"), register_as=args.model_name,
@@ -117,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"      {outcome.final_step} steps in {time.perf_counter() - t0:.0f} s; val best-of-K R_wp "
               f"{outcome.metrics.get(VAL_BEST_OF_K_METRIC, float('nan')):.3f}; registered "
               f"models:/{outcome.model_name}/{outcome.model_version}")
-        uri = f"models:/{outcome.model_name}/{outcome.model_version}" if outcome.model_version else outcome.checkpoint_path
+        uri = (f"models:/{outcome.model_name}/{outcome.model_version}" if outcome.model_version
+               else outcome.checkpoint_path)
         bundle = load_bundle(uri)
         _, val_idx = split_indices(ds, cfg.data, max_atoms=cfg.model.max_atoms)
     else:

@@ -49,7 +49,8 @@ def _mix(items: list[str] | None):
             continue
         key, sep, value = item.partition("=")
         if not sep or key not in names:
-            raise ConfigError(f"--off-library: expected 'default' or KEY=VALUE with KEY in {sorted(names)}, got {item!r}")
+            raise ConfigError(f"--off-library: expected 'default' or KEY=VALUE with KEY in {sorted(names)}, got "
+                              f"{item!r}")
         try:
             changes[key] = tuple(float(v) for v in value.split(",")) if "," in value else float(value)
         except ValueError:
@@ -64,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--types", nargs="+", default=list(d.types), help="prototypes (see `pdfusion structure --help`)")
     p.add_argument("--metals", nargs="+", default=list(d.metals), help="metal symbols")
     p.add_argument("--radii", nargs="+", type=float, default=list(d.radii), help="particle radii (Å)")
-    p.add_argument("--variants", type=int, default=d.variants, help="particles per grid point (v0 atom-centred, others random centre)")
+    p.add_argument("--variants", type=int, default=d.variants,
+                   help="particles per grid point (v0 atom-centred, others random centre)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--shard-size", type=int, default=d.shard_size, help="structures per shard = per Ray task")
     p.add_argument("--min-distance", type=float, default=d.min_distance, help="drop particles with a closer pair (Å)")
@@ -160,9 +162,11 @@ def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None
     summary = write_summary(cfg.out_dir)
     print(f"generate: wrote {written} structures in {len(reports)} shards in {wall:.1f} s "
           f"({written / wall if wall > 0 else 0:.2f} structures/s"
-          + (f", {written / cpu if cpu > 0 else 0:.2f} per CPU-second" if local else "") + f"); dropped {len(dropped)} (min distance); "
+          + (f", {written / cpu if cpu > 0 else 0:.2f} per CPU-second" if local else "")
+          + f"); dropped {len(dropped)} (min distance); "
           f"store holds {summary['n_structures']}: {summary['per_type']}", flush=True)
-    return {"written": written, "dropped": dropped, "wall_s": wall, "cpu_s": cpu, "summary": summary, "shards": len(reports)}
+    return {"written": written, "dropped": dropped, "wall_s": wall, "cpu_s": cpu, "summary": summary,
+            "shards": len(reports)}
 
 
 def main(argv: list[str] | None = None) -> int:

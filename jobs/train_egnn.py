@@ -34,7 +34,8 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     }
     cfg = load(TrainConfig, preset=args.preset, file=file_cfg, values=flags, sets=args.set or [], what="--config")
     if cfg.data.path:  # Ray runs the job from a copy of the working directory: make the path absolute
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve())))
+        cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve())))
     return cfg
 
 

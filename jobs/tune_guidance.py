@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                              record=not args.no_record)
     for row in out["rows"]:
         print(json.dumps(row, default=str))
-    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, resumed={out['resumed']})")
+    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, "
+          f"resumed={out['resumed']})")
     return 0
 
 

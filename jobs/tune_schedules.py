@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                    help="any base config field, e.g. --set val_pdfs=8 --set model.cutoff=6.0")
     p.add_argument("--evaluate-first", action="append", metavar="JSON", default=[],
-                   help='a configuration Optuna runs first, e.g. \'{"schedule": "cosine", "lr": 5e-4, "p_uncond": 0.1}\'')
+                   help="a configuration Optuna runs first, "
+                        'e.g. \'{"schedule": "cosine", "lr": 5e-4, "p_uncond": 0.1}\'')
     return p
 
 
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                              points_to_evaluate=first)
     for row in out["rows"]:
         print(json.dumps(row, default=str))
-    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, resumed={out['resumed']}, "
+    print(f"best: {json.dumps(out['best'], default=str)}  (MLflow parent run {out['mlflow_run_id']}, "
+          f"resumed={out['resumed']}, "
           f"placement groups of stopped trials released: {len(out['reaped_placement_groups'])})")
     return 0
 

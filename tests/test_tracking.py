@@ -36,7 +36,8 @@ def test_project_dir_independent_of_cwd(tmp_path):
     """Under `ray job submit` the cwd is a temp copy; the project dir must still be the checkout."""
     code = "from pdfusion.tracking import project_dir; print(project_dir())"
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("PDFUSION_PROJECT_DIR",)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True)
     root = Path(out.stdout.strip())
     assert (root / "pyproject.toml").is_file() and (root / "platform" / "pdfusion" / "config.py").is_file()
 
@@ -74,7 +75,8 @@ def test_register_and_download_checkpoint(uri, tmp_path):
         path = tracking.download_checkpoint(u, tracking_uri=uri)
         loaded = torch.load(path, weights_only=True)
         assert torch.equal(loaded["ema"]["w"], state["ema"]["w"])
-    assert json.loads((tracking.download_checkpoint("models:/m-test/2", tracking_uri=uri).parent / "config.json").read_text()) == {"lr": 0.2}
+    assert json.loads((tracking.download_checkpoint("models:/m-test/2", tracking_uri=uri).parent
+                       / "config.json").read_text()) == {"lr": 0.2}
     assert tracking.load_config("models:/m-test/1", tracking_uri=uri) == {"lr": 0.1}
     with pytest.raises(FileNotFoundError, match="m-test/9"):
         tracking.download_checkpoint("models:/m-test/9", tracking_uri=uri)

@@ -43,7 +43,8 @@ _SCALARS = (int, float, bool, str, type(None))
 def _check_scalar(cls: type, name: str, hint: Any, value: Any) -> None:
     """A clear error for a scalar field given the wrong type (e.g. `--set model.cutoff=abc`), before
     `__post_init__` compares it with a number. Fields whose type is not plain scalars are left alone."""
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    allowed = (typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+               else (hint,))
     if not allowed or not all(a in _SCALARS for a in allowed):
         return
     if isinstance(value, bool):  # a bool is an int to isinstance; only a bool field takes it
@@ -122,7 +123,8 @@ def _set(data: dict[str, Any], key: str, value: Any, cls: type | None = None, wh
     if isinstance(value, str):
         hint = _field_hint(cls, parts)
         args = typing.get_args(hint)
-        text = hint is str or str in args or (typing.get_origin(hint) is Literal and all(isinstance(a, str) for a in args))
+        text = hint is str or str in args or (typing.get_origin(hint) is Literal
+                                              and all(isinstance(a, str) for a in args))
         value = _parse_value(value, as_text=text)
     node[parts[-1]] = value
 
@@ -266,7 +268,8 @@ class AugmentConfig:
         for name in ("scale_range", "qdamp_range", "biso_range"):
             rng = getattr(self, name)
             if rng is not None:
-                _check(len(rng) == 2 and 0 <= rng[0] <= rng[1], name, f"need (low, high) with 0 <= low <= high, got {rng}")
+                _check(len(rng) == 2 and 0 <= rng[0] <= rng[1], name,
+                       f"need (low, high) with 0 <= low <= high, got {rng}")
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,8 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         _check(len(self.types) > 0, "types", "give at least one structure type")
         _check(len(self.metals) > 0, "metals", "give at least one metal")
-        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii", f"need positive radii, got {self.radii}")
+        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii",
+               f"need positive radii, got {self.radii}")
         _check(self.variants >= 1, "variants", f"must be >= 1, got {self.variants}")
         _check(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
 
@@ -445,7 +449,8 @@ class SampleConfig:
                f"must be finite and >= 0 (A per step; 0 = off), got {self.pdf_guidance}")
         _check(self.pdf_guidance_iters >= 1, "pdf_guidance_iters", f"must be >= 1, got {self.pdf_guidance_iters}")
         _check(self.pdf_guidance_blur >= 0, "pdf_guidance_blur", f"must be >= 0, got {self.pdf_guidance_blur}")
-        _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance", f"must be finite and >= 0, got {self.guidance}")
+        _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance",
+               f"must be finite and >= 0, got {self.guidance}")
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
         _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")
         _check(self.n_atoms is None or self.n_atoms >= 2, "n_atoms", f"must be None or >= 2, got {self.n_atoms}")
@@ -559,7 +564,8 @@ class ServeLimits:
             _check(getattr(self, name) >= 1, f"limits.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.max_atoms >= 2, "limits.max_atoms", f"must be >= 2, got {self.max_atoms}")
         _check(self.max_points >= 2, "limits.max_points", f"must be >= 2, got {self.max_points}")
-        _check(0 < self.max_guidance and math.isfinite(self.max_guidance), "limits.max_guidance", "must be finite and > 0")
+        _check(0 < self.max_guidance and math.isfinite(self.max_guidance), "limits.max_guidance",
+               "must be finite and > 0")
         _check(0 <= self.max_pdf_guidance and math.isfinite(self.max_pdf_guidance), "limits.max_pdf_guidance",
                "must be finite and >= 0")
         _check(self.max_pdf_guidance_iters >= 1, "limits.max_pdf_guidance_iters", "must be >= 1")
@@ -588,7 +594,8 @@ class ServeConfig:
     look_back_period_s: float = 30.0  # window over which ongoing requests are averaged for autoscaling
     max_batch_size: int = 16  # requests per sampler call; 1 disables batching
     max_batch_candidates: int = 256  # candidates (sum of n_samples) per sampler call
-    max_batch_atoms: int = 32768  # candidate atoms (n_samples x n_atoms, free n_atoms counts as the model's max) per call
+    # candidate atoms (n_samples x n_atoms, free n_atoms counts as the model's max) per call
+    max_batch_atoms: int = 32768
     access_log: bool = False  # Serve's per-request INFO log lines (CPU on every request)
     batch_wait_timeout_s: float = 0.05
     num_cpus: float = 1.0  # per sampler replica
@@ -602,7 +609,8 @@ class ServeConfig:
         _check(1 <= self.default_samples <= self.limits.max_samples, "default_samples",
                f"must be in 1..limits.max_samples={self.limits.max_samples}, got {self.default_samples}")
         _check(0 <= self.min_replicas <= self.max_replicas and self.max_replicas >= 1, "max_replicas",
-               f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1; got {self.min_replicas}, {self.max_replicas}")
+               f"need 0 <= min_replicas <= max_replicas, max_replicas >= 1; got {self.min_replicas}, "
+               f"{self.max_replicas}")
         _check(self.initial_replicas is None or self.min_replicas <= self.initial_replicas <= self.max_replicas,
                "initial_replicas", "must be None or within [min_replicas, max_replicas]")
         _check(self.target_ongoing_requests > 0, "target_ongoing_requests", "must be > 0")
@@ -657,7 +665,8 @@ class EvalConfig:
         bad = [m for m in self.methods if m not in EVAL_METHODS]
         _check(not bad, "methods", f"unknown method(s) {bad}; choose from {EVAL_METHODS}")
         needs_model = {"model", "unconditional"} & set(self.methods)
-        _check(bool(self.model) or not needs_model, "model", f"methods {sorted(needs_model)} need --model (checkpoint or models:/ URI)")
+        _check(bool(self.model) or not needs_model, "model",
+               f"methods {sorted(needs_model)} need --model (checkpoint or models:/ URI)")
         _check(self.refine_steps >= 0, "refine_steps", f"must be >= 0, got {self.refine_steps}")
         _check(self.k >= 1, "k", f"must be >= 1, got {self.k}")
         _check(self.num_tasks >= 1, "num_tasks", f"must be >= 1, got {self.num_tasks}")
@@ -718,15 +727,18 @@ class FitConfig:
                "qmin", f"must satisfy 0 <= qmin < qmax = {self.qmax}, got {self.qmin}")
         _check(math.isfinite(self.qdamp) and self.qdamp >= 0, "qdamp", f"must be finite and >= 0, got {self.qdamp}")
         _check(math.isfinite(self.qbroad) and self.qbroad >= 0, "qbroad", f"must be finite and >= 0, got {self.qbroad}")
-        _check(self.spdiameter is None or self.spdiameter > 0, "spdiameter", f"must be None or > 0 Å, got {self.spdiameter}")
+        _check(self.spdiameter is None or self.spdiameter > 0, "spdiameter",
+               f"must be None or > 0 Å, got {self.spdiameter}")
         _check(self.weights in FIT_WEIGHTS, "weights", f"must be 'unit' or 'dg', got {self.weights!r}")
         _check(self.radiation in RADIATIONS, "radiation", f"must be one of {RADIATIONS}, got {self.radiation!r}")
         _check(self.max_nfev >= 1, "max_nfev", f"must be >= 1, got {self.max_nfev}")
         _check(self.position_steps >= 1, "position_steps", f"must be >= 1, got {self.position_steps}")
         _check(self.min_distance > 0, "min_distance", f"must be > 0 Å, got {self.min_distance}")
-        _check(self.convention in FIT_CONVENTIONS, "convention", f"must be one of {FIT_CONVENTIONS}, got {self.convention!r}")
+        _check(self.convention in FIT_CONVENTIONS, "convention",
+               f"must be one of {FIT_CONVENTIONS}, got {self.convention!r}")
         lo, hi = self.expansion_bounds if len(self.expansion_bounds) == 2 else (math.nan, math.nan)
-        _check(0 < lo <= 1 <= hi, "expansion_bounds", f"need (lo, hi) with 0 < lo <= 1 <= hi, got {self.expansion_bounds}")
+        _check(0 < lo <= 1 <= hi, "expansion_bounds",
+               f"need (lo, hi) with 0 < lo <= 1 <= hi, got {self.expansion_bounds}")
 
 
 @dataclass(frozen=True)
@@ -800,7 +812,8 @@ class SolveConfig:
     def __post_init__(self) -> None:
         _check(self.top >= 1, "top", f"must be >= 1, got {self.top}")
         _check(self.per_type >= 1, "per_type", f"must be >= 1, got {self.per_type}")
-        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii", f"need positive radii, got {self.radii}")
+        _check(len(self.radii) > 0 and all(r > 0 for r in self.radii), "radii",
+               f"need positive radii, got {self.radii}")
         _check(self.max_atoms >= 2, "max_atoms", f"must be >= 2, got {self.max_atoms}")
         _check(self.qbroad >= 0, "qbroad", f"must be >= 0, got {self.qbroad}")
         _check(self.rescore >= 0, "rescore", f"must be >= 0, got {self.rescore}")
@@ -851,7 +864,8 @@ class VariantConfig:
             if isinstance(v, list):
                 object.__setattr__(self, name, tuple(float(x) for x in v))
         _check(self.shape in VARIANT_SHAPES, "shape", f"must be one of {VARIANT_SHAPES}, got {self.shape!r}")
-        _check(math.isfinite(self.radius) and self.radius > 0, "radius", f"must be a positive length in Å, got {self.radius}")
+        _check(math.isfinite(self.radius) and self.radius > 0, "radius",
+               f"must be a positive length in Å, got {self.radius}")
         _check(len(self.axis_ratios) == 3 and all(math.isfinite(a) and a > 0 for a in self.axis_ratios), "axis_ratios",
                f"need three positive ratios, got {self.axis_ratios}")
         _check(len(self.orientation) == 4 and math.isfinite(sum(self.orientation))
@@ -870,7 +884,8 @@ class VariantConfig:
         _check(0 < self.core_fraction < 1, "core_fraction", f"must be in (0, 1), got {self.core_fraction}")
         for name in ("surface_sigma", "thermal_sigma"):
             _check(0 <= getattr(self, name) < 0.5, name, f"must be in [0, 0.5) Å, got {getattr(self, name)}")
-        _check(abs(self.relax_amplitude) < 0.5, "relax_amplitude", f"must be in (-0.5, 0.5) Å, got {self.relax_amplitude}")
+        _check(abs(self.relax_amplitude) < 0.5, "relax_amplitude",
+               f"must be in (-0.5, 0.5) Å, got {self.relax_amplitude}")
         _check(self.decay_length > 0, "decay_length", f"must be > 0 Å, got {self.decay_length}")
 
 
@@ -971,4 +986,5 @@ class BeyondLibraryConfig:
         _check(0 < elo < 1 < ehi, "expansion", f"need 0 < low < 1 < high, got {self.expansion}")
         _check(all(n >= 3 for n in self.expansion_grid) and len(self.expansion_grid) == 2, "expansion_grid",
                f"need (coarse, fine) points >= 3, got {self.expansion_grid}")
-        _check(self.refine_top >= 0 and self.refine_steps >= 0, "refine_steps", "refine_top and refine_steps must be >= 0")
+        _check(self.refine_top >= 0 and self.refine_steps >= 0, "refine_steps",
+               "refine_top and refine_steps must be >= 0")

@@ -55,7 +55,8 @@ def add_limit_flags(parser, *, atoms: bool = True, points: bool = True, memory: 
 
 def limits_from_args(args) -> Limits:
     d = Limits()
-    return Limits(max_atoms=getattr(args, "max_atoms", d.max_atoms), max_points=getattr(args, "max_points", d.max_points),
+    return Limits(max_atoms=getattr(args, "max_atoms", d.max_atoms),
+                  max_points=getattr(args, "max_points", d.max_points),
                   max_memory_gb=getattr(args, "max_memory", d.max_memory_gb))
 
 
@@ -100,8 +101,8 @@ def check_min_distance(positions: np.ndarray, where: str, min_distance: float, f
     i = int(np.argmin(d[:, 1]))
     if d[i, 1] < min_distance:
         a, b = sorted((i, int(j[i, 1])))
-        raise ConfigError(f"{where}: atoms {a + 1} and {b + 1} are {d[i, 1]:.3g} Å apart, closer than {min_distance:g} Å "
-                          f"(a duplicated atom?); fix the structure, or lower {flag} (0 accepts any distance)")
+        raise ConfigError(f"{where}: atoms {a + 1} and {b + 1} are {d[i, 1]:.3g} Å apart, closer than {min_distance:g} "
+                          f"Å (a duplicated atom?); fix the structure, or lower {flag} (0 accepts any distance)")
 
 
 def check_output_path(path, flag: str, suffixes: tuple[str, ...] | None = None, *, folder: bool = False) -> None:
@@ -116,7 +117,8 @@ def check_output_path(path, flag: str, suffixes: tuple[str, ...] | None = None, 
     if folder and path.exists() and not path.is_dir():
         raise ConfigError(f"{flag}: {path} is a file; give a folder for the outputs")
     if not folder and path.is_dir():
-        raise ConfigError(f"{flag}: {path} is a folder; give a file name such as {path / ('out' + (suffixes or ('',))[0])}")
+        raise ConfigError(f"{flag}: {path} is a folder; give a file name such as "
+                          f"{path / ('out' + (suffixes or ('',))[0])}")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

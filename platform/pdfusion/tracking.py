@@ -246,7 +246,8 @@ def download_checkpoint(uri: str, *, tracking_uri: str | None = None, dst: str |
         if local.is_dir():
             local = local / CHECKPOINT_FILE
         if not local.is_file():
-            raise FileNotFoundError(f"checkpoint {uri!r}: no such file; give a checkpoint file, its folder or an MLflow URI")
+            raise FileNotFoundError(f"checkpoint {uri!r}: no such file; give a checkpoint file, its folder or an "
+                                    "MLflow URI")
         return local
     import mlflow.artifacts
 

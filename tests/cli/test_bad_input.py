@@ -62,7 +62,8 @@ def inputs(tmp_path_factory) -> Path:
     (d / "seed").mkdir()
     numbers, pos = np.array([22, 8, 8]), np.array([[0.0, 0, 0], [1.95, 0, 0], [-1.95, 0, 0]])
     na = np.column_stack([numbers, np.ones((3, 3)), pos])
-    rec = SeedRecord(Particle(numbers, pos), na, GOOD_R[:100], GOOD_G[:100], np.zeros((2, 0), np.int64), np.zeros(0), {})
+    rec = SeedRecord(Particle(numbers, pos), na, GOOD_R[:100], GOOD_G[:100], np.zeros((2, 0), np.int64),
+                     np.zeros(0), {})
     write_seed_h5(rec, d / "seed" / "graph_Rutile_TiO2_r5.h5")
     return d
 

@@ -21,7 +21,8 @@ def make_seed_folder(folder: Path, n: int = 6) -> None:
         numbers = np.array([22, 8, 8, 22, 8, 8, 22])
         pos = rng.normal(size=(7, 3))
         na = np.column_stack([numbers, rng.random((7, 3)), pos])
-        rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=100), np.zeros((2, 0), np.int64), np.zeros(0), {})
+        rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=100), np.zeros((2, 0), np.int64),
+                         np.zeros(0), {})
         write_seed_h5(rec, folder / f"graph_{['Rutile', 'CdI2'][i % 2]}_TiO2_r{5 + i}.h5")
 
 
@@ -29,7 +30,8 @@ def test_import_then_info_via_console_script(tmp_path):
     make_seed_folder(tmp_path / "src")
     exe = Path(sys.executable).with_name("pdfusion")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "pdfusion.cli"]
-    out = subprocess.run([*cmd, "data", "import-seed", str(tmp_path / "src"), str(tmp_path / "store"), "--shard-size", "4"],
+    out = subprocess.run([*cmd, "data", "import-seed", str(tmp_path / "src"), str(tmp_path / "store"),
+                          "--shard-size", "4"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "6 structures in 2 shards" in out.stdout

@@ -28,11 +28,13 @@ def simulate(numbers, pos, cfg=SMALL_PDF):
     from pdfusion.pdf import simulate_pdf
 
     z = torch.as_tensor(numbers)[None]
-    return simulate_pdf(torch.as_tensor(pos, dtype=torch.float64)[None], z, torch.ones_like(z, dtype=torch.bool), cfg)[0]
+    return simulate_pdf(torch.as_tensor(pos, dtype=torch.float64)[None], z, torch.ones_like(z, dtype=torch.bool),
+                        cfg)[0]
 
 
 def write_gr(path, r, g):
-    path.write_text("# two-column G(r) written by the test\n" + "\n".join(f"{a:.4f} {b:.8f}" for a, b in zip(r, g, strict=True)) + "\n")
+    path.write_text("# two-column G(r) written by the test\n"
+                    + "\n".join(f"{a:.4f} {b:.8f}" for a, b in zip(r, g, strict=True)) + "\n")
     return path
 
 
@@ -75,7 +77,8 @@ def test_sample_writes_ranked_candidates(checkpoint, target_gr, tmp_path, capsys
     from pdfusion.structures.io import read_structure
 
     out = tmp_path / "out"
-    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "3", "--n-atoms", "12", "-o", str(out)])
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "3", "--n-atoms", "12",
+               "-o", str(out)])
     assert rc == 0, capsys.readouterr().err
     summary, xyz = _check_outputs(out, 3)
     assert summary["metal"] == 22 and summary["sample_config"]["steps"] == 5  # the checkpoint's default
@@ -135,7 +138,8 @@ def test_bad_metal_is_a_clear_error(checkpoint, target_gr, tmp_path, capsys):
 
 def test_sample_measured_pt_gr(checkpoint, measured_gr, tmp_path):
     out = tmp_path / "pt"
-    rc = main(["sample", str(checkpoint), str(measured_gr), "--metal", "Pt", "-k", "2", "--n-atoms", "10", "-o", str(out)])
+    rc = main(["sample", str(checkpoint), str(measured_gr), "--metal", "Pt", "-k", "2", "--n-atoms", "10",
+               "-o", str(out)])
     assert rc == 0
     summary, _ = _check_outputs(out, 2)
     assert summary["metal"] == 78 and all(np.isfinite(c["rwp"]) for c in summary["candidates"])
@@ -144,7 +148,8 @@ def test_sample_measured_pt_gr(checkpoint, measured_gr, tmp_path):
 def test_sample_seed_h5(checkpoint, seed_135_dir, tmp_path):
     path = sorted(seed_135_dir.glob("*.h5"))[0]
     out = tmp_path / "seed"
-    assert main(["sample", str(checkpoint), str(path), "--metal", "Ti", "-k", "1", "--n-atoms", "8", "-o", str(out)]) == 0
+    assert main(["sample", str(checkpoint), str(path), "--metal", "Ti", "-k", "1", "--n-atoms", "8",
+                 "-o", str(out)]) == 0
     _check_outputs(out, 1)
 
 

@@ -29,7 +29,8 @@ def ceo2_gr(tmp_path_factory):
     g = g.numpy() * 0.2 + np.random.default_rng(1).normal(0, 0.003, g.shape)
     r = r_grid(cfg).numpy()
     folder = tmp_path_factory.mktemp("gr")
-    header = ("[PDF]\ncomposition = CeO2\nqmin = 1.0\nqmax = 20.0\n\n#### start data\n#S 1\n#L r($\\AA$)  G($\\AA^{-2}$)\n")
+    header = ("[PDF]\ncomposition = CeO2\nqmin = 1.0\nqmax = 20.0\n\n"
+              "#### start data\n#S 1\n#L r($\\AA$)  G($\\AA^{-2}$)\n")
     with_header = write_gr(folder / "ceo2.gr", r, g, header)
     bare = write_gr(folder / "bare.gr", r, g, "")
     return with_header, bare, len(truth)

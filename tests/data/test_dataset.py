@@ -30,7 +30,8 @@ def make_seed_folder(folder: Path) -> list[Path]:
             numbers = np.where(np.arange(k) % 2 == 0, z, 8)
             pos = rng.normal(size=(k, 3)) * 3 + 7.0  # off-centre on purpose
             na = np.column_stack([numbers, rng.random((k, 3)), pos])
-            rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=N_R), np.zeros((2, 0), np.int64), np.zeros(0), {})
+            rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=N_R), np.zeros((2, 0), np.int64),
+                             np.zeros(0), {})
             write_seed_h5(rec, folder / f"{t}_{sym}O.h5")  # fixed-135 style names: no radius
     return sorted(folder.glob("*.h5"))
 
@@ -115,7 +116,8 @@ def test_store_records_with_radius_and_float32_pdf(tmp_path):
             numbers = np.array([22, 8, 8, 22, 8, 8])
             w.add(StoreRecord(numbers, pos, np.column_stack([numbers, np.zeros((6, 3)), pos]),
                               rng.normal(size=N_R).astype(np.float32),
-                              {"id": f"g{i}", "structure_type": "Rutile", "formula": "TiO2", "radius": 5.5, "metal": "Ti"}))
+                              {"id": f"g{i}", "structure_type": "Rutile", "formula": "TiO2", "radius": 5.5,
+                               "metal": "Ti"}))
     ds = open_dataset(tmp_path)
     d = ds[2]
     assert d.radius == 5.5 and int(d.metal) == 22 and d.source == "g2"

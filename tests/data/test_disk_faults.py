@@ -33,7 +33,8 @@ def _seed_folder(folder: Path, n: int = 6) -> Path:
         numbers = np.array([22, 8, 8])
         pos = np.array([[0.0, 0, 0], [1.95, 0, 0], [-1.95, 0, 0]]) + rng.normal(scale=0.01, size=(3, 3))
         na = np.column_stack([numbers, np.ones((3, 3)), pos])
-        rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=100), np.zeros((2, 0), np.int64), np.zeros(0), {})
+        rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=100), np.zeros((2, 0), np.int64),
+                         np.zeros(0), {})
         write_seed_h5(rec, folder / f"graph_Rutile_TiO2_r{5 + i}.h5")
     return folder
 

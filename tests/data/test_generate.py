@@ -88,7 +88,8 @@ def test_record_contents_match_independent_computation(tmp_path):
     for r in recs:
         p = make_particle(r.meta["structure_type"], r.meta["metal"], r.meta["radius"])
         assert np.array_equal(r.positions, p.positions)
-        assert np.array_equal(r.node_attributes[:, 4:], r.positions) and np.array_equal(r.node_attributes[:, 0], r.numbers)
+        assert (np.array_equal(r.node_attributes[:, 4:], r.positions)
+                and np.array_equal(r.node_attributes[:, 0], r.numbers))
         # batched + padded simulation equals a single, unpadded one
         single = simulate_pdf(torch.from_numpy(p.positions)[None], torch.from_numpy(p.numbers)[None], None, FAST_PDF)[0]
         assert np.allclose(r.pdf, single.numpy(), atol=1e-5)
@@ -103,7 +104,8 @@ def test_augmentation_is_recorded_and_reproducible(tmp_path):
         a = r.meta["augment"]
         assert 0.02 <= a["qdamp"] <= 0.05 and 0.2 <= a["biso"] <= 0.6 and 0.8 <= a["scale"] <= 1.2
         pcfg = replace(FAST_PDF, qdamp=a["qdamp"], biso=a["biso"])
-        clean = simulate_pdf(torch.from_numpy(r.positions)[None], torch.from_numpy(r.numbers)[None], None, pcfg)[0].numpy()
+        clean = simulate_pdf(torch.from_numpy(r.positions)[None], torch.from_numpy(r.numbers)[None], None,
+                             pcfg)[0].numpy()
         noise = np.random.default_rng(a["noise_seed"]).normal(0.0, 0.01, size=clean.shape)
         assert np.allclose(r.pdf, clean * a["scale"] + noise, atol=1e-5)
     assert recs[0].meta["augment"]["qdamp"] != recs[1].meta["augment"]["qdamp"]

@@ -28,7 +28,8 @@ def make_seed_folder(folder: Path, n_r: int = 200) -> list[Path]:
                 numbers = np.where(np.arange(k) % 3 == 0, z, 8)
                 pos = rng.normal(scale=rad / 2, size=(k, 3))
                 na = np.column_stack([numbers, rng.random((k, 3)), pos])
-                rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=n_r), np.zeros((2, 0), np.int64), np.zeros(0), {})
+                rec = SeedRecord(Particle(numbers, pos), na, r, rng.normal(size=n_r), np.zeros((2, 0), np.int64),
+                                 np.zeros(0), {})
                 p = folder / f"graph_{t}_{sym}O_r{rad}.h5"
                 write_seed_h5(rec, p)
                 paths.append(p)

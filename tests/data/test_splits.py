@@ -39,7 +39,8 @@ def test_properties(groups, frac, seed):
 
 
 def test_group_keys():
-    meta = {"metal": ["Ti", "Ti", "Zn"], "formula": ["TiO2", "TiO", "ZnO"], "structure_type": ["Rutile", "NaCl", "NaCl"]}
+    meta = {"metal": ["Ti", "Ti", "Zn"], "formula": ["TiO2", "TiO", "ZnO"],
+            "structure_type": ["Rutile", "NaCl", "NaCl"]}
     assert group_keys(meta, "metal") == ["Ti", "Ti", "Zn"]
     assert group_keys(meta, "formula") == ["TiO2", "TiO", "ZnO"]
     assert group_keys(meta, "type") == ["Rutile", "NaCl", "NaCl"]

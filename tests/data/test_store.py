@@ -138,9 +138,11 @@ def test_bad_records_name_the_field(tmp_path):
     with pytest.raises(ValueError, match="positions contains NaN"):
         write_shard(tmp_path, "x.h5", [StoreRecord(rec.numbers, pos, rec.node_attributes, rec.pdf, rec.meta)], R_GRID)
     with pytest.raises(ValueError, match="needs an 'id' or 'source'"):
-        write_shard(tmp_path, "x.h5", [StoreRecord(rec.numbers, rec.positions, rec.node_attributes, rec.pdf, {})], R_GRID)
+        write_shard(tmp_path, "x.h5", [StoreRecord(rec.numbers, rec.positions, rec.node_attributes, rec.pdf, {})],
+                    R_GRID)
     with pytest.raises(ValueError, match="node_attributes must have shape"):
-        write_shard(tmp_path, "x.h5", [StoreRecord(rec.numbers, rec.positions, rec.node_attributes[:, :4], rec.pdf, rec.meta)], R_GRID)
+        write_shard(tmp_path, "x.h5",
+                    [StoreRecord(rec.numbers, rec.positions, rec.node_attributes[:, :4], rec.pdf, rec.meta)], R_GRID)
     with pytest.raises(ValueError, match="shard_name"):
         write_shard(tmp_path, "../x.h5", [rec], R_GRID)
 

@@ -89,7 +89,8 @@ def test_loss_decreases_on_a_toy_set():
 
     def eval_loss() -> float:
         with torch.no_grad():
-            return sum(d.training_loss(model, b, torch.Generator().manual_seed(100 + i), count_loss_weight=0.1)[0].item()
+            return sum(d.training_loss(model, b, torch.Generator().manual_seed(100 + i),
+                                       count_loss_weight=0.1)[0].item()
                        for i, b in enumerate(data * 3)) / (3 * len(data))
 
     before = eval_loss()
@@ -184,7 +185,8 @@ def test_lognormal_time_sampling_spends_steps_where_order_forms():
     sched = ScheduleConfig(timesteps=500)
     s = build_schedule(sched)
     gen = torch.Generator().manual_seed(0)
-    logn = GaussianDiffusion(s, None, DiffusionConfig(schedule=sched, t_sampling="lognormal")).sample_times(20000, gen, "cpu")
+    logn = (GaussianDiffusion(s, None, DiffusionConfig(schedule=sched, t_sampling="lognormal"))
+            .sample_times(20000, gen, "cpu"))
     unif = GaussianDiffusion(s, None, DiffusionConfig(schedule=sched)).sample_times(20000, gen, "cpu")
     assert int(logn.min()) >= 1 and int(logn.max()) <= 500
     abar = s.alphas_cumprod[logn.median()]

@@ -48,7 +48,8 @@ def test_same_seed_reproduces_and_other_seed_differs(setup, steps):
     cfg = SampleConfig(guidance=1.5, steps=steps, eta=0.3, seed=11)
     a = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg)
     b = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, cfg)
-    c = sample(model, d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig(guidance=1.5, steps=steps, eta=0.3, seed=12))
+    c = sample(model, d, batch.pdf, batch.metal, batch.n_atoms,
+               SampleConfig(guidance=1.5, steps=steps, eta=0.3, seed=12))
     assert torch.equal(a.positions, b.positions) and torch.equal(a.types, b.types)
     assert not torch.equal(a.positions, c.positions)
 
@@ -187,7 +188,8 @@ class _Oracle(torch.nn.Module):
         return eps(x, self.mean_x), eps(h, self.mean_h)
 
 
-ORACLE_CFGS = {"ddpm": SampleConfig(steps=None), "ddim": SampleConfig(steps=25), "ddim-eta1": SampleConfig(steps=25, eta=1.0)}
+ORACLE_CFGS = {"ddpm": SampleConfig(steps=None), "ddim": SampleConfig(steps=25),
+               "ddim-eta1": SampleConfig(steps=25, eta=1.0)}
 
 
 @pytest.mark.parametrize("name", list(ORACLE_CFGS))

@@ -28,7 +28,8 @@ def model(request):
 def _estimate(x, h, mask, seed=11):
     g = torch.Generator().manual_seed(seed)
     m = mask.unsqueeze(-1).float()
-    return remove_mean(x + 0.4 * torch.randn(x.shape, generator=g), mask), (h + 0.2 * torch.randn(h.shape, generator=g)) * m
+    return (remove_mean(x + 0.4 * torch.randn(x.shape, generator=g), mask),
+            (h + 0.2 * torch.randn(h.shape, generator=g)) * m)
 
 
 @pytest.mark.parametrize("reflect", [False, True], ids=["rotation", "reflection"])

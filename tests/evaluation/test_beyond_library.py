@@ -38,7 +38,8 @@ def test_targets_regenerate_from_the_seed(targets):
         assert np.array_equal(a.truth.numbers, b.truth.numbers) and np.array_equal(a.truth.positions, b.truth.positions)
         assert np.array_equal(a.pdf, b.pdf)
     other = bl.build_targets(replace(SMALL, seed=4), FAST_PDF)
-    assert any(len(a.truth) != len(b.truth) or not np.allclose(a.pdf, b.pdf) for a, b in zip(targets, other, strict=True))
+    assert any(len(a.truth) != len(b.truth) or not np.allclose(a.pdf, b.pdf)
+               for a, b in zip(targets, other, strict=True))
 
 
 def test_targets_are_off_library_variants_at_the_given_metals(targets):
@@ -63,7 +64,8 @@ def test_training_overlap_reads_a_generated_store(tmp_path):
     from pdfusion.config import GenerateConfig
     from pdfusion.data.generate import generate
 
-    cfg = GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Ti", "Zr"), radii=(5.0,), pdf=FAST_PDF)
+    cfg = GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Ti", "Zr"), radii=(5.0,),
+                         pdf=FAST_PDF)
     generate(cfg)
     assert bl.training_overlap(tmp_path / "g") == ["Zr"]
 
@@ -101,9 +103,12 @@ def test_scoring_finds_a_planted_truth(targets):
 
 
 def test_summary_and_head_to_head():
-    a = [{"rwp_raw": 0.5, "rwp_fitted": 0.2, "rwp_refined": 0.05, "valid_fraction": 1.0, "rmsd": math.nan, "nan_count": 0},
-         {"rwp_raw": 0.3, "rwp_fitted": math.nan, "rwp_refined": 0.01, "valid_fraction": 0.5, "rmsd": 0.3, "nan_count": 2}]
-    b = [{"rwp_raw": 0.4, "rwp_fitted": 0.1, "rwp_refined": 0.02, "valid_fraction": 1.0, "rmsd": math.nan, "nan_count": 0}] * 2
+    a = [{"rwp_raw": 0.5, "rwp_fitted": 0.2, "rwp_refined": 0.05, "valid_fraction": 1.0, "rmsd": math.nan,
+          "nan_count": 0},
+         {"rwp_raw": 0.3, "rwp_fitted": math.nan, "rwp_refined": 0.01, "valid_fraction": 0.5, "rmsd": 0.3,
+          "nan_count": 2}]
+    b = [{"rwp_raw": 0.4, "rwp_fitted": 0.1, "rwp_refined": 0.02, "valid_fraction": 1.0, "rmsd": math.nan,
+          "nan_count": 0}] * 2
     s = bl.summarise(a)
     assert s["rwp_raw_median"] == pytest.approx(0.4) and s["rwp_fitted_median"] == pytest.approx(0.2)
     assert s["rmsd_defined"] == 1 and s["nan_total"] == 2
@@ -129,8 +134,10 @@ def test_job_refuses_training_data_holding_a_target_metal(tmp_path, capsys):
     from pdfusion.config import GenerateConfig
     from pdfusion.data.generate import generate
 
-    generate(GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Zr",), radii=(5.0,), pdf=FAST_PDF))
-    spec = importlib.util.spec_from_file_location("bench_beyond_library", ROOT / "benchmarks" / "bench_beyond_library.py")
+    generate(GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Zr",), radii=(5.0,),
+                            pdf=FAST_PDF))
+    spec = importlib.util.spec_from_file_location("bench_beyond_library",
+                                                  ROOT / "benchmarks" / "bench_beyond_library.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main(["--train-data", str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2

@@ -65,7 +65,8 @@ def test_random_baseline_clearly_worse_than_library(library):
     val = [1, 6, 10]
     train = [i for i in range(len(parts)) if i not in val]
     targets = _targets(parts, pdfs, val)
-    lib_rows, _ = harness.score_targets(harness.library_method([parts[i] for i in train], pdfs[train]), targets, CFG, k=4)
+    lib_rows, _ = harness.score_targets(harness.library_method([parts[i] for i in train], pdfs[train]),
+                                        targets, CFG, k=4)
     rnd_rows, _ = harness.score_targets(harness.random_method(), targets, CFG, k=4)
     lib, rnd = harness.summarise(lib_rows), harness.summarise(rnd_rows)
     assert lib["rwp_best_median"] < 0.5 * rnd["rwp_best_median"]

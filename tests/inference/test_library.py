@@ -37,7 +37,8 @@ def test_oxide_library_has_every_prototype_matching_stoichiometry_first():
     # MO2 prototypes (fluorite, rutile, CdI2) come before the others
     mismatch = [p.meta["stoichiometry_mismatch"] for p in lib]
     assert mismatch == sorted(mismatch)
-    assert {p.meta["structure_type"] for p in lib if p.meta["stoichiometry_mismatch"] == 0} == {"fluorite", "rutile", "cdi2"}
+    assert ({p.meta["structure_type"] for p in lib if p.meta["stoichiometry_mismatch"] == 0}
+            == {"fluorite", "rutile", "cdi2"})
     assert all(set(p.numbers.tolist()) == {58, 8} for p in lib)
     labels = [p.meta["label"] for p in lib]
     assert len(labels) == len(set(labels))

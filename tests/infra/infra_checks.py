@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 KUBERAY = INFRA / "kuberay"
 DOCKER = INFRA / "docker"
-IMAGE_ROOT = "/home/ray/pdfusion"  # WORKDIR of the pdfusion images: jobs/, benchmarks/, experiments/, serve/ are copied here
+# WORKDIR of the pdfusion images: jobs/, benchmarks/, experiments/, serve/ are copied here
+IMAGE_ROOT = "/home/ray/pdfusion"
 SHARED_MOUNT = "/mnt/pdfusion"  # shared storage path on every node (PVC on KubeRay, EFS on AWS)
 PARSER_FUNCTIONS = ("build_parser", "parser", "make_parser", "get_parser", "create_parser")
 
@@ -148,7 +149,8 @@ def dockerignored(rel: str, patterns: list[str]) -> bool:
         starts = range(len(parts)) if anywhere else range(1)
         for s in starts:
             window = parts[s : s + len(pat_parts)]
-            if len(window) == len(pat_parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(window, pat_parts, strict=True)):
+            if len(window) == len(pat_parts) and all(fnmatch.fnmatchcase(a, b)
+                                                     for a, b in zip(window, pat_parts, strict=True)):
                 return True
     return False
 
@@ -269,10 +271,12 @@ def check_call(call: JobCall) -> list[str]:
     """Problems with one job invocation: a missing script, or arguments its parser rejects."""
     rel = call.script.relative_to(ROOT) if call.script.is_relative_to(ROOT) else call.script
     if not call.script.is_file():
-        return [f"{call.source}: {rel} does not exist (jobs/ has {sorted(p.name for p in (ROOT / 'jobs').glob('*.py'))})"]
+        return [f"{call.source}: {rel} does not exist (jobs/ has "
+                f"{sorted(p.name for p in (ROOT / 'jobs').glob('*.py'))})"]
     parser = parser_for(call.script)
     if parser is None:
-        unknown = [a.split("=")[0] for a in call.argv if a.startswith("-") and a.split("=")[0] not in help_flags(call.script)]
+        unknown = [a.split("=")[0] for a in call.argv if a.startswith("-")
+                   and a.split("=")[0] not in help_flags(call.script)]
         return [f"{call.source}: {rel} --help lists no {u}" for u in unknown]
     errors: list[str] = []
     parser.exit_on_error = False

@@ -38,7 +38,8 @@ def test_yamllint_is_live(tmp_path):
 
 def test_compose_file_matches_the_compose_specification():
     res = subprocess.run([_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                          str(ic.INFRA / "mlflow" / "docker-compose.yaml")], capture_output=True, text=True, timeout=120)
+                          str(ic.INFRA / "mlflow" / "docker-compose.yaml")],
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -53,7 +54,8 @@ def test_compose_validation_is_live(tmp_path):
 
 
 def test_ruff_passes_on_infra_python():
-    """scripts/test.sh lints platform/tests/jobs/benchmarks/experiments/serve; infra/kuberay/render.py is checked here."""
+    """scripts/test.sh lints platform/tests/jobs/benchmarks/experiments/serve; infra/kuberay/render.py is checked
+    here."""
     files = sorted(str(p) for p in ic.INFRA.rglob("*.py"))
     assert files
     res = subprocess.run([sys.executable, "-m", "ruff", "check", *files], capture_output=True, text=True,

@@ -82,7 +82,8 @@ def test_srreal_grid_bookkeeping_for_seed_parameters():
     """Extended rmax = rmax + 6·2π/qmax + Gaussian tail of FWHM from 2U, on the r grid; qstep = π / that."""
     g = srreal_grid(PDFConfig())
     u = 0.3 / (8 * math.pi**2)
-    ext = 6 * 2 * math.pi / 30 + math.sqrt(-math.log(3.33e-6) / (4 * math.log(2))) * 2 * math.sqrt(2 * math.log(2)) * math.sqrt(2 * u)
+    ext = (6 * 2 * math.pi / 30
+           + math.sqrt(-math.log(3.33e-6) / (4 * math.log(2))) * 2 * math.sqrt(2 * math.log(2)) * math.sqrt(2 * u))
     assert g.rcalchi == pytest.approx(math.ceil((30 + ext) / 0.01) * 0.01)
     assert g.qstep == pytest.approx(math.pi / g.rcalchi)
     assert g.nqmax == math.ceil(30 / g.qstep) and g.nqmin == math.ceil(0.8 / g.qstep)
@@ -202,7 +203,8 @@ def test_neutron_radiation_uses_scattering_lengths():
     fq = PDFSimulator(cfg, method="direct").fq(pos, torch.tensor([22, 8]))
     b_ti, b_o = -3.37, 5.803
     q = q_grid(cfg)
-    expected = 2 * b_ti * b_o / (2 * ((b_ti + b_o) / 2) ** 2) * torch.exp(-0.3 / (8 * math.pi**2) * q**2) * torch.sin(q * d) / d
+    expected = (2 * b_ti * b_o / (2 * ((b_ti + b_o) / 2) ** 2) * torch.exp(-0.3 / (8 * math.pi**2) * q**2)
+                * torch.sin(q * d) / d)
     expected[: srreal_grid(cfg).nqmin] = 0
     assert torch.allclose(fq, expected, rtol=1e-3, atol=1e-6)
 

@@ -160,9 +160,11 @@ def test_any_r_grid_is_accepted():
 @pytest.mark.parametrize(
     ("name", "text", "match"),
     [
-        ("bad.gr", "#### start data\n#S 1\n0 0\n0.1 abc\n", r"bad\.gr line 4: expected numbers .*'0\.1 abc'.*comment it out"),
+        ("bad.gr", "#### start data\n#S 1\n0 0\n0.1 abc\n",
+         r"bad\.gr line 4: expected numbers .*'0\.1 abc'.*comment it out"),
         ("late.gr", "0 1\n0.1 2\nabc def\n", r"late\.gr line 3: expected numbers"),
-        ("afterstart.gr", "#### start data\n1.5x 2\n", r"afterstart\.gr line 2: expected numbers .*first data row after 'start data'"),
+        ("afterstart.gr", "#### start data\n1.5x 2\n",
+         r"afterstart\.gr line 2: expected numbers .*first data row after 'start data'"),
         ("one.dat", "1\n2\n", r"one\.dat line 1: expected at least two numeric columns"),
         ("nan.csv", "r,G\n0,1\n0.1,nan\n", r"nan\.csv line 3: G is nan; all values must be finite"),
         ("nanr.gr", "0 1\nnan 2\n", r"nanr\.gr line 2: r is nan"),

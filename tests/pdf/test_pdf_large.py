@@ -70,7 +70,8 @@ def _cut_all_pairs(cell_cart, numbers, lattice, center, radius, cutoff):
     return z[idx], pos[idx]
 
 
-@pytest.mark.parametrize(("kind", "metal", "radius"), [("rutile", "Ti", 11.0), ("spinel", "Fe", 9.5), ("wurtzite", "Zn", 8.0)])
+@pytest.mark.parametrize(("kind", "metal", "radius"),
+                         [("rutile", "Ti", 11.0), ("spinel", "Fe", 9.5), ("wurtzite", "Zn", 8.0)])
 def test_bounded_cut_matches_all_pairs_cut(kind, metal, radius):
     cell = unit_cell(kind, metal)
     centre = cell.cart_coords[0] + 0.3

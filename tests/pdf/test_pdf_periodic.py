@@ -44,7 +44,8 @@ def _brute_force(cr: Crystal, r: np.ndarray, uiso_by_z: dict, delta2=0.0, qbroad
         for j in range(n_at):
             d = np.linalg.norm(cart[j] + shifts - cart[i], axis=1)
             d = d[(d > 1e-6) & (d < r.max() + 3)]
-            sigma = np.sqrt((uiso_by_z[cr.numbers[i]] + uiso_by_z[cr.numbers[j]]) * (1 - delta2 / d**2 + (qbroad * d) ** 2))
+            sigma = np.sqrt((uiso_by_z[cr.numbers[i]] + uiso_by_z[cr.numbers[j]])
+                            * (1 - delta2 / d**2 + (qbroad * d) ** 2))
             peaks = np.exp(-0.5 * ((r[:, None] - d) / sigma) ** 2) / (np.sqrt(2 * np.pi) * sigma * d)
             g += f[i] * f[j] / (n_at * fbar**2) * peaks.sum(1)
     return g - 4 * np.pi * n_at / cr.volume * r

@@ -33,7 +33,8 @@ PDF = PDFConfig(normalize=False)
 def simulate(numbers: np.ndarray, pos: np.ndarray, cfg: PDFConfig = PDF) -> np.ndarray:
     from pdfusion.pdf import simulate_pdf
 
-    g = simulate_pdf(torch.tensor(pos)[None], torch.tensor(numbers)[None], torch.ones(1, len(numbers), dtype=torch.bool), cfg)
+    g = simulate_pdf(torch.tensor(pos)[None], torch.tensor(numbers)[None],
+                     torch.ones(1, len(numbers), dtype=torch.bool), cfg)
     return g[0].numpy()
 
 
@@ -46,9 +47,9 @@ def make_data(n: int, seed: int = 0):
         metal = [22, 30][i % 2]
         numbers, pos = rocksalt_cluster(rng.uniform(2.6, 3.4), metal, shift=rng.uniform(-0.5, 0.5, 3))
         g = simulate(numbers, pos)
-        out.append(Data(pos=torch.tensor(pos, dtype=torch.float32), z=torch.tensor(numbers), x=torch.zeros(len(numbers), 7),
-                        y=torch.tensor(g, dtype=torch.float32).reshape(1, -1), metal=torch.tensor([metal]),
-                        num_nodes=len(numbers)))
+        out.append(Data(pos=torch.tensor(pos, dtype=torch.float32), z=torch.tensor(numbers),
+                        x=torch.zeros(len(numbers), 7), y=torch.tensor(g, dtype=torch.float32).reshape(1, -1),
+                        metal=torch.tensor([metal]), num_nodes=len(numbers)))
     return out
 
 

@@ -74,7 +74,8 @@ def test_serve_deploy_to_ray_start_head(tiny_checkpoint, tmp_path):
     address = f"http://127.0.0.1:{dash}"
     try:
         start = _run(["ray", "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=2", f"--port={gcs}",
-                      f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
+                      f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
+                      f"--dashboard-agent-listen-port={agent}",
                       f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
                       f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
                       f"--node-manager-port={nm}", f"--object-manager-port={om}", "--disable-usage-stats"], env)

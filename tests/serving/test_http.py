@@ -50,7 +50,8 @@ def parse_xyz(text: str):
 
 def test_health_and_model(url):
     health = httpx.get(url + "/v1/health").json()
-    assert (health["status"], health["model"], health["sampler"]["ready"]) == ("ok", {"name": "tiny", "version": "7"}, True)
+    assert ((health["status"], health["model"], health["sampler"]["ready"])
+            == ("ok", {"name": "tiny", "version": "7"}, True))
     info = httpx.get(url + "/v1/model").json()
     assert (info["name"], info["version"], info["n_r"]) == ("tiny", "7", 3000)
     assert info["r_min"] == 0.0 and info["r_max"] == pytest.approx(29.99)
@@ -316,7 +317,8 @@ def test_timeout_answers_504_and_cancels():
         return {"candidates": [], "seed": None}
 
     info = {"name": "m", "version": "1", "r_grid": np.arange(100) * 0.1, "normalize": False,
-            "defaults": {"guidance": 1.0, "steps": 2}, "max_atoms": 40, "n_metals": 100, "timesteps": 10, "training": {}}
+            "defaults": {"guidance": 1.0, "steps": 2}, "max_atoms": 40, "n_metals": 100, "timesteps": 10,
+            "training": {}}
     cfg = serve_cfg("unused.pt", limits={"request_timeout_s": 0.2})
     assert isinstance(cfg.limits, ServeLimits)
     client = TestClient(create_api(cfg, info, slow))

@@ -171,7 +171,8 @@ def test_batch_cost_closes_batches_on_candidates():
 
 
 def test_serve_config_from_args_parses_cli_strings(tmp_path):
-    cfg = serve_config_from_args({"model": "/m.pt", "max_replicas": "3", "limits.max_samples": "8", "default_samples": "2"})
+    cfg = serve_config_from_args({"model": "/m.pt", "max_replicas": "3", "limits.max_samples": "8",
+                                  "default_samples": "2"})
     assert cfg.max_replicas == 3 and cfg.limits.max_samples == 8 and cfg.limits.max_steps == ServeLimits().max_steps
     path = tmp_path / "serve.yaml"
     path.write_text("model: /a.pt\nlimits: {max_samples: 6}\nmax_batch_size: 4\n")

@@ -19,7 +19,8 @@ from pdfusion.structures.io import (
 from pdfusion.structures.particle import Particle
 
 
-def rocksalt_cluster(metal: int = 12, a: float = 4.21, radius: float = 5.0, jitter: float = 0.0, seed: int = 0) -> Particle:
+def rocksalt_cluster(metal: int = 12, a: float = 4.21, radius: float = 5.0, jitter: float = 0.0,
+                     seed: int = 0) -> Particle:
     """A rock-salt sphere cut (metal on even sites, O on odd), optionally jittered so coordinates are not round."""
     g = np.arange(-4, 5)
     ijk = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
@@ -115,7 +116,8 @@ def test_cif_of_periodic_crystal_gives_unit_cell_cartesian(tmp_path):
     p = read_structure(tmp_path / "mgo.cif")
     assert len(p) == 8 and sorted(p.numbers.tolist()) == [8] * 4 + [12] * 4
     np.testing.assert_allclose(p.meta["lattice"], np.eye(3) * 4.21, atol=1e-8)
-    np.testing.assert_allclose(sorted_atoms(p.numbers, p.positions), sorted_atoms(np.array([x.specie.Z for x in s]), s.cart_coords), atol=1e-5)
+    np.testing.assert_allclose(sorted_atoms(p.numbers, p.positions),
+                               sorted_atoms(np.array([x.specie.Z for x in s]), s.cart_coords), atol=1e-5)
     # and our writer keeps the cell
     write_structure(p, tmp_path / "again.cif")
     q = read_structure(tmp_path / "again.cif")
@@ -158,7 +160,8 @@ def test_seed_h5_round_trip_and_name_meta(tmp_path, name, radius):
 
 def test_parse_seed_name():
     assert parse_seed_name("graph_Spinel_AgAg2O4_r8.h5")["formula"] == "AgAg2O4"
-    assert parse_seed_name("CdI2_TiO2.h5") == {"structure_type": "CdI2", "formula": "TiO2", "radius": None, "source": "CdI2_TiO2.h5"}
+    assert parse_seed_name("CdI2_TiO2.h5") == {"structure_type": "CdI2", "formula": "TiO2", "radius": None,
+                                               "source": "CdI2_TiO2.h5"}
     with pytest.raises(ValueError, match="seed-oxides pattern"):
         parse_seed_name("whatever.h5")
 

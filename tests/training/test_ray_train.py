@@ -171,7 +171,8 @@ def test_relaunch_resume_and_fault_tolerance(ray_session, tiny_data, tmp_path):
     cfg = tiny_cfg(tiny_data, max_steps=6)
     marker = tmp_path / "failed_once"
     first = ray_train.run_training(dataclasses.replace(cfg, max_steps=3), name="relaunch", storage_path=storage,
-                                   tracking_uri=uri, register_as="pdfusion-egnn-test", experiment="t", log_every_steps=1)
+                                   tracking_uri=uri, register_as="pdfusion-egnn-test", experiment="t",
+                                   log_every_steps=1)
     assert first.final_step == 3 and first.model_version == 1
     second = ray_train.run_training(cfg, name="relaunch", storage_path=storage, tracking_uri=uri,
                                     register_as="pdfusion-egnn-test", experiment="t",

@@ -252,7 +252,8 @@ def test_unconditional_cube_smoke():
         return DenseBatch(pos=pos, z=torch.full((16, 8), 22), mask=torch.ones(16, 8, dtype=torch.bool),
                           pdf=None, metal=None, n_atoms=torch.full((16,), 8))
 
-    cfg = TrainConfig(model=ModelConfig(hidden=16, layers=2, pdf_points=8, pdf_embed=8, max_atoms=8, position_scale=0.5),
+    cfg = TrainConfig(model=ModelConfig(hidden=16, layers=2, pdf_points=8, pdf_embed=8, max_atoms=8,
+                                        position_scale=0.5),
                       pdf=PDFConfig(rmax=8.0, rstep=1.0),
                       diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=100), p_uncond=1.0),
                       lr=2e-3, warmup_steps=5)

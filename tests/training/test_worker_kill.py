@@ -52,8 +52,8 @@ def head():
 
     tmp = Path(tempfile.mkdtemp(prefix="r22c_", dir="/tmp"))
     ports = {name: _free_port() for name in ("port", "metrics-export-port", "runtime-env-agent-port")}
-    cmd = [shutil.which("ray") or "ray", "start", "--head", f"--temp-dir={tmp}", "--num-cpus=2", "--include-dashboard=false",
-           "--disable-usage-stats", *[f"--{k}={v}" for k, v in ports.items()]]
+    cmd = [shutil.which("ray") or "ray", "start", "--head", f"--temp-dir={tmp}", "--num-cpus=2",
+           "--include-dashboard=false", "--disable-usage-stats", *[f"--{k}={v}" for k, v in ports.items()]]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -122,4 +122,5 @@ def test_killed_train_worker_resumes_from_last_checkpoint(head, tmp_path):
     resumed = resumes[1]
     assert 2 <= resumed < planned and resumed % cfg.checkpoint_every_steps == 0, starts
     print(f"killed Train worker pid {killed[0]}; starts (steps/epoch, planned, resume step): {starts}; "
-          f"resumed at step {resumed} = epoch {resumed // per_epoch} + {resumed % per_epoch} steps; checkpoints {ckpts}")
+          f"resumed at step {resumed} = epoch {resumed // per_epoch} + {resumed % per_epoch} steps; "
+          f"checkpoints {ckpts}")

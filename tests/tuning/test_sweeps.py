@@ -243,4 +243,5 @@ def test_guidance_sweep_records_best_on_registered_model(synthetic_store, ray_se
     by_g = {r["guidance"]: r for r in out["rows"]}
     for c in children:
         assert c.info.status == "FINISHED"
-        assert c.data.metrics["rwp_best_median"] == pytest.approx(by_g[float(c.data.params["guidance"])]["rwp_best_median"])
+        assert c.data.metrics["rwp_best_median"] == pytest.approx(
+            by_g[float(c.data.params["guidance"])]["rwp_best_median"])

@@ -13,7 +13,8 @@ def _import_seed(args) -> int:
 
     if args.shard_size < 1:
         raise ConfigError(f"--shard-size: must be >= 1 structures per shard, got {args.shard_size}")
-    m = import_seed(args.src, args.out, shard_size=args.shard_size, compression=None if args.compression == "none" else args.compression)
+    m = import_seed(args.src, args.out, shard_size=args.shard_size,
+                    compression=None if args.compression == "none" else args.compression)
     print(f"{args.out}: {m.n_structures} structures in {len(m.shards)} shards")
     return 0
 
@@ -36,7 +37,8 @@ def _info(args) -> int:
         info["checksums"] = "ok" if not bad else {"bad_shards": bad}
     if not bad:
         meta, sizes = reader.metadata(), reader.sizes()
-        info["atoms"] = {"min": int(sizes.min()), "max": int(sizes.max()), "total": int(sizes.sum())} if sizes.size else {}
+        info["atoms"] = ({"min": int(sizes.min()), "max": int(sizes.max()), "total": int(sizes.sum())}
+                         if sizes.size else {})
         info["structure_types"] = dict(sorted(Counter(meta["structure_type"]).items(), key=lambda kv: str(kv[0])))
         info["n_metals"] = len({x for x in meta["metal"] if x})
     print(json.dumps(info, indent=2))

@@ -39,7 +39,8 @@ def register(sub) -> None:
                    help="comma-separated refined parameters: scale, lattice (or a, c, ...), expansion, uiso, "
                         "uiso_<El>, delta1, delta2, qdamp, qbroad, spdiameter, positions (particle). Default: "
                         "scale,lattice,uiso,delta2,qdamp,qbroad (--periodic) or scale,expansion,uiso,delta2")
-    p.add_argument("--fix", default=None, metavar="LIST", help="comma-separated parameters to hold (removed from --free)")
+    p.add_argument("--fix", default=None, metavar="LIST",
+                   help="comma-separated parameters to hold (removed from --free)")
     p.add_argument("--init", default=None, metavar="K=V,...",
                    help="starting values, e.g. 'uiso=0.006,delta2=2' (names as --free; biso=... accepted)")
     p.add_argument("--qdamp", type=float, default=0.04, help="Q-resolution damping Å⁻¹ (start, or fixed value) "
@@ -119,7 +120,8 @@ def _free_list(default: tuple[str, ...], free: list[str] | None, fix: list[str] 
         if low in fix_l:
             continue
         if low in ("uiso", "biso"):  # keep the elements not fixed one by one
-            out += [f"uiso_{s}" for s in symbols if f"uiso_{s}".lower() not in fix_l and f"biso_{s}".lower() not in fix_l]
+            out += [f"uiso_{s}" for s in symbols if f"uiso_{s}".lower() not in fix_l
+                    and f"biso_{s}".lower() not in fix_l]
         elif low == "lattice" and fix_l & lattice_all:
             out += [x for x in lattice_names if x not in fix_l]
         else:

@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.add_argument("--qmax", type=float, default=d.qmax, help=f"Å⁻¹ (default {d.qmax})")
     p.add_argument("--qdamp", type=float, default=d.qdamp, help=f"Q-resolution damping, Å⁻¹ (default {d.qdamp})")
     p.add_argument("--biso", type=float, default=d.biso, help=f"isotropic B of every atom, Å² (default {d.biso})")
-    p.add_argument("--delta2", type=float, default=d.delta2, help=f"correlated-motion sharpening, Å² (default {d.delta2})")
+    p.add_argument("--delta2", type=float, default=d.delta2,
+                   help=f"correlated-motion sharpening, Å² (default {d.delta2})")
     p.add_argument("--rmin", type=float, default=d.rmin, help=f"Å (default {d.rmin})")
     p.add_argument("--rmax", type=float, default=d.rmax, help=f"Å (default {d.rmax})")
     p.add_argument("--rstep", type=float, default=d.rstep, help=f"Å (default {d.rstep})")

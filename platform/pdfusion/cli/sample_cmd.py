@@ -37,7 +37,8 @@ def register(sub) -> None:
     p.add_argument("--pdf-guidance", type=float, default=None,
                    help="steer sampling toward the PDF through the simulator: RMS step per atom in Å at full noise "
                         "(default: the model's; 0 = off)")
-    p.add_argument("--pdf-guidance-iters", type=int, default=None, help="fit steps per sampler step (default: the model's)")
+    p.add_argument("--pdf-guidance-iters", type=int, default=None,
+                   help="fit steps per sampler step (default: the model's)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
@@ -125,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
     target = map_target(Path(args.pdf_file), data, bundle.r_grid, normalize=bool(bundle.pdf_config.normalize))
     max_atoms = args.n_atoms or bundle.config.model.max_atoms
     if args.n_samples * max_atoms > limits.max_atoms:
-        raise ConfigError(f"-k: {args.n_samples} candidates of up to {max_atoms} atoms are {args.n_samples * max_atoms:,} "
-                          f"atoms, more than the limit of {limits.max_atoms:,} (fewer -k, or raise it with --max-atoms)")
+        raise ConfigError(f"-k: {args.n_samples} candidates of up to {max_atoms} atoms are "
+                          f"{args.n_samples * max_atoms:,} atoms, more than the limit of {limits.max_atoms:,} "
+                          "(fewer -k, or raise it with --max-atoms)")
     cfg = SampleConfig(
         guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
         steps=bundle.defaults["steps"] if args.steps is None else args.steps,
@@ -148,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         files.append(name)
     summary = {
         "checkpoint": str(args.checkpoint), "model": bundle.name, "version": bundle.version,
-        "pdf_file": str(args.pdf_file), "metal": z, "sample_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+        "pdf_file": str(args.pdf_file), "metal": z,
+        "sample_config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "candidates": [
             {"rank": i, "file": f, "rwp": c.rwp, "rwp_before_refine": c.rwp_before_refine, "n_atoms": c.n_atoms}
             for i, (f, c) in enumerate(zip(files, cands, strict=True), start=1)

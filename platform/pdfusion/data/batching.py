@@ -37,7 +37,8 @@ class DenseBatch:
             raise ValueError(f"DenseBatch.pos: expected (B, Nmax, 3), got {tuple(self.pos.shape)}")
         b, n = self.pos.shape[:2]
         if tuple(self.mask.shape) != (b, n) or tuple(self.z.shape) != (b, n):
-            raise ValueError(f"DenseBatch.mask/z: expected ({b}, {n}), got {tuple(self.mask.shape)} / {tuple(self.z.shape)}")
+            raise ValueError(f"DenseBatch.mask/z: expected ({b}, {n}), got {tuple(self.mask.shape)} / "
+                             f"{tuple(self.z.shape)}")
         if self.pdf is not None and (self.pdf.dim() != 2 or self.pdf.shape[0] != b):
             raise ValueError(f"DenseBatch.pdf: expected ({b}, n_r), got {tuple(self.pdf.shape)}")
         if self.metal is not None and tuple(self.metal.shape) != (b,):

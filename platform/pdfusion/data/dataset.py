@@ -53,7 +53,8 @@ def _load_seed_folder(folder: str, names: tuple[str, ...], stamp: tuple) -> tupl
         if r0 is None:
             r0 = rec.r
         elif rec.r.shape != r0.shape or (rec.r != r0).any():
-            raise ValueError(f"{Path(folder) / name}: key 'r' differs from the r grid of {names[0]}; one dataset needs one r grid")
+            raise ValueError(f"{Path(folder) / name}: key 'r' differs from the r grid of {names[0]}; one dataset needs "
+                             "one r grid")
         records.append(StoreRecord.from_seed(rec))
     return r0, records
 
@@ -88,7 +89,8 @@ class StructureDataset(Dataset):
         """Atom count per item (int64), without building the items."""
         if self._sizes is None:
             if self._records is not None:
-                all_sizes = np.fromiter((len(r.numbers) for r in self._records), dtype=np.int64, count=len(self._records))
+                all_sizes = np.fromiter((len(r.numbers) for r in self._records), dtype=np.int64,
+                                        count=len(self._records))
             else:
                 all_sizes = self._reader.sizes()
             self._sizes = all_sizes[self._index]
@@ -150,7 +152,8 @@ def to_data(rec: StoreRecord) -> Data:
     return data
 
 
-def open_dataset(path: str | Path, max_structures: int | None = None, *, preload_bytes: int = PRELOAD_BYTES) -> StructureDataset:
+def open_dataset(path: str | Path, max_structures: int | None = None, *,
+                 preload_bytes: int = PRELOAD_BYTES) -> StructureDataset:
     """A :class:`StructureDataset` over a store root (has ``manifest.json``) or a seed-oxides folder.
 
     ``max_structures`` keeps that many items spread evenly over the sorted collection.

@@ -131,7 +131,8 @@ def _check_out_dir(cfg: GenerateConfig) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ConfigError(f"out_dir: cannot write to {str(out)!r} ({exc.strerror or exc}); choose a writable folder") from None
+        raise ConfigError(f"out_dir: cannot write to {str(out)!r} ({exc.strerror or exc}); choose a writable "
+                          "folder") from None
     saved = out / CONFIG_FILE
     if saved.is_file():
         try:
@@ -326,12 +327,14 @@ def summarize(root: str | Path) -> dict[str, Any]:
         "n_structures": len(sizes),
         "per_type": dict(sorted(types.items())),
         "per_metal": dict(sorted(metals.items())),
-        "atoms": {"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())} if len(sizes) else {},
+        "atoms": ({"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
+                  if len(sizes) else {}),
         "sizes": sizes.tolist(),
     }
 
 
-def write_summary(root: str | Path, json_path: str | Path | None = None, png_path: str | Path | None = None) -> dict[str, Any]:
+def write_summary(root: str | Path, json_path: str | Path | None = None,
+                  png_path: str | Path | None = None) -> dict[str, Any]:
     """Write ``summary.json`` (counts per type) and ``atom_counts.png`` (histogram) into ``root``."""
     root = Path(root)
     s = summarize(root)

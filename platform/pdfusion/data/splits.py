@@ -28,7 +28,8 @@ def group_keys(meta: Mapping[str, Sequence[Any]], by: str) -> list[str]:
     col = meta[_META_KEY[by]]
     missing = [i for i, v in enumerate(col) if v in (None, "")]
     if missing:
-        raise ValueError(f"split_by={by!r}: structure {missing[0]} has no {_META_KEY[by]!r} metadata; use split_by='random'")
+        raise ValueError(f"split_by={by!r}: structure {missing[0]} has no {_META_KEY[by]!r} metadata; use "
+                         "split_by='random'")
     return [str(v) for v in col]
 
 

@@ -114,8 +114,8 @@ def _validate(rec: StoreRecord, n_r: int, where: str) -> StoreRecord:
         raise ValueError(f"{where}: positions must have shape ({n}, 3), got {pos.shape}")
     if na.shape != (n, 7):
         raise ValueError(
-            f"{where}: node_attributes must have shape ({n}, 7) (Z, atomic radius, density, electron affinity, x, y, z), "
-            f"got {na.shape}"
+            f"{where}: node_attributes must have shape ({n}, 7) "
+            f"(Z, atomic radius, density, electron affinity, x, y, z), got {na.shape}"
         )
     if pdf.shape != (n_r,):
         raise ValueError(f"{where}: pdf must have shape ({n_r},) to match the store's r grid, got {pdf.shape}")
@@ -219,7 +219,8 @@ class Manifest:
     def load(cls, root: str | Path) -> Manifest:
         path = Path(root) / MANIFEST
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no manifest; is {root} a pdfusion store? (create one with `pdfusion data import-seed` or jobs/generate_dataset.py)")
+            raise FileNotFoundError(f"{path}: no manifest; is {root} a pdfusion store? "
+                                    "(create one with `pdfusion data import-seed` or jobs/generate_dataset.py)")
         try:
             d = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
@@ -228,7 +229,8 @@ class Manifest:
             if key not in d:
                 raise ValueError(f"{path}: missing key {key!r}")
         if d["schema_version"] > SCHEMA_VERSION:
-            raise ValueError(f"{path}: schema_version {d['schema_version']} is newer than this pdfusion ({SCHEMA_VERSION}); upgrade pdfusion")
+            raise ValueError(f"{path}: schema_version {d['schema_version']} is newer than this pdfusion "
+                             f"({SCHEMA_VERSION}); upgrade pdfusion")
         try:
             shards = [ShardInfo.from_dict(s) for s in d["shards"]]
         except (KeyError, TypeError) as exc:
@@ -252,7 +254,8 @@ class Manifest:
         _atomic_write(Path(root) / MANIFEST, json.dumps(self.to_dict(), indent=1).encode())
 
     @staticmethod
-    def add_shard(root: str | Path, info: ShardInfo, *, r_grid_sha: str | None = None, n_r: int | None = None) -> Manifest:
+    def add_shard(root: str | Path, info: ShardInfo, *, r_grid_sha: str | None = None,
+                  n_r: int | None = None) -> Manifest:
         """Add (or replace, by name) one shard in the on-disk manifest, under a lock; returns the new manifest."""
         root = Path(root)
         with _locked(root):
@@ -265,7 +268,8 @@ class Manifest:
             existing = set().union(*(s.ids for s in others)) if others else set()
             clash = existing.intersection(info.ids)
             if clash:
-                raise ValueError(f"{root}: shard {info.name} repeats ids already in the store, e.g. {sorted(clash)[:3]}")
+                raise ValueError(f"{root}: shard {info.name} repeats ids already in the store, e.g. "
+                                 f"{sorted(clash)[:3]}")
             m.shards = sorted([*others, info], key=lambda s: s.name)
             m.save(root)
             return m
@@ -312,7 +316,8 @@ def _ensure_r_grid(root: Path, r_grid: np.ndarray) -> str:
     if path.is_file():
         old = np.load(path, allow_pickle=False)
         if old.dtype != r.dtype or not np.array_equal(old, r):
-            raise ValueError(f"r_grid: differs from the store's {path} ({old.size} points, {old.dtype}); use a new store root")
+            raise ValueError(f"r_grid: differs from the store's {path} ({old.size} points, {old.dtype}); use a new "
+                             "store root")
     else:
         import io as _io
 
@@ -336,7 +341,8 @@ def _meta_columns(records: Sequence[StoreRecord]) -> dict[str, Any]:
         try:
             extra.append(json.dumps(m, sort_keys=True, allow_nan=False))
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"record {rec.id}: meta must be JSON-serialisable (finite numbers, str, lists, dicts): {exc}") from None
+            raise ValueError(f"record {rec.id}: meta must be JSON-serialisable (finite numbers, str, lists, dicts): "
+                             f"{exc}") from None
     return {**cols, "radius": np.asarray(radius, dtype=np.float64), "extra": extra}
 
 
@@ -367,8 +373,10 @@ def _write_h5(path: Path, records: Sequence[StoreRecord], r_sha: str, compressio
         h5.attrs["n_structures"] = s
         h5.attrs["r_grid_sha256"] = r_sha
         _create_dataset(h5, "offsets", offsets, None, None)
-        _create_dataset(h5, "numbers", np.concatenate([r.numbers for r in records]), (min(n_atoms, ATOM_CHUNK),), compression)
-        _create_dataset(h5, "positions", np.concatenate([r.positions for r in records]), (min(n_atoms, ATOM_CHUNK), 3), compression)
+        _create_dataset(h5, "numbers", np.concatenate([r.numbers for r in records]), (min(n_atoms, ATOM_CHUNK),),
+                        compression)
+        _create_dataset(h5, "positions", np.concatenate([r.positions for r in records]), (min(n_atoms, ATOM_CHUNK), 3),
+                        compression)
         _create_dataset(h5, "node_attributes", np.concatenate([r.node_attributes for r in records]),
                         (min(n_atoms, ATOM_CHUNK), 7), compression)
         _create_dataset(h5, "pdf", np.stack([r.pdf for r in records]), (1, n_r), compression)
@@ -407,7 +415,8 @@ def _write_shard(root: Path, shard_name: str, records, r_grid, compression, upda
     root.mkdir(parents=True, exist_ok=True)
     r_sha = _ensure_r_grid(root, r_grid)
     n_r = int(np.asarray(r_grid).shape[0])
-    recs = [_validate(r, n_r, f"{shard_name} record {i} ({r.meta.get('id', r.meta.get('source'))})") for i, r in enumerate(records)]
+    recs = [_validate(r, n_r, f"{shard_name} record {i} ({r.meta.get('id', r.meta.get('source'))})")
+            for i, r in enumerate(records)]
     ids = [r.id for r in recs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -466,7 +475,8 @@ class StoreWriter:
     flushes the last partial shard.
     """
 
-    def __init__(self, root: str | Path, r_grid: np.ndarray, *, shard_size: int = 256, compression: str | None = "gzip"):
+    def __init__(self, root: str | Path, r_grid: np.ndarray, *, shard_size: int = 256,
+                 compression: str | None = "gzip"):
         if shard_size < 1:
             raise ValueError(f"shard_size: must be >= 1, got {shard_size}")
         if compression not in COMPRESSIONS:
@@ -567,7 +577,8 @@ class StoreReader:
             try:
                 f = h5py.File(path, "r")
             except OSError as exc:
-                raise ValueError(f"{path}: cannot open shard ({exc}); run `pdfusion data info {self.root}` to verify") from None
+                raise ValueError(f"{path}: cannot open shard ({exc}); run `pdfusion data info {self.root}` to "
+                                 "verify") from None
             self._files[name] = f
         return f
 

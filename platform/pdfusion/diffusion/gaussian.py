@@ -96,7 +96,8 @@ class GaussianDiffusion:
 
     def predict_x0(self, xt: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         s = self.schedule
-        return (xt - s.gather("sqrt_one_minus_alphas_cumprod", t, xt) * eps) * s.gather("sqrt_recip_alphas_cumprod", t, xt)
+        return ((xt - s.gather("sqrt_one_minus_alphas_cumprod", t, xt) * eps)
+                * s.gather("sqrt_recip_alphas_cumprod", t, xt))
 
     def posterior_mean_var(self, x0: torch.Tensor, xt: torch.Tensor, t: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +113,8 @@ class GaussianDiffusion:
             ex, eh = model(xt, ht, mask, t.float() / self.T, pdf, metal, keep)[:2]
             return self.bound_estimate(self.predict_x0(xt, t, ex), self.predict_x0(ht, t, eh), mask)
 
-    def bound_estimate(self, x0: torch.Tensor, h0: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def bound_estimate(self, x0: torch.Tensor, h0: torch.Tensor,
+                       mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A self-conditioning input as training and the sampler both give it: bounded, zero on padding."""
         m = mask.unsqueeze(-1).to(x0.dtype)
         bound = self.model_cfg.coords_range

@@ -100,7 +100,8 @@ class PDFusionDenoiser(nn.Module):
         frame_in = ((FRAME_FEATURES if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0)
                     + (cfg.n_types + 2 if cfg.self_condition else 0))
         frame_out = (3 if cfg.frame_features else 0) + (1 if cfg.pdf_gradient else 0) + (1 if cfg.self_condition else 0)
-        extra_edge = (EdgePDF.dim() if cfg.edge_pdf != "off" else 0) + (self_condition_edge_dim(cfg) if cfg.self_condition else 0)
+        extra_edge = ((EdgePDF.dim() if cfg.edge_pdf != "off" else 0)
+                      + (self_condition_edge_dim(cfg) if cfg.self_condition else 0))
         self.egnn = EGNN(cfg.n_types + 1 + e + frame_in, cfg.n_types + frame_out, hidden=cfg.hidden, layers=cfg.layers,
                          attention=cfg.attention, tanh=cfg.tanh, coords_range=cfg.coords_range,
                          norm_constant=cfg.norm_constant, aggregation=cfg.aggregation,
@@ -167,7 +168,8 @@ class PDFusionDenoiser(nn.Module):
             keep = torch.zeros(b, dtype=torch.bool, device=x.device) if cond_mask is None or pdf is None else cond_mask
             keep = keep.to(x.device)
             curves = pdf if pdf is not None else x.new_zeros(b, self.cfg.pdf_points)
-            abar = None if self.abar is None else self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()]
+            abar = (None if self.abar is None
+                    else self.abar.to(x.device)[(t.float() * (self.abar.numel() - 1)).round().long()])
             scale = angstrom_scale(self.cfg, curves)  # once for both readers (a first-peak search per row)
             if self.cfg.edge_pdf != "off":
                 noise = (abar.sqrt(), (1 - abar).sqrt()) if self.cfg.edge_pdf == "noise_aware" else None

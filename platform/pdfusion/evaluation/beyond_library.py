@@ -14,7 +14,8 @@ scaled by its best isotropic expansion (:func:`pdfusion.pdf.fitting.fit_expansio
 refinement; *refined*, the ``refine_top`` best fitted candidates refined on R_wp
 (:func:`pdfusion.inference.refine.refine_ragged`); and the RMSD (:func:`pdfusion.evaluation.metrics.rmsd`)
 to the true structure of the best candidate whose composition equals the truth's, where one does.
-The library's candidates are its ``k`` nearest PDFs by raw R_wp (:func:`~pdfusion.evaluation.baselines.nearest_library`).
+The library's candidates are its ``k`` nearest PDFs by raw R_wp
+(:func:`~pdfusion.evaluation.baselines.nearest_library`).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
 def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibraryConfig,
                     pdf_cfg: PDFConfig = PDFConfig(), nan_count: int = 0) -> dict[str, Any]:
     """Raw, fitted and refined best-of-k R_wp, validity and composition-matched RMSD of one target's candidates."""
-    row: dict[str, Any] = {"index": target.index, "id": target.meta.get("id"), "structure_type": target.meta.get("structure_type"),
-                           "metal": target.meta.get("metal"), "shape": target.meta["variant_params"]["shape"],
+    row: dict[str, Any] = {"index": target.index, "id": target.meta.get("id"),
+                           "structure_type": target.meta.get("structure_type"), "metal": target.meta.get("metal"),
+                           "shape": target.meta["variant_params"]["shape"],
                            "n_atoms_true": len(target.truth), "n_candidates": len(cands), "nan_count": int(nan_count)}
     if not cands:
         row.update({k: math.nan for k in ("rwp_raw", "rwp_fitted", "rwp_refined", "rmsd", "valid_fraction")})
@@ -148,7 +150,8 @@ def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibrar
     tgt = torch.as_tensor(target.pdf, dtype=torch.float64)
     g = torch.as_tensor(simulate_many(cands, pdf_cfg))
     raw = rwp(g, tgt[None].expand_as(g)).numpy()
-    pos, num, mask = (torch.as_tensor(a) for a in pad_structures([c.positions for c in cands], [c.numbers for c in cands]))
+    pos, num, mask = (torch.as_tensor(a) for a in pad_structures([c.positions for c in cands],
+                                                                 [c.numbers for c in cands]))
     coarse, fine = cfg.expansion_grid
     fit = fit_expansion(pos, num, mask, tgt[None].expand(len(cands), -1), pdf_cfg, lo=cfg.expansion[0],
                         hi=cfg.expansion[1], coarse=coarse, fine=fine)
@@ -210,8 +213,8 @@ def head_to_head(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> di
 # --------------------------------------------------------------------------------------------------
 # the whole benchmark
 # --------------------------------------------------------------------------------------------------
-def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=None, sample_cfg: SampleConfig | None = None,
-                  model_targets: int | None = None, library: bool = True,
+def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=None,
+                  sample_cfg: SampleConfig | None = None, model_targets: int | None = None, library: bool = True,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Targets, the library side (unless ``library=False``) and, with ``bundle``, the model side on the first
     ``model_targets`` targets (default all). The PDF settings are the bundle's, else the seed-oxides defaults."""
@@ -221,7 +224,8 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
     targets = build_targets(cfg, pdf_cfg)
     say(f"beyond-library: {len(targets)} targets in {time.perf_counter() - t0:.1f} s")
     report: dict[str, Any] = {"config": to_dict(cfg), "pdf": to_dict(pdf_cfg), "n_targets": len(targets),
-                              "targets": [{"id": t.meta["id"], "n_atoms": len(t.truth), "variant_params": t.meta["variant_params"]}
+                              "targets": [{"id": t.meta["id"], "n_atoms": len(t.truth),
+                                           "variant_params": t.meta["variant_params"]}
                                           for t in targets]}
     if library:
         t1 = time.perf_counter()

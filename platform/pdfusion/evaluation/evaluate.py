@@ -110,8 +110,9 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True, log_mlflow: bool = Fa
     rows_by_method = {name: [r for chunk in results[name] for r in chunk] for name in cfg.methods}
     summary = {name: harness.summarise(rows) for name, rows in rows_by_method.items()}
     report = {
-        "config": to_dict(cfg), "model": model_info, "split": {**to_dict(data_cfg), "heldout_groups": held_groups,
-                                                                "n_train": int(len(train_idx)), "n_targets": len(targets)},
+        "config": to_dict(cfg), "model": model_info,
+        "split": {**to_dict(data_cfg), "heldout_groups": held_groups, "n_train": int(len(train_idx)),
+                  "n_targets": len(targets)},
         "summary": summary, "per_target": rows_by_method, "wall_s": time.perf_counter() - t_start,
     }
     out = Path(cfg.out_dir)

@@ -64,7 +64,8 @@ def targets_from_dataset(ds, indices: Sequence[int]) -> list[Target]:
     for i in indices:
         rec = ds.record(int(i))
         meta = dict(rec.meta)
-        out.append(Target(int(i), np.asarray(rec.pdf, dtype=np.float64), Particle(rec.numbers, rec.positions, meta), meta))
+        out.append(Target(int(i), np.asarray(rec.pdf, dtype=np.float64),
+                          Particle(rec.numbers, rec.positions, meta), meta))
     return out
 
 
@@ -84,7 +85,8 @@ def model_method(bundle, *, guidance: float | None = None, steps: int | None = N
                                n_atoms=len(t.truth) if fix_n_atoms else None)
             t0 = time.perf_counter()
             try:
-                cands = generate_candidates(bundle, t.pdf[None].astype(np.float32), [t.metal], cfg, max_batch=max_batch)[0]
+                cands = generate_candidates(bundle, t.pdf[None].astype(np.float32), [t.metal], cfg,
+                                            max_batch=max_batch)[0]
             except NonFiniteError:
                 out.append(Proposal([], k, time.perf_counter() - t0))
                 continue
@@ -135,7 +137,8 @@ def refined(method: Proposer, pdf_cfg: PDFConfig, steps: int) -> Proposer:
             t0 = time.perf_counter()
             res = refine_ragged([p.positions for p in prop.candidates], [p.numbers for p in prop.candidates],
                                 t.pdf, pdf_cfg, steps=steps)
-            parts = [Particle(p.numbers, res.positions[i, : len(p)], {**p.meta, "rwp_before_refine": float(res.rwp_before[i])})
+            parts = [Particle(p.numbers, res.positions[i, : len(p)],
+                              {**p.meta, "rwp_before_refine": float(res.rwp_before[i])})
                      for i, p in enumerate(prop.candidates)]
             per = (time.perf_counter() - t0) / len(parts)
             out.append(Proposal(parts, prop.nan_count, prop.wall_s + per))
@@ -197,7 +200,8 @@ def score_target(target: Target, prop: Proposal, cfg: PDFConfig, k: int, rmsd_to
         "min_distance_median": float(np.median([v.min_distance for v in valid])),
         "n_atoms_error": float(np.mean([abs(len(c) - n_true) / n_true for c in cands])),
         "mo_ratio_error": float(np.mean([metrics.stoichiometry_error(c.numbers, target.truth.numbers) for c in cands])),
-        "composition_match": float(np.mean([np.array_equal(np.sort(c.numbers), np.sort(target.truth.numbers)) for c in cands])),
+        "composition_match": float(np.mean([np.array_equal(np.sort(c.numbers), np.sort(target.truth.numbers))
+                                            for c in cands])),
         "rmsd_best": float(rmsds[0]),
         "rmsd_min": float(min(rmsds)),
         "diversity": metrics.pairwise_diversity([c.positions for c in cands]),

@@ -38,7 +38,8 @@ def rwp_histograms(rows_by_method: Mapping[str, Sequence[dict[str, Any]]], path:
             vals = np.array([r[key] for r in rows], dtype=float)
             vals = vals[np.isfinite(vals)]
             b = np.linspace(0, 0.5, 41) if key == "rwp_std" else bins
-            ax.hist(np.clip(vals, b[0], b[-1]), bins=b, alpha=0.5, label=f"{name} (median {np.median(vals):.3f})" if vals.size else name)
+            ax.hist(np.clip(vals, b[0], b[-1]), bins=b, alpha=0.5,
+                    label=f"{name} (median {np.median(vals):.3f})" if vals.size else name)
     for ax, title in zip(axes, ("mean R_wp per PDF", "std of R_wp per PDF", "best-of-K R_wp per PDF"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("R_wp")

@@ -83,7 +83,8 @@ def load_bundle(
     if source.startswith(("models:/", "runs:/")) or Path(source).is_dir():
         path = str(tracking.download_checkpoint(source))
         if source.startswith("models:/"):
-            defaults = {**tracking.model_defaults(source), **(defaults or {})}  # a guidance sweep's choice, unless overridden
+            # a guidance sweep's choice, unless overridden
+            defaults = {**tracking.model_defaults(source), **(defaults or {})}
         if name is None and source.startswith("models:/"):
             ref = source[len("models:/") :]
             sep = "@" if "@" in ref else "/"

@@ -98,7 +98,8 @@ def candidates_from(numbers: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
     for j in range(mask.shape[0]):
         m = mask[j]
         p = pos[j][m].double()
-        out.append(Candidate(numbers=numbers[j][m].cpu().numpy().astype(np.int64), positions=(p - p.mean(0)).cpu().numpy(),
+        out.append(Candidate(numbers=numbers[j][m].cpu().numpy().astype(np.int64),
+                             positions=(p - p.mean(0)).cpu().numpy(),
                              n_atoms=int(m.sum()), rwp=float(scores[j]), rwp_before_refine=None,
                              g_sim=g_sim[j].detach().cpu().numpy(),
                              expansion=None if factor is None else float(factor[j])))
@@ -234,14 +235,16 @@ def generate_candidates(
 ) -> list[list[Candidate]]:
     """Ranked candidates for each PDF (rows of `pdfs`, on `bundle.r_grid`).
 
-    `cfg` may be one config or one per PDF; PDFs with equal configs are sampled together. With `cfg.refine`, every candidate is refined and the list re-ranked."""
+    `cfg` may be one config or one per PDF; PDFs with equal configs are sampled together. With `cfg.refine`, every
+    candidate is refined and the list re-ranked."""
     pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
     if pdfs.ndim == 1:
         pdfs = pdfs[None]
     if pdfs.shape[-1] != len(bundle.r_grid):
         raise ValueError(
             f"pdfs: expected {len(bundle.r_grid)} points (the model's r grid {bundle.r_grid[0]:g}–"
-            f"{bundle.r_grid[-1]:g} Å), got {pdfs.shape[-1]}; put a measured PDF on it with pdfusion.pdf.files.map_to_grid"
+            f"{bundle.r_grid[-1]:g} Å), got {pdfs.shape[-1]}; put a measured PDF on it with "
+            "pdfusion.pdf.files.map_to_grid"
         )
     cfgs = [cfg] * pdfs.shape[0] if isinstance(cfg, SampleConfig) else list(cfg)
     if len(cfgs) != pdfs.shape[0]:

@@ -117,7 +117,8 @@ def _oxide_candidates(comp: ParsedComposition, radii: Sequence[float], types: Se
             seen.add(len(p))
             outer = float(np.linalg.norm(p.positions, axis=1).max())
             p.meta.update(family="oxide", diameter=round(2 * outer, 4), outer_radius=round(outer, 4),
-                          prototype_o_per_metal=round(PROTOTYPES[name].formula_unit[1] / PROTOTYPES[name].formula_unit[0], 4),
+                          prototype_o_per_metal=round(PROTOTYPES[name].formula_unit[1]
+                                                      / PROTOTYPES[name].formula_unit[0], 4),
                           stoichiometry_mismatch=round(mismatch(name), 4))
             out.append(p)
     return out

@@ -34,8 +34,8 @@ from pdfusion.inference.screen import (
 from pdfusion.pdf.refine import FitResult, fit_particle
 from pdfusion.structures.particle import Particle
 
-__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend", "screen_config",
-           "solve"]
+__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend",
+           "screen_config", "solve"]
 
 DEFAULT_QMIN = 1.0  # used when neither the caller nor the file header gives Qmin / Qmax
 DEFAULT_QMAX = 25.0
@@ -259,7 +259,8 @@ def _extend_sizes(cands: list[Particle], scores: list[ScreenScore], comp, cfg: S
         if not new:
             break
         if log:
-            log(f"size edge: screening {len(new)} larger particles of {sorted({p.meta['structure_type'] for p in new})}")
+            log(f"size edge: screening {len(new)} larger particles of "
+                f"{sorted({p.meta['structure_type'] for p in new})}")
         start = len(cands)
         cands.extend(new)
         extra = screen(new, target, use_ray=False, progress=progress)
@@ -359,7 +360,8 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
     for i, c in enumerate(solved, start=1):
         c.rank = i
     t3 = time.perf_counter()
-    screening = [{"label": cands[s.index].meta.get("label"), "structure_type": cands[s.index].meta.get("structure_type"),
+    screening = [{"label": cands[s.index].meta.get("label"),
+                  "structure_type": cands[s.index].meta.get("structure_type"),
                   "family": cands[s.index].meta.get("family"), "n_atoms": s.n_atoms,
                   "diameter": cands[s.index].meta.get("diameter"), **s.to_dict()} for s in scores]
     cfg_dict = _jsonable(asdict(cfg))

@@ -184,7 +184,8 @@ def _dw_sigma2(r: np.ndarray | Tensor, cfg: PDFConfig):
         return u2 if not isinstance(r, Tensor) else torch.full_like(r, u2)
     if isinstance(r, Tensor):
         ra = r.abs()
-        corr = torch.where(ra < DOUBLE_EPS, torch.zeros_like(r), 1.0 - cfg.delta2 / torch.where(ra < DOUBLE_EPS, torch.ones_like(r), ra) ** 2)
+        corr = torch.where(ra < DOUBLE_EPS, torch.zeros_like(r),
+                           1.0 - cfg.delta2 / torch.where(ra < DOUBLE_EPS, torch.ones_like(r), ra) ** 2)
         return u2 * corr.clamp_min(0.0)
     return u2 * np.clip(_msd_sharpening(r, cfg.delta2), 0.0, None)
 
@@ -224,7 +225,8 @@ def _prepare(positions: Tensor, numbers: Tensor, mask: Tensor | None):
         raise TypeError(f"positions: dtype must be float32 or float64, got {positions.dtype}")
     numbers = torch.as_tensor(numbers, device=positions.device)
     if numbers.shape != positions.shape[:2]:
-        raise ValueError(f"numbers: expected shape {tuple(positions.shape[:2])} to match positions, got {tuple(numbers.shape)}")
+        raise ValueError(f"numbers: expected shape {tuple(positions.shape[:2])} to match positions, got "
+                         f"{tuple(numbers.shape)}")
     if numbers.dtype.is_floating_point:
         if not torch.equal(numbers, numbers.round()):
             raise ValueError("numbers: atomic numbers must be integers")

@@ -192,7 +192,8 @@ def decode_pdf_bytes(data: bytes, name: str) -> str:
         try:
             return data.decode("utf-16")
         except UnicodeDecodeError:
-            raise ValueError(f"{label}: starts with a UTF-16 mark but is not UTF-16 text; save it as UTF-8 text") from None
+            raise ValueError(f"{label}: starts with a UTF-16 mark but is not UTF-16 text; save it as UTF-8 "
+                             "text") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -360,9 +361,10 @@ def check_magnitude(r, g, source: str = "") -> None:
     ga = np.abs(np.asarray(g, dtype=np.float64).reshape(-1))
     if ga.size and ga.max() > MAX_ABS_G:
         k = int(np.argmax(ga))
-        raise PDFValueError("g", f"{_where(source, k)}: |G| = {ga[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å "
-                                 f"is beyond {MAX_ABS_G:g}; no PDF is this large in any unit, and such values overflow "
-                                 "once interpolated and scaled (check the columns: r, then G; or rescale)", k)
+        raise PDFValueError("g",
+                            f"{_where(source, k)}: |G| = {ga[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å "
+                            f"is beyond {MAX_ABS_G:g}; no PDF is this large in any unit, and such values overflow "
+                            "once interpolated and scaled (check the columns: r, then G; or rescale)", k)
 
 
 def check_spikes(r, g, source: str = "") -> None:
@@ -378,8 +380,9 @@ def check_spikes(r, g, source: str = "") -> None:
     other = float(rest.max()) if rest.size else 0.0
     if g[k] > 0 and g[k] > SPIKE_RATIO * other:
         times = f"{g[k] / other:.3g} x every other value" if other > 0 else "nonzero where every other value is 0"
-        raise PDFValueError("g", f"{_where(source, k)}: G = {g[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
-                                 f"{times}; a lone spike is a corrupt row, not a PDF peak (remove or fix that row)", k)
+        raise PDFValueError("g",
+                            f"{_where(source, k)}: G = {g[k]:g} at r = {float(np.asarray(r).reshape(-1)[k]):g} Å is "
+                            f"{times}; a lone spike is a corrupt row, not a PDF peak (remove or fix that row)", k)
 
 
 def read_pdf_file(path: str | os.PathLike, *, max_points: int | None = None, check: bool = True) -> PDFData:

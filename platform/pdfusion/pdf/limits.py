@@ -28,9 +28,9 @@ def check_pdf_config(cfg: PDFConfig, limits: Limits, n_atoms: int = 0) -> None:
                  biso=cfg.biso, delta2=cfg.delta2)
     n_r = (cfg.rmax - cfg.rmin) / cfg.rstep
     if n_r > limits.max_points:
-        raise ConfigError(f"--rmax/--rstep: {cfg.rmin:g}..{cfg.rmax:g} Å in steps of {cfg.rstep:g} Å is {n_r:,.0f} r points; "
-                          f"the limit is {limits.max_points:,} (use a larger --rstep or smaller --rmax, or raise it "
-                          "with --max-points)")
+        raise ConfigError(f"--rmax/--rstep: {cfg.rmin:g}..{cfg.rmax:g} Å in steps of {cfg.rstep:g} Å is {n_r:,.0f} "
+                          f"r points; the limit is {limits.max_points:,} (use a larger --rstep or smaller --rmax, "
+                          "or raise it with --max-points)")
     g = srreal_grid(cfg)
     if g.nqmax > limits.max_points:
         raise ConfigError(f"--qmax: {cfg.qmax:g} Å⁻¹ up to r = {g.rcalchi:g} Å needs {g.nqmax:,} Q points; the limit "

@@ -87,7 +87,8 @@ class Crystal:
         if abs(np.linalg.det(self.lattice)) < 1e-6:
             raise ValueError("crystal: the lattice vectors are degenerate (zero cell volume)")
         if self.numbers.min() < 1 or self.numbers.max() > 118:
-            raise ValueError(f"crystal: atomic numbers must be in 1..118, got {self.numbers.min()}..{self.numbers.max()}")
+            raise ValueError("crystal: atomic numbers must be in 1..118, got "
+                             f"{self.numbers.min()}..{self.numbers.max()}")
         self.occupancy = (np.ones(n) if self.occupancy is None
                           else np.asarray(self.occupancy, dtype=np.float64).reshape(-1))
         if len(self.occupancy) != n or not np.all((self.occupancy > 0) & (self.occupancy <= 1)):
@@ -133,7 +134,8 @@ class Crystal:
                 warnings.simplefilter("ignore")
                 structures = CifParser(str(path)).parse_structures(primitive=False)
         except Exception as exc:  # pymatgen raises many types on malformed files
-            raise ValueError(f"{path}: not a readable CIF ({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
+            raise ValueError(f"{path}: not a readable CIF "
+                             f"({str(exc).splitlines()[0] if str(exc) else exc!r})") from None
         if not structures:
             raise ValueError(f"{path}: no structure found; expected a data_ block with _cell_* and _atom_site_* loops")
         crystal = cls.from_pymatgen(structures[0])

@@ -340,7 +340,8 @@ def _apply_init(values: dict[str, float], init: dict | None, symbols: list[str])
         elif low.startswith(("uiso_", "biso_")):
             sym = key[5:]
             if f"uiso_{sym}" not in values:
-                raise ValueError(f"init: {key!r} names an element the structure does not contain ({', '.join(symbols)})")
+                raise ValueError(f"init: {key!r} names an element the structure does not contain "
+                                 f"({', '.join(symbols)})")
             values[f"uiso_{sym}"] = v / (8 * math.pi**2) if low.startswith("biso") else v
         elif low in values:
             values[low] = v
@@ -621,7 +622,8 @@ def fit_periodic(cell, r, g, cfg: FitConfig | None = None, *, init: dict | None 
             values[name] = float(lat0[idx[0]])
             bounds[name] = (values[name] * (1 - LENGTH_RANGE), values[name] * (1 + LENGTH_RANGE))
         else:
-            values[name], bounds[name] = float(lat0[idx[0]]), (max(5.0, lat0[idx[0]] - 20), min(175.0, lat0[idx[0]] + 20))
+            values[name], bounds[name] = float(lat0[idx[0]]), (max(5.0, lat0[idx[0]] - 20),
+                                                               min(175.0, lat0[idx[0]] + 20))
     allowed = {"scale", "lattice", "expansion", "delta1", "delta2", "qdamp", "qbroad", "spdiameter"}
     names = _expand_free(free_list, symbols=symbols, lattice_names=family.names if mode == "lattice" else [],
                          allowed=allowed, kind="periodic")

@@ -62,7 +62,8 @@ def _structure(numbers: np.ndarray, positions: np.ndarray, biso: float):
     return Structure(atoms, lattice=Lattice())
 
 
-def simulate_pdf(positions: Tensor, numbers: Tensor, mask: Tensor | None = None, cfg: PDFConfig = PDFConfig()) -> Tensor:
+def simulate_pdf(positions: Tensor, numbers: Tensor, mask: Tensor | None = None,
+                 cfg: PDFConfig = PDFConfig()) -> Tensor:
     """Same contract as ``pdfusion.pdf.simulate_pdf`` (not differentiable), computed by diffpy.srreal."""
     calc = calculator(cfg)
     pos = torch.as_tensor(positions)

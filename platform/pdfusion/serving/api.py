@@ -201,7 +201,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
         saturated = load.get("ongoing", 0) >= load.get("capacity", 1 << 30)
         body = {"status": "degraded" if saturated else "ok", "model": model_ref,
                 "sampler": {"ready": not saturated, **load, "ingress_inflight": inflight["sample"],
-                            **({"reason": "saturated: every request slot of the replica is taken"} if saturated else {})}}
+                            **({"reason": "saturated: every request slot of the replica is taken"}
+                               if saturated else {})}}
         if saturated:
             return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
         return body
@@ -247,7 +248,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
         pdf, interpolated = to_model_grid(r, g, grid, info["normalize"], origin=origin)
         job = SampleJob(
             pdf=pdf, metal_z=z,
-            n_samples=params.n_samples if params.n_samples is not None else min(cfg.default_samples, bounds.max_samples),
+            n_samples=(params.n_samples if params.n_samples is not None
+                       else min(cfg.default_samples, bounds.max_samples)),
             guidance=params.guidance if params.guidance is not None else default_guidance,
             steps=params.steps if params.steps is not None else default_steps,
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,

@@ -88,7 +88,8 @@ class Sampler:
 
     def load(self) -> dict[str, Any]:
         """For /v1/health: requests in this replica (queued + sampling) and how many it takes."""
-        return {"ongoing": self._ongoing, "capacity": self.cfg.max_ongoing_requests, "sampling": not self._free.is_set()}
+        return {"ongoing": self._ongoing, "capacity": self.cfg.max_ongoing_requests,
+                "sampling": not self._free.is_set()}
 
     def stats(self) -> dict[str, int]:
         """Batches, jobs and sampler loops run by this replica (how well requests were batched)."""
@@ -183,7 +184,8 @@ def check_model_file(model: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # noqa: BLE001 - any failure: the file is not a usable checkpoint
         raise ConfigError(f"model: checkpoint {model} cannot be read ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); is it a complete pdfusion checkpoint?") from None
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); "
+                          "is it a complete pdfusion checkpoint?") from None
     if not isinstance(state, dict) or "config" not in state or "ema" not in state:
         raise ConfigError(f"model: {model} is not a pdfusion trainer checkpoint (missing 'config'/'ema')")
 

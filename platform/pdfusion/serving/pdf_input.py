@@ -59,7 +59,8 @@ def _g_field(origin: str) -> str:
     return f"{origin}.g" if origin else "g"
 
 
-def to_model_grid(r: np.ndarray, g: np.ndarray, grid: np.ndarray, normalize: bool, origin: str = "") -> tuple[np.ndarray, bool]:
+def to_model_grid(r: np.ndarray, g: np.ndarray, grid: np.ndarray, normalize: bool,
+                  origin: str = "") -> tuple[np.ndarray, bool]:
     """G on the model's grid via :func:`pdfusion.pdf.files.map_to_grid`, the CLI's rule: linear
     interpolation when the grids differ, G = 0 where the data do not reach (logged), refused when the data
     cover less than half the model's r range; scaled to max 1 when the model was trained on max-normalised

@@ -60,28 +60,36 @@ class Bounds(BaseModel):
 def _sampling_fields(b: Bounds) -> dict[str, Any]:
     """The sampling options shared by the JSON body and the multipart form."""
     return {
-        "metal": (str, Field(min_length=1, max_length=3, description="Metal element symbol, e.g. 'Ti'.", examples=["Ti"])),
-        "n_atoms": (int | None, Field(None, ge=2, le=b.max_atoms, description="Atoms per structure; omitted: predicted from the PDF.")),
-        "n_samples": (int | None, Field(None, ge=1, le=b.max_samples, description="Candidates to generate (server default if omitted).")),
+        "metal": (str, Field(min_length=1, max_length=3, description="Metal element symbol, e.g. 'Ti'.",
+                             examples=["Ti"])),
+        "n_atoms": (int | None, Field(None, ge=2, le=b.max_atoms,
+                                      description="Atoms per structure; omitted: predicted from the PDF.")),
+        "n_samples": (int | None, Field(None, ge=1, le=b.max_samples,
+                                        description="Candidates to generate (server default if omitted).")),
         "guidance": (float | None, Field(None, ge=0.0, le=b.max_guidance, allow_inf_nan=False,
-                                         description="Classifier-free guidance gamma (0 unconditional, 1 conditional).")),
-        "steps": (int | None, Field(None, ge=1, le=b.max_steps, description="Sampler steps (model default if omitted).")),
+                                         description="Classifier-free guidance gamma "
+                                                     "(0 unconditional, 1 conditional).")),
+        "steps": (int | None, Field(None, ge=1, le=b.max_steps,
+                                    description="Sampler steps (model default if omitted).")),
         "seed": (int | None, Field(None, ge=0, le=SEED_MAX,
-                                   description="Reproducible sampling: a seeded request is sampled on its own generator.")),
+                                   description="Reproducible sampling: "
+                                               "a seeded request is sampled on its own generator.")),
         "pdf_guidance": (float, Field(0.0, ge=0.0, le=b.max_pdf_guidance, allow_inf_nan=False,
                                       description="Steer sampling toward this PDF through the simulator: RMS step "
                                                   "per atom in Å at full noise (0 = off).")),
         "pdf_guidance_iters": (int, Field(1, ge=1, le=b.max_pdf_guidance_iters,
                                           description="PDF-guidance fit steps per sampler step.")),
         "refine": (bool, Field(False, description="Refine every candidate by gradient descent on R_wp, then re-rank.")),
-        "return_pdf": (bool, Field(False, description="Include each candidate's simulated G(r) and the model's r grid.")),
+        "return_pdf": (bool, Field(False,
+                                   description="Include each candidate's simulated G(r) and the model's r grid.")),
     }
 
 
 def request_model(b: Bounds) -> type[BaseModel]:
     """JSON body of POST /v1/sample."""
     fields = {
-        "r": (list[float], Field(min_length=2, max_length=b.max_points, description="r values (Å), strictly increasing.")),
+        "r": (list[float], Field(min_length=2, max_length=b.max_points,
+                                 description="r values (Å), strictly increasing.")),
         "g": (list[float], Field(min_length=2, max_length=b.max_points, description="G(r) values, one per r.")),
         **_sampling_fields(b),
     }

@@ -108,7 +108,8 @@ class SamplerService:
             "timesteps": int(tc.diffusion.schedule.timesteps),
             "training": {
                 "model": {k: v for k, v in to_dict(tc.model).items()
-                          if k in ("hidden", "layers", "attention", "cutoff", "pdf_encoder", "pdf_points", "max_atoms")},
+                          if k in ("hidden", "layers", "attention", "cutoff", "pdf_encoder", "pdf_points",
+                                   "max_atoms")},
                 "schedule": to_dict(tc.diffusion.schedule),
                 "p_uncond": tc.diffusion.p_uncond,
                 "pdf": to_dict(b.pdf_config),
@@ -162,7 +163,8 @@ class SamplerService:
         for i in live:
             j = jobs[i]
             # a seeded job's random stream must not depend on its batch-mates: it is a loop of its own
-            key = (j.steps, j.guidance, j.pdf_guidance, j.pdf_guidance_iters, "shared") if j.seed is None else ("own", i)
+            key = ((j.steps, j.guidance, j.pdf_guidance, j.pdf_guidance_iters, "shared") if j.seed is None
+                   else ("own", i))
             groups.setdefault(key, []).append(i)
         for members in groups.values():
             seed = jobs[members[0]].seed
@@ -185,8 +187,8 @@ class SamplerService:
                            pdf_guidance_iters=j0.pdf_guidance_iters)
         try:
             ranked = sample_mixed(self.bundle, np.stack([j.pdf for j in jobs]).astype(np.float32),
-                                  [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs], cfg,
-                                  should_stop=should_stop)
+                                  [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs],
+                                  cfg, should_stop=should_stop)
             ranked = [
                 refine_candidates(c, j.pdf, self.bundle.pdf_config, steps=self.cfg.refine_steps)
                 if j.refine and not j.abandoned() else c

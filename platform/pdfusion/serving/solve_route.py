@@ -47,7 +47,8 @@ class SolveOptions(BaseModel):
     qbroad: float = Field(0.0, ge=0.0, le=1.0)
     refine: bool = Field(True, description="least-squares refinement of the best (else the screening fit)")
     return_curves: bool = Field(False, description="include r, G_obs and G_calc of each candidate")
-    _numbers = field_validator("top", "radii", "rmin", "rmax", "qmin", "qmax", "qdamp", "qbroad", mode="before")(no_bool)
+    _numbers = field_validator("top", "radii", "rmin", "rmax", "qmin", "qmax", "qdamp", "qbroad",
+                               mode="before")(no_bool)
 
 
 class SolveJSON(SolveOptions):
@@ -89,7 +90,8 @@ def add_solve_route(app: FastAPI, cfg: ServeConfig) -> None:
         scale, expansion, Uiso, delta2 (+ uncertainties), Rw, size and XYZ text."""
         t0 = time.perf_counter()
         opts, r, g, meta = await parse(request)
-        composition = opts.composition or (meta.get("composition") if isinstance(meta.get("composition"), str) else None)
+        composition = opts.composition or (meta.get("composition") if isinstance(meta.get("composition"), str)
+                                           else None)
         if not composition:
             raise InputError("composition", "the file header names no composition; give one, e.g. CeO2, Fe2O3 or Pt")
         try:

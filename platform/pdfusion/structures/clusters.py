@@ -293,7 +293,8 @@ def _size_parameters(kind: str, limit: int = 40) -> Iterable:
                 yield (p, max(1, p - 2), 2)
 
 
-def cluster_series(metal: str | int, types: Sequence[str] | None = None, radii: Sequence[float] = (5, 7.5, 10, 12.5, 15),
+def cluster_series(metal: str | int, types: Sequence[str] | None = None,
+                   radii: Sequence[float] = (5, 7.5, 10, 12.5, 15),
                    *, max_atoms: int = 6000) -> list[Particle]:
     """Metal particles of every structure type in ``types`` (default all of :data:`CLUSTER_TYPES`) whose
     radius lies within the span of ``radii`` (spheres: cut at each radius; motifs: every size with a

@@ -38,7 +38,8 @@ from pdfusion.structures.particle import Particle
 FORMATS = ("xyz", "extxyz", "cif", "h5")
 _EXT = {".xyz": "xyz", ".extxyz": "extxyz", ".exyz": "extxyz", ".cif": "cif", ".h5": "h5", ".hdf5": "h5"}
 SEED_KEYS = ("node_attributes", "edge_indices", "edge_attributes", "r", "pdf")
-_SEED_NAME = re.compile(r"^(?:graph_)?(?P<type>[A-Za-z0-9]+)_(?P<formula>[A-Za-z0-9]+?)(?:_r(?P<radius>\d+(?:\.\d+)?))?\.h5$")
+_SEED_NAME = re.compile(r"^(?:graph_)?(?P<type>[A-Za-z0-9]+)_(?P<formula>[A-Za-z0-9]+?)"
+                        r"(?:_r(?P<radius>\d+(?:\.\d+)?))?\.h5$")
 _CIF_PAD = 10.0  # vacuum (Å) around a finite particle written to CIF
 
 
@@ -131,7 +132,8 @@ def _xyz_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         if b"\x00" in data:
-            raise ValueError(f"{path}: is a binary file, not XYZ text (byte {exc.start}); give an XYZ text file") from None
+            raise ValueError(f"{path}: is a binary file, not XYZ text (byte {exc.start}); give an XYZ text "
+                             "file") from None
         return data.decode("latin-1")
 
 
@@ -161,7 +163,8 @@ def _read_xyz_frames(path: Path) -> list[Particle]:
         try:
             n = int(head)
         except ValueError:
-            raise ValueError(f"{path}:{i + 1}: expected the atom count (an integer) on this line, got {head!r}") from None
+            raise ValueError(f"{path}:{i + 1}: expected the atom count (an integer) on this line, got "
+                             f"{head!r}") from None
         if n < 0:
             raise ValueError(f"{path}:{i + 1}: atom count must be >= 0, got {n}")
         if i + 1 >= len(lines):
@@ -179,13 +182,15 @@ def _read_xyz_frames(path: Path) -> list[Particle]:
             tok = lines[ln].split()
             where = f"{path}:{ln + 1}"
             if len(tok) < max(ncol, p_col + 3, s_col + 1):
-                raise ValueError(f"{where}: expected {max(ncol, 4)} columns (element x y z), got {len(tok)}: {lines[ln]!r}")
+                raise ValueError(f"{where}: expected {max(ncol, 4)} columns (element x y z), got {len(tok)}: "
+                                 f"{lines[ln]!r}")
             numbers[k] = _symbol_to_z(tok[s_col], where)
             for d in range(3):
                 try:
                     pos[k, d] = float(tok[p_col + d])
                 except ValueError:
-                    raise ValueError(f"{where}: column {p_col + d + 1} must be a float coordinate, got {tok[p_col + d]!r}") from None
+                    raise ValueError(f"{where}: column {p_col + d + 1} must be a float coordinate, got "
+                                     f"{tok[p_col + d]!r}") from None
                 if not abs(pos[k, d]) <= MAX_COORDINATE:
                     raise ValueError(f"{where}: coordinate {tok[p_col + d]} is not within ±{MAX_COORDINATE:g} Å "
                                      "(NaN, inf or absurd; coordinates are in Å)")
@@ -206,7 +211,8 @@ def _meta_for_extxyz(meta: dict[str, Any]) -> dict[str, Any]:
             continue
         if val is None:
             continue
-        if isinstance(val, bool | int | float | str) or (isinstance(val, list) and all(isinstance(v, int | float) for v in val)):
+        if isinstance(val, bool | int | float | str) or (isinstance(val, list)
+                                                         and all(isinstance(v, int | float) for v in val)):
             out[key] = val
         else:
             out[key] = json.dumps(val, sort_keys=True)
@@ -254,7 +260,8 @@ def _read_cif(path: Path) -> Particle:
             warnings.simplefilter("ignore")
             structures = CifParser(str(path)).parse_structures(primitive=False)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable CIF ({exc}); expected a data_ block with _cell_* and _atom_site_* loops") from None
+        raise ValueError(f"{path}: not a readable CIF ({exc}); expected a data_ block with _cell_* and _atom_site_* "
+                         "loops") from None
     if not structures:
         raise ValueError(f"{path}: no structure found; expected a data_ block with _cell_* and _atom_site_* loops")
     s = structures[0]
@@ -377,7 +384,8 @@ def read_seed_h5(path: str | Path) -> SeedRecord:
     if r.shape != pdf.shape:
         raise ValueError(f"{path}: keys 'r' {r.shape} and 'pdf' {pdf.shape} must have the same length")
     if ei.shape[0] != 2 or ei.shape[1] != ea.shape[0]:
-        raise ValueError(f"{path}: key 'edge_indices' must be (2, E) with E = len(edge_attributes), got {ei.shape} and {ea.shape}")
+        raise ValueError(f"{path}: key 'edge_indices' must be (2, E) with E = len(edge_attributes), got {ei.shape} and "
+                         f"{ea.shape}")
     if not np.all(np.isfinite(na)) or not np.all(np.isfinite(pdf)) or not np.all(np.isfinite(r)):
         raise ValueError(f"{path}: 'node_attributes', 'r' or 'pdf' contains NaN or inf")
     z = na[:, 0]

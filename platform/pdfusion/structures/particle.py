@@ -30,7 +30,8 @@ class Particle:
         if not np.all(np.isfinite(self.positions)):
             raise ValueError("positions: contain NaN or inf")
         if self.numbers.size and (self.numbers.min() < 1 or self.numbers.max() > 118):
-            raise ValueError(f"numbers: atomic numbers must be in 1..118, got {self.numbers.min()}..{self.numbers.max()}")
+            raise ValueError("numbers: atomic numbers must be in 1..118, got "
+                             f"{self.numbers.min()}..{self.numbers.max()}")
 
     def __len__(self) -> int:
         return int(self.numbers.shape[0])
@@ -47,7 +48,8 @@ class Particle:
     def formula(self) -> str:
         from pymatgen.core import Composition, Element
 
-        comp = Composition({Element.from_Z(int(z)): int(c) for z, c in zip(*np.unique(self.numbers, return_counts=True), strict=True)})
+        comp = Composition({Element.from_Z(int(z)): int(c)
+                            for z, c in zip(*np.unique(self.numbers, return_counts=True), strict=True)})
         return comp.reduced_formula
 
     def centered(self) -> Particle:

@@ -6,8 +6,8 @@ then every oxygen bonded to a kept metal, a bond being a distance below ``BOND_F
 crystal's shortest metal-oxygen distance. (Measured on the seed data: every seed particle is reproduced
 by any factor in (1.14, 1.65); a radius-sum criterion such as ``1.25 * (r_M + r_O)`` is not -- it drops
 the oxygens of small metals such as B and adds second-shell oxygens to K and Cs.) So a particle is a
-set of complete metal coordination polyhedra: no dangling metals, no free oxygens, and its outer radius exceeds ``radius``
-by about one M-O bond. By default the centre is a metal atom (the seed data put one at the origin);
+set of complete metal coordination polyhedra: no dangling metals, no free oxygens, and its outer radius exceeds
+``radius`` by about one M-O bond. By default the centre is a metal atom (the seed data put one at the origin);
 ``center=`` chooses another metal atom or any point, for structural variants of one grid point.
 """
 

@@ -62,7 +62,8 @@ def element_symbol(metal: str | int) -> str:
         s = str(metal).strip()
         return Element(s[:1].upper() + s[1:].lower()).symbol
     except (ValueError, KeyError) as exc:
-        raise PrototypeError(f"metal: unknown element {metal!r}; give a symbol such as 'Ti' or an atomic number") from exc
+        raise PrototypeError(f"metal: unknown element {metal!r}; give a symbol such as 'Ti' or an atomic "
+                             "number") from exc
 
 
 def check_cation(metal: str | int) -> str:
@@ -95,7 +96,8 @@ def metal_radius_pm(metal: str | int) -> float:
         warnings.simplefilter("ignore")
         r = Element(sym).atomic_radius
     if r is None:
-        raise PrototypeError(f"metal: no radius is known for {sym}; give the real lattice (--lattice a[,c]; lattice=(a,) or (a, c) in Python)")
+        raise PrototypeError(f"metal: no radius is known for {sym}; give the real lattice "
+                             "(--lattice a[,c]; lattice=(a,) or (a, c) in Python)")
     return float(r) * 100.0
 
 
@@ -319,7 +321,8 @@ def min_mo_distance(cell: UnitCell) -> float:
     """Shortest metal-oxygen distance (Å) of the periodic crystal."""
     cart = cell.cart_coords
     metal = cell.numbers != 8
-    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)], dtype=float) @ cell.lattice
+    shifts = np.array([[i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)],
+                      dtype=float) @ cell.lattice
     o = (cart[~metal][None, :, :] + shifts[:, None, :]).reshape(-1, 3)
     d = np.linalg.norm(cart[metal][:, None, :] - o[None, :, :], axis=-1)
     return float(d.min())
@@ -378,13 +381,15 @@ def lattice_parameters(
             raise PrototypeError(f"lattice: lengths must be finite and positive, got {lattice}")
         if proto.system == "cubic":
             if len(vals) != 1:
-                raise PrototypeError(f"lattice: {proto.name} is cubic; give one length a (--lattice a; lattice=(a,) in Python), got {lattice}")
+                raise PrototypeError(f"lattice: {proto.name} is cubic; give one length a "
+                                     f"(--lattice a; lattice=(a,) in Python), got {lattice}")
             return {**proto.params, "a": vals[0]}
         if len(vals) == 1:
             rule = rule_lattice(proto.name, sym)
             return {**proto.params, "a": vals[0], "c": vals[0] * rule["c"] / rule["a"]}
         if len(vals) != 2:
-            raise PrototypeError(f"lattice: {proto.name} is {proto.system}; give two lengths a,c (--lattice a,c; lattice=(a, c) in Python), got {lattice}")
+            raise PrototypeError(f"lattice: {proto.name} is {proto.system}; give two lengths a,c "
+                                 f"(--lattice a,c; lattice=(a, c) in Python), got {lattice}")
         return {**proto.params, "a": vals[0], "c": vals[1]}
     known = KNOWN_LATTICES.get((proto.name, sym))
     if known is not None:

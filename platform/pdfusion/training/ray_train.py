@@ -441,8 +441,8 @@ def run_training(
     return TrainingOutcome(
         name=name, storage_path=storage_path, final_step=int(metrics.get("step", 0)),
         final_epoch=int(metrics.get("epoch", 0)), metrics=metrics, checkpoint_path=ckpt_path,
-        best_checkpoint_path=best_path, mlflow_run_id=run_id, tracking_uri=uri, model_name=register_as if version else None,
-        model_version=version, result=result,
+        best_checkpoint_path=best_path, mlflow_run_id=run_id, tracking_uri=uri,
+        model_name=register_as if version else None, model_version=version, result=result,
     )
 
 

@@ -153,9 +153,11 @@ class Trainer:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
         if not torch.isfinite(grad_norm):
-            bad = [n for n, p in self.module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            bad = [n for n, p in self.module.named_parameters() if p.grad is not None
+                   and not torch.isfinite(p.grad).all()]
             raise NonFiniteError(
-                f"training step {self.step}: gradient of parameter(s) {bad[:5]} is not finite (grad_norm {float(grad_norm)}); "
+                f"training step {self.step}: gradient of parameter(s) {bad[:5]} is not finite "
+                f"(grad_norm {float(grad_norm)}); "
                 "the optimizer step was skipped - lower the learning rate or check the batch"
             )
         lr = self.optimizer.param_groups[0]["lr"]
@@ -353,7 +355,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> dict | None:
         """Restore a `state_dict()`; returns the caller's sampler state (also kept as `.sampler_state`)."""
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')!r} is not supported (expected {CHECKPOINT_FORMAT})")
+            raise ValueError(f"checkpoint format {state.get('format')!r} is not supported (expected "
+                             f"{CHECKPOINT_FORMAT})")
         self.module.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

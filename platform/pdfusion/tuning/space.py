@@ -82,7 +82,8 @@ def validate_space(space: Mapping[str, Any], allowed: Mapping[str, str]) -> dict
             raise SearchSpaceError(f"{key}: unknown key; valid keys are {sorted(allowed)}")
         kind = allowed[key]
         if not isinstance(spec, Mapping) or len(spec) != 1:
-            raise SearchSpaceError(f"{key}: expected exactly one of {list(DISTRIBUTIONS)}, e.g. {{choice: [...]}}, got {spec!r}")
+            raise SearchSpaceError(f"{key}: expected exactly one of {list(DISTRIBUTIONS)}, e.g. {{choice: [...]}}, got "
+                                   f"{spec!r}")
         (dist, args), = spec.items()
         if dist not in DISTRIBUTIONS:
             raise SearchSpaceError(f"{key}: unknown distribution {dist!r}; use one of {list(DISTRIBUTIONS)}")

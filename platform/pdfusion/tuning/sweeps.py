@@ -74,7 +74,8 @@ def schedule_trial(config: dict[str, Any]) -> None:
     params = {k: v for k, v in config.items() if k != "_pdfusion"}
     cfg = apply_overrides(from_dict(TrainConfig, meta["base"]), params)
     trial_id = ray.tune.get_context().get_trial_id()
-    tags = {"mlflow.parentRunId": meta["parent_run_id"], "pdfusion.trial_id": trial_id} if meta.get("parent_run_id") else None
+    tags = ({"mlflow.parentRunId": meta["parent_run_id"], "pdfusion.trial_id": trial_id}
+            if meta.get("parent_run_id") else None)
     # RegisterWithReaper: if Tune stops this trial mid-run, its Train placement group is removed
     callbacks = [TuneReportCallback(), RegisterWithReaper()]
     run_training(
@@ -150,12 +151,14 @@ def concurrent_trials(cluster: dict[str, float], num_workers: int, cpus_per_work
     if use_gpu:
         fits = min(fits, int(cluster.get("GPU", 0) // (num_workers * gpus_per_worker)))
     if fits < 1:
-        need = f"{num_workers} x {cpus_per_worker} CPU" + (f" + {num_workers} x {gpus_per_worker} GPU" if use_gpu else "")
+        need = f"{num_workers} x {cpus_per_worker} CPU" + (f" + {num_workers} x {gpus_per_worker} GPU"
+                                                           if use_gpu else "")
         raise ConfigError(f"num_workers/cpus_per_worker: one trial needs {need}, the Ray cluster has {cluster}")
     return fits
 
 
-def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any], storage_path: str) -> tuple[str, str]:
+def _parent_run(tracking_uri: str | None, experiment: str, name: str, params: dict[str, Any],
+                storage_path: str) -> tuple[str, str]:
     """(tracking uri, parent run id) — reused when the sweep is resumed."""
     uri = tracking_uri or tracking.default_tracking_uri()
     id_file = Path(storage_path) / name / "mlflow_parent_run_id"
@@ -216,7 +219,8 @@ def _mark_stopped_runs(rows: list[dict], uri: str, parent_run_id: str) -> None:
         return
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_run_id)
-    for run in client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+    for run in client.search_runs([parent.info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"):
         row = stopped.get(run.data.tags.get("pdfusion.trial_id"))
         if row is not None:
             client.set_tag(run.info.run_id, "pdfusion.stopped_by", "asha")
@@ -335,7 +339,8 @@ def run_schedule_sweep(base: TrainConfig, space: dict[str, Any], *, name: str, s
     results = tuner.fit()
     keys = list(space)
     out = _finish(results, metric, keys, Path(out_dir or Path(storage_path) / name / "report"), uri, parent,
-                  lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], metric, p), max_t=base.epochs)
+                  lambda rows, p: _plot_by(rows, "schedule" if "schedule" in keys else keys[0], metric, p),
+                  max_t=base.epochs)
     _mark_stopped_runs(out["rows"], uri, parent)
     out["resumed"] = resumed
     # every trial's Train placement group, and those of them the reaper (not Train) had to remove
@@ -359,7 +364,8 @@ def run_guidance_sweep(model: str, data: str, space: dict[str, Any], *, name: st
     if search == "optuna" and any("grid" in spec for spec in space.values()):
         raise ConfigError("search: optuna cannot sample a {grid: [...]} entry; use choice/uniform or --search grid")
     if search == "grid":
-        space = {k_: ({"grid": next(iter(s.values()))} if "choice" in s or "grid" in s else s) for k_, s in space.items()}
+        space = {k_: ({"grid": next(iter(s.values()))} if "choice" in s or "grid" in s else s)
+                 for k_, s in space.items()}
         if any(("uniform" in s or "loguniform" in s or "randint" in s) for s in space.values()):
             raise ConfigError("search: grid search needs list values (choice/grid) for every key")
     storage_path = str(Path(storage_path).expanduser().resolve())
