@@ -413,8 +413,8 @@ class SampleConfig:
 
     guidance: float = 1.0
     steps: int | None = None  # None: ancestral DDPM over all T steps; else strided (DDIM-style) S steps
-    # DDIM stochasticity of the strided sampler (0 deterministic, 1 ~ ancestral). 1 measured better: median R_wp
-    # 1.317 vs 1.545 (overfit-one, 100 steps) and refined best-of-16 0.215 vs 0.484 (graphs_fixed_num_135).
+    # DDIM stochasticity of the strided sampler (0 deterministic, 1 ~ ancestral). 1 fits better than 0
+    # (docs/training.md, "Strided vs full-length sampling")
     eta: float = 1.0
     # strided times evenly spaced in t ("time") or in σ^(1/7) (Karras et al. 2022, "sigma": more steps at low noise)
     spacing: Literal["time", "sigma"] = "time"
@@ -518,8 +518,8 @@ def preset(name: str) -> TrainConfig:
             epochs=2, warmup_steps=5, val_samples=2, val_pdfs=2, val_steps=10, checkpoint_every_steps=20,
         )
     if name == "cpu":
-        # normalization_factor 1 (EDM's training value) and the edge-level PDF: median best-of-16 R_wp 0.85 on 12
-        # graphs_fixed_num_135 validation PDFs after 30 CPU-minutes, against 1.52 without it (docs/training.md)
+        # normalization_factor 1 (EDM's training value) and the edge-level PDF, which fits far better at equal CPU
+        # than factor 1 alone (docs/training.md, "Conditioning levers, equal-CPU A/B")
         return TrainConfig(
             model=ModelConfig(hidden=64, layers=4, pdf_embed=64, cutoff=6.0, normalization_factor=1.0, edge_pdf="raw"),
             diffusion=DiffusionConfig(schedule=ScheduleConfig(timesteps=500)),

@@ -1,7 +1,7 @@
 """The target G(r) read at each edge's distance: the condition routed to where geometry is decided.
 
 Why: a global PDF embedding tells the EGNN *which* structure it denoises, but barely helps it place atoms at
-mid noise (x̂0 error 7–9 % better with the condition than without, docs/training.md). Reading G(r) at every
+mid noise (docs/training.md has the x̂0 errors with and without the condition). Reading G(r) at every
 pair distance of the noisy input tells each edge directly whether the target has a peak there. In a
 bond-length frame the model's distances are rescaled shapes, so each row's Å-per-model-unit factor is
 estimated from the target itself: the position of its first peak (the shortest metal–oxygen distance) above

@@ -11,14 +11,10 @@ each layer's update is bounded by coords_range / layers per edge, so with sum ag
 most coords_range · (neighbours / normalization_factor) in all. Small systems (the 8-atom cube) therefore
 need `aggregation="mean"` or a small `normalization_factor`, or the network cannot output ε of unit size.
 
-Cost, batch of 16 × 511 atoms (the largest seed-oxides particle, rock-salt density), hidden 64, 4 layers,
-1 CPU thread on a loaded shared box (`nice -n 10 python benchmarks/bench_egnn.py --repeats 1`; CPU seconds, peak RSS
-above setup; fully connected measured at B = 4 / B = 1 and scaled ×4 / ×16, linear in B):
-  cutoff 6 Å  : 514,528 edges; forward 6.5 s, 0.57 GiB; forward+backward 13.0 s, 4.8 GiB;
-                with grad_checkpoint 20.0 s (1.54×), 1.4 GiB (0.30×)
-  fully conn. : 4,169,760 edges (8.1×); forward 51.7 s, 4.5 GiB; forward+backward 98.7 s, ~39 GiB (8.1×)
-So: train large particles with a cutoff (and `grad_checkpoint` when memory binds); fully connected
-16 × 511 training does not fit a 24 GiB CPU machine (on an 80 GiB GPU it does, barely).
+Cost: a fully connected graph of the largest seed-oxides particles has several times the edges, time and memory
+of a 6 Å cutoff graph (measured: docs/training.md, "Options"). So: train large particles with a cutoff
+(and `grad_checkpoint` when memory binds); fully connected 16 × 511 training does not fit a 24 GiB CPU machine
+(on an 80 GiB GPU it does, barely).
 """
 
 from __future__ import annotations

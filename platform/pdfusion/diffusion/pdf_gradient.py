@@ -7,7 +7,8 @@ each noise level. The clean-structure guess is x_t/√ᾱ_t, whose pair distance
 σ = √(1−ᾱ)/√ᾱ, so it is compared with the target broadened by that width. The misfit is R_wp after the best
 scale, 1 − (g·t)²/(|g|²|t|²), so the normalisation of either curve does not matter. The gradient of an
 invariant is equivariant, and it is normalised per structure to unit RMS; its size joins the node features.
-Cost: ~0.04 s for 8 particles of 135 atoms (Debye on the grid, one backward), next to ~0.6 s per training step.
+Cost: one Debye simulation on the grid and one backward per step, small next to a training step (docs/training.md,
+"Conditioning levers, equal-CPU A/B").
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import MIN_DISTANCE, blur, min_pair_distance, pair_penalty, simulate_safe
 from pdfusion.structures.particle import OXYGEN
 
-# Coarse-to-fine defaults (docs/evaluation.md: blur 0.8 Å with lr 0.05 beat plain Adam lr 0.01 on one particle).
+# Coarse-to-fine defaults: a wide initial blur and a larger step beat plain Adam (docs/evaluation.md, "Refinement").
 REFINE_LR = 0.05
 REFINE_SMOOTH = 0.8  # Å, initial Gaussian blur of both G(r) curves (see `refine`)
 

@@ -12,8 +12,8 @@ Qmin, sine transform to Qmax, Qdamp envelope exp(-(Qdamp r)^2 / 2)) and agrees w
 Rw ~1e-3 (tests/inference/test_screen.py). Not modelled here (left to the refinement): Qbroad, Uiso per
 element; delta2 enters in a second stage (:func:`rescore`, exact for pairs shorter than 12 Å).
 Every pair is summed, as in the real particle -- unlike srreal (and ``simulate_pdf``), which drops pairs
-beyond its extended rmax: for a 61 Å spinel particle fitted to 30 Å that cut alone changes G(r) by Rw 0.13
-(this model agrees with ``simulate_pdf`` run to rmax 75 Å to Rw 0.003).
+beyond its extended rmax, a cut that matters for a particle larger than the fit window (docs/evaluation.md,
+"Solving measured PDFs").
 
 Rw is PDFgui's: sqrt(sum (Gobs - scale Gcalc)^2 / sum Gobs^2) over the fit window, unit weights.
 """

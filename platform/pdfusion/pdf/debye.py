@@ -20,13 +20,12 @@ Pair sum (step 3), two methods giving the same numbers:
 - ``direct``: sin(Q r)/r for every pair and Q point, chunked over pairs (memory ∝ chunk_size·#Q). Exact.
 - ``grid`` (default): every pair is spread onto a uniform distance grid (spacing a power of two ≈ 0.24/Qmax)
   with cubic Lagrange weights, per element pair, and the grid is contracted with a cached
-  (nodes × Q) matrix DW(r,Q)·sin(Qr)/r. Interpolation error ≲ (Qmax·dr)⁴/24 ≈ 1e-4 relative (R_wp vs direct
-  ~3e-6 on seed-oxides); cost per pair is independent of #Q, and the weights are smooth in r so autograd
-  gives accurate position gradients (float64 gradcheck passes).
+  (nodes × Q) matrix DW(r,Q)·sin(Qr)/r. Interpolation error ≲ (Qmax·dr)⁴/24 ≈ 1e-4 relative; cost per pair is
+  independent of #Q, and the weights are smooth in r so autograd gives accurate position gradients (float64
+  gradcheck passes).
   The same idea (cubic spreading onto a distance grid) is what debyecalculator ≥ 1.1 calls ``pair_sum='grid'``.
 
-Measured: R_wp vs the stored srreal curves of all 1,536 seed-oxides files is ≤ 7e-6 (grid); the direct sum
-matches to ~1e-13 (checked on a sample).
+Agreement with srreal's own curves, for both methods, is in docs/pdf.md.
 Not reproduced: srreal stops a pair's Q loop once 2·f_i·f_j·DW/r ≤ 1e-6 ("debyeprecision"), a cut that
 changes nothing at these parameters.
 
@@ -397,7 +396,7 @@ def _pair_distances(coords: Tensor, fi: Tensor, fj: Tensor, scale: float = 1.0):
     via eps_eq(0, d)) get keep = False and a dummy distance, so the gradient there is finite (zero) instead of
     NaN from sqrt(0). keep is None when every pair is kept."""
     d2 = None
-    for c in range(3):  # 1-D gathers per coordinate: ~2x faster than gathering (P, 3) rows on CPU
+    for c in range(3):  # 1-D gathers per coordinate: faster than gathering (P, 3) rows on CPU (docs/pdf.md)
         x = coords[c]
         dx = x.index_select(0, fi) - x.index_select(0, fj)
         d2 = dx * dx if d2 is None else d2.addcmul_(dx, dx)
@@ -559,7 +558,7 @@ class PDFSimulator(torch.nn.Module):
                 mom = torch.stack((w0, s, s2, s2 * s), 0)
                 if keep is not None:
                     mom = mom * w0[None, :]
-            # (4, P) source along dim 1: ~8x faster on CPU than a (P, 4) source along dim 0
+            # (4, P) source along dim 1: faster on CPU than a (P, 4) source along dim 0 (docs/pdf.md)
             row = atom_row.index_select(0, fi).add_(atom_col.index_select(0, fj)).add_(k)
             moments = moments.index_add(1, row, mom) if mom.requires_grad else moments.index_add_(1, row, mom)
         # (a, c) and (c, a) share f_a·f_c: fold to unordered element pairs before the big product
@@ -603,7 +602,7 @@ class PDFSimulator(torch.nn.Module):
 
     def _fq_sorted(self, positions: Tensor, numbers: Tensor, mask: Tensor) -> Tensor:
         """F(Q) of a large batch in size-sorted sub-batches: each gets its own padding width and distance-grid
-        length, which saves ~25% on a batch of mixed sizes (measured on 256 seed-oxides structures)."""
+        length, which saves time on a batch of mixed sizes (docs/pdf.md)."""
         bsz = positions.shape[0]
         if bsz <= SUB_BATCH:
             return self._fq(positions, numbers, mask)

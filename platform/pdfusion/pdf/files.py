@@ -339,8 +339,8 @@ def _read_h5(path: Path, max_points: int | None) -> PDFData:
 MAX_ABS_G = 1e10  # |G| beyond this is no PDF in any unit (Å⁻², counts), and squares overflow float64 in a fit
 SPIKE_RATIO = 100.0  # a point this many times larger than every point away from it is not a PDF peak
 _SPIKE_GAP = 5  # points either side of the largest that may belong to the same peak
-# After scaling to max 1, a real G(r) dips to about -0.3..-0.7 (Pt_S1, Ni, Fe2O3: -0.32 / -0.55 / -0.63);
-# a minimum below -MAX_NEGATIVE_RATIO means the positive side is a rounding error, not a PDF.
+# After scaling to max 1, a real G(r) dips to well above -1 (docs/cli.md, "Input checks"); a minimum below
+# -MAX_NEGATIVE_RATIO means the positive side is a rounding error, not a PDF.
 MAX_NEGATIVE_RATIO = 100.0
 
 

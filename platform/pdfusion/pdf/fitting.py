@@ -31,8 +31,8 @@ def simulate_safe(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Te
 
 def blur(g: torch.Tensor, sigma: float, dr: float) -> torch.Tensor:
     """(B, n_r) curves convolved with a normalised Gaussian of width `sigma` Å cut at ±3σ (edges
-    reflected); returned unchanged when sigma ≤ dr. Via FFT: the kernel is hundreds of points wide, which
-    made a direct conv1d 3.5× slower."""
+    reflected); returned unchanged when sigma ≤ dr. Via FFT: the kernel is hundreds of points wide, too wide
+    for a direct conv1d (docs/pdf.md)."""
     if sigma <= dr:
         return g
     n = g.shape[-1]
@@ -100,8 +100,8 @@ def fit_expansion(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Te
 
     grid = torch.linspace(lo, hi, coarse, dtype=torch.float64).expand(b, -1)
     r, g = score(grid, smooth)
-    # each stage spans ± one step of the previous grid; R_wp is sharp in the factor (0.1% off on a 135-atom
-    # particle costs ~0.04), hence two fine stages
+    # each stage spans ± one step of the previous grid; R_wp is sharp in the factor (docs/pdf.md), hence two
+    # fine stages
     for width in (smooth / 6, 0.0):
         step = grid[:, 1:2] - grid[:, 0:1]
         best = grid.gather(1, r.argmin(1, keepdim=True))

@@ -67,7 +67,7 @@ class Sampler:
         self.batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         # Set while no batch is running. `serve.batch` closes a batch `batch_wait_timeout_s` after its
         # first request even while the previous batch still runs, so under load it queues many small
-        # batches (measured: mean 1.4 requests at 16 clients). Holding requests here until the sampler
+        # batches (docs/serving.md, "Benchmark"). Holding requests here until the sampler
         # is free lets everything that arrived meanwhile form the next batch together.
         self._free = asyncio.Event()
         self._free.set()
