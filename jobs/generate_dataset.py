@@ -15,11 +15,11 @@ thermal=0.5``), each row recording its parameters in ``variant_params``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from pdfusion.config import AugmentConfig, ConfigError, GenerateConfig, PDFConfig
+from pdfusion.data.generate import generate, pending_units, prepare, write_summary
 
 
 def _range(text: str | None) -> tuple[float, float] | None:
@@ -101,65 +101,26 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     return GenerateConfig(**kwargs)
 
 
-def _unit_task(cfg: GenerateConfig, unit) -> dict:
-    import torch
-
-    torch.set_num_threads(1)
-    from pdfusion.data.generate import run_unit
-
-    return run_unit(cfg, unit)
-
-
 def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None, ship_package: bool = False) -> dict:
-    """Validate, generate the pending shards (Ray tasks or in-process), write the summary."""
+    """`pdfusion.data.generate.generate` (Ray tasks, or in-process with `local`) with a plan, a progress bar and
+    a closing line; writes the summary."""
     from tqdm import tqdm
 
-    from pdfusion.data.generate import pending_units, prepare, write_summary
-
-    cfg, units = prepare(cfg)  # validates the whole grid before any work starts
-    todo = pending_units(cfg, units)
+    plan_cfg, units = prepare(cfg)  # validates the whole grid before any work starts
+    todo = pending_units(plan_cfg, units)
     n_items = sum(len(u.items) for u in units)
     print(f"generate: {len(units)} shards ({n_items} structures), {len(units) - len(todo)} already done, "
-          f"{len(todo)} to go -> {cfg.out_dir}", flush=True)
-    reports, t0, cpu0 = [], time.perf_counter(), time.process_time()
+          f"{len(todo)} to go -> {plan_cfg.out_dir}", flush=True)
+    t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=sum(len(u.items) for u in todo), unit="struct", desc="generate")
-    if local or not todo:
-        for unit in todo:
-            rep = _unit_task(cfg, unit)
-            reports.append(rep)
-            bar.update(len(unit.items))
-    else:
-        import ray
-
-        if not ray.is_initialized():
-            # With RAY_ADDRESS set (as under `ray job submit`) this connects to that cluster and the job's
-            # runtime_env (e.g. --working-dir .) applies to the tasks; otherwise it starts a local cluster.
-            # The task function is pickled by value from this script; the tasks import only the installed
-            # `pdfusion` package, or the copy shipped with --ship-package where it is not installed.
-            kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
-            if ship_package:
-                import pdfusion
-
-                kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pdfusion.__file__)]}
-            if not os.environ.get("RAY_ADDRESS"):
-                # a fresh local cluster, even if another `ray start` cluster runs on this machine
-                kwargs.update(address="local", num_cpus=num_cpus)
-            ray.init(**kwargs)
-        task = ray.remote(num_cpus=1, max_retries=2)(_unit_task)
-        cfg_ref = ray.put(cfg)
-        pending = {task.remote(cfg_ref, u): u for u in todo}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                unit = pending.pop(ref)
-                reports.append(ray.get(ref))
-                bar.update(len(unit.items))
+    reports = generate(cfg, lambda rep: bar.update(rep["written"] + len(rep["dropped"])), use_ray=not local,
+                       num_cpus=num_cpus, ship_package=ship_package)
     bar.close()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0  # this process only: meaningful for --local
     written = sum(r["written"] for r in reports)
     dropped = [k for r in reports for k in r["dropped"]]
-    summary = write_summary(cfg.out_dir)
+    summary = write_summary(plan_cfg.out_dir)
     print(f"generate: wrote {written} structures in {len(reports)} shards in {wall:.1f} s "
           f"({written / wall if wall > 0 else 0:.2f} structures/s"
           + (f", {written / cpu if cpu > 0 else 0:.2f} per CPU-second" if local else "")

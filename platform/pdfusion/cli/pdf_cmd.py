@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pdfusion.config import RADIATIONS, ConfigError, PDFConfig
 from pdfusion.limits import MIN_DISTANCE, add_limit_flags, limits_from_args
@@ -152,6 +151,8 @@ def _finite_particle(path: Path, particle, args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from pdfusion.limits import (
         check_atoms,
         check_coordinates,

@@ -300,16 +300,53 @@ def prepare(cfg: GenerateConfig) -> tuple[GenerateConfig, list[WorkUnit]]:
     return cfg, expand_grid(cfg)
 
 
-def generate(cfg: GenerateConfig, progress: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Sequential, in-process generation of the whole grid (resumable); the Ray job parallelises
-    :func:`run_unit` over :func:`pending_units` instead."""
+def _unit_task(cfg: GenerateConfig, unit: WorkUnit) -> dict[str, Any]:
+    """One shard, as a Ray task or in-process; one thread (tasks run side by side, one per core)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return run_unit(cfg, unit)
+
+
+def generate(cfg: GenerateConfig, progress: Callable[[dict[str, Any]], None] | None = None, *,
+             use_ray: bool = False, num_cpus: int | None = None, ship_package: bool = False) -> list[dict[str, Any]]:
+    """Generate the grid's pending shards (resumable: a rerun verifies and skips finished ones), in this process
+    or with `use_ray` one Ray task per shard; `progress(report)` after each shard. Returns the shard reports."""
     cfg, units = prepare(cfg)
+    todo = pending_units(cfg, units)
+    if not use_ray or not todo:
+        reports = []
+        for unit in todo:
+            reports.append(_unit_task(cfg, unit))
+            if progress is not None:
+                progress(reports[-1])
+        return reports
+    import ray
+
+    if not ray.is_initialized():
+        # With RAY_ADDRESS set (as under `ray job submit`) this connects to that cluster and the job's
+        # runtime_env (e.g. --working-dir .) applies to the tasks; otherwise it starts a local cluster. The
+        # tasks import the installed `pdfusion` package, or the copy shipped with `ship_package`.
+        kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
+        if ship_package:
+            import pdfusion
+
+            kwargs["runtime_env"] = {"py_modules": [os.path.dirname(pdfusion.__file__)]}
+        if not os.environ.get("RAY_ADDRESS"):
+            # a fresh local cluster, even if another `ray start` cluster runs on this machine
+            kwargs.update(address="local", num_cpus=num_cpus)
+        ray.init(**kwargs)
+    task = ray.remote(num_cpus=1, max_retries=2)(_unit_task)
+    cfg_ref = ray.put(cfg)
+    pending = {task.remote(cfg_ref, u): u for u in todo}
     reports = []
-    for unit in pending_units(cfg, units):
-        rep = run_unit(cfg, unit)
-        reports.append(rep)
-        if progress is not None:
-            progress(rep)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            pending.pop(ref)
+            reports.append(ray.get(ref))
+            if progress is not None:
+                progress(reports[-1])
     return reports
 
 

@@ -34,7 +34,7 @@ from pdfusion.inference.screen import (
 from pdfusion.pdf.refine import FitResult, fit_particle
 from pdfusion.structures.particle import Particle
 
-__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "refine_backend",
+__all__ = ["DEFAULT_QMIN", "DEFAULT_QMAX", "SolveConfig", "SolveResult", "SolvedCandidate", "REFINE_BACKEND",
            "screen_config", "solve"]
 
 DEFAULT_QMIN = 1.0  # used when neither the caller nor the file header gives Qmin / Qmax
@@ -147,13 +147,7 @@ def _jsonable(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 # refinement back ends
 # --------------------------------------------------------------------------------------------------
-def refine_backend() -> str:
-    """'pdf.refine' when pdfusion.pdf.refine.fit_particle is importable, else 'screen-local'."""
-    try:  # lazy on purpose: this import is the probe for the optional back end
-        from pdfusion.pdf.refine import fit_particle  # noqa: F401
-    except ImportError:
-        return "screen-local"
-    return "pdf.refine"
+REFINE_BACKEND = "pdf.refine"  # what refines the screen's best candidates (reported in SolveResult.config)
 
 
 def _refine_pdf(particle: Particle, score: ScreenScore, target: ScreenTarget, r: np.ndarray, g: np.ndarray,
@@ -314,7 +308,7 @@ def solve(r: np.ndarray, g: np.ndarray, composition: str, cfg: SolveConfig = Sol
         scores = sorted(head + scores[cfg.rescore:], key=lambda sc: (sc.rw, sc.index))
     t2 = time.perf_counter()
     picked = _pick(scores, cands, cfg)
-    backend = refine_backend() if cfg.refine else "none"
+    backend = REFINE_BACKEND if cfg.refine else "none"
     solved: list[SolvedCandidate] = []
     r_all, g_all = np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64)
     from tqdm.auto import tqdm
