@@ -20,6 +20,19 @@ def rocksalt_particle(z: int, a: float, radius: float):
     return Particle(np.where(ijk.sum(axis=1) % 2 == 0, z, 8)[keep], pos[keep])
 
 
+def rocksalt_cluster(radius: float, metal: int = 22, a: float = 4.2, shift=(0.0, 0.0, 0.0)):
+    """(numbers, centred positions) of a rock-salt lattice (spacing a/2, metal where i+j+k is even) within
+    `radius` of `shift`: an off-lattice centre gives a different cluster of the same crystal."""
+    import numpy as np
+
+    n = int(np.ceil(2 * radius / a)) + 2
+    idx = np.stack(np.meshgrid(*[np.arange(-n, n + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    pos = idx * a / 2 - np.asarray(shift)
+    keep = np.linalg.norm(pos, axis=1) <= radius
+    pos = pos[keep]
+    return np.where(idx.sum(1) % 2 == 0, metal, 8)[keep], pos - pos.mean(0)
+
+
 def build_synthetic_store(root):
     """(store root, PDFConfig): 16 rock-salt particles of 4 metals, PDFs on a short 0–10 Å grid."""
     import numpy as np

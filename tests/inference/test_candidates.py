@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -13,17 +12,9 @@ from pdfusion.config import DataConfig, PDFConfig, SampleConfig, preset
 from pdfusion.evaluation.baselines import library_lookup
 from pdfusion.inference.candidates import Candidate, generate_candidates, metal_number
 from pdfusion.inference.refine import refine
+from pdfusion_testdata import rocksalt_cluster
 
 SMALL_PDF = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
-
-
-def rocksalt_cluster(radius: float, metal: int = 22, a: float = 4.2, shift=(0.0, 0.0, 0.0)):
-    n = int(math.ceil(2 * radius / a)) + 2
-    idx = np.stack(np.meshgrid(*[np.arange(-n, n + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    pos = idx * a / 2 - np.asarray(shift)
-    keep = np.linalg.norm(pos, axis=1) <= radius
-    pos = pos[keep]
-    return np.where(idx.sum(1) % 2 == 0, metal, 8)[keep], pos - pos.mean(0)
 
 
 def simulate(numbers, pos, cfg=SMALL_PDF):

@@ -5,7 +5,6 @@ Data are rock-salt clusters the test builds itself, with PDFs from pdfusion's ow
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from pathlib import Path
 
@@ -16,19 +15,9 @@ from torch_geometric.data import Data
 
 from pdfusion.config import DataConfig, PDFConfig, preset
 from pdfusion.training.trainer import Trainer, autocast_for, ema_decay_at, lr_factor
+from pdfusion_testdata import rocksalt_cluster
 
 SMALL_PDF = PDFConfig(rmax=10.0, rstep=0.05, qmax=20.0)
-
-
-def rocksalt_cluster(radius: float, metal: int = 22, a: float = 4.2, shift=(0.0, 0.0, 0.0)):
-    """Atoms of a rock-salt lattice (spacing a/2, metal where i+j+k is even) within `radius` of `shift`."""
-    n = int(math.ceil(2 * radius / a)) + 2
-    idx = np.stack(np.meshgrid(*[np.arange(-n, n + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    pos = idx * a / 2 - np.asarray(shift)
-    keep = np.linalg.norm(pos, axis=1) <= radius
-    numbers = np.where(idx.sum(1) % 2 == 0, metal, 8)[keep]
-    pos = pos[keep]
-    return numbers, pos - pos.mean(0)
 
 
 def make_data(n: int, pdf_cfg: PDFConfig = SMALL_PDF, seed: int = 0) -> list[Data]:
