@@ -93,7 +93,7 @@ def fit_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, 
 
 def candidates_from(numbers: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, g_sim: torch.Tensor,
                     scores: torch.Tensor, factor: torch.Tensor | None) -> list[Candidate]:
-    """One Candidate per row of a scored batch (numbers, mask and `size_and_score`'s output), centred."""
+    """One Candidate per row of a scored batch (numbers, mask and `fit_and_score`'s output), centred."""
     out = []
     for j in range(mask.shape[0]):
         m = mask[j]
