@@ -293,3 +293,30 @@ def test_template_seeded_sampling_starts_from_the_given_structures():
         sample(model, d, init.pdf, init.metal, n, SampleConfig(steps=5, init_t=3))
     with pytest.raises(ValueError, match="atom counts"):
         sample(model, d, init.pdf, init.metal, torch.tensor([9, 11]), SampleConfig(steps=5, init_t=3), init=init)
+
+
+class _LoudTypesModel(torch.nn.Module):
+    """A denoiser whose type noise estimate is far too large (as an undertrained one's can be at high noise),
+    recording the type state it is fed."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x, h, mask, t, pdf, metal, cond_mask):
+        self.seen.append(float(h.abs().max()))
+        ex, eh = self.inner(x, h, mask, t, pdf, metal, cond_mask)
+        return ex, eh + 50.0
+
+
+@pytest.mark.parametrize("steps", [None, 8], ids=["ancestral", "strided"])
+def test_clipping_bounds_the_fed_back_type_state(setup, steps):
+    """With clipping on, x̂0's types are clipped to [-1, 1] like its positions, so a wild ε̂_h cannot make the
+    type state the network is fed grow step after step (unclipped, it reaches hundreds here)."""
+    model, d, batch = setup
+    loud = _LoudTypesModel(model)
+    sample(loud, d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig(steps=steps, clip_x0=25.0))
+    clipped = max(loud.seen)
+    loud.seen.clear()
+    sample(loud, d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig(steps=steps, clip_x0=None))
+    assert clipped < 10.0 < max(loud.seen)

@@ -218,6 +218,13 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         model.train(was_training)
 
 
+def _bound_types(h0: torch.Tensor, clip) -> torch.Tensor:
+    """Clip a predicted clean type state to [-1, 1] (clean types are 0 or `type_scale` ≤ 1) when clipping is on:
+    at high noise 1/√ᾱ amplifies ε̂_h as it does ε̂_x, and an unbounded type state fed back makes the EGNN's
+    sum-aggregated features grow step after step until they overflow (docs/training.md)."""
+    return h0 if clip is None else h0.clamp(-1.0, 1.0)
+
+
 def _clean_estimate(x0, h0, t_now: int, mask, clip, guide):
     """x̂0 of the positions after clipping and (optionally) PDF guidance."""
     x0 = clip_positions(x0, mask, clip)
@@ -230,7 +237,7 @@ def _ancestral_step(diffusion: GaussianDiffusion, x, h, ex, eh, tt, mask, genera
     """x_{t-1} = posterior mean with x̂_0 from ε̂, plus √β̃_t noise. The last step (t = 1) returns x̂_0
     itself: the state at t = 0 still carries √(1-ᾱ_0) of noise, the data do not (as EDM's p(x | z_0))."""
     t_now = int(tt[0])
-    h0 = diffusion.predict_x0(h, tt, eh)
+    h0 = _bound_types(diffusion.predict_x0(h, tt, eh), clip)
     x0 = _clean_estimate(diffusion.predict_x0(x, tt, ex), h0, t_now, mask, clip, guide)
     out = []
     for z, z0, noise_fn in ((x, x0, diffusion.position_noise), (h, h0, diffusion.type_noise)):
@@ -258,6 +265,9 @@ def _ddim_step(diffusion: GaussianDiffusion, x, h, ex, eh, t_now: int, t_next: i
     if clip is not None or guide is not None:
         x0 = _clean_estimate(x0, h0, t_now, mask, clip, guide)
         ex = (x - a_t ** 0.5 * x0) / (1 - a_t) ** 0.5  # the noise consistent with the adjusted x0
+    if clip is not None:
+        h0 = _bound_types(h0, clip)
+        eh = (h - a_t ** 0.5 * h0) / (1 - a_t) ** 0.5
     out = []
     for z0, e, noise_fn in ((x0, ex, diffusion.position_noise), (h0, eh, diffusion.type_noise)):
         if t_next == 0:
