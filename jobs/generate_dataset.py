@@ -19,7 +19,7 @@ import sys
 import time
 
 from pdfusion.config import AugmentConfig, ConfigError, GenerateConfig, PDFConfig
-from pdfusion.data.generate import generate, pending_units, prepare, write_summary
+from pdfusion.data.generate import generate_units, pending_units, prepare, write_summary
 
 
 def _range(text: str | None) -> tuple[float, float] | None:
@@ -102,19 +102,19 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 
 def run(cfg: GenerateConfig, *, local: bool = False, num_cpus: int | None = None, ship_package: bool = False) -> dict:
-    """`pdfusion.data.generate.generate` (Ray tasks, or in-process with `local`) with a plan, a progress bar and
+    """`pdfusion.data.generate.generate_units` (Ray tasks, or in-process with `local`) with a plan, a progress bar and
     a closing line; writes the summary."""
     from tqdm import tqdm
 
-    plan_cfg, units = prepare(cfg)  # validates the whole grid before any work starts
+    plan_cfg, units = prepare(cfg)  # validates the whole grid before any work starts, once
     todo = pending_units(plan_cfg, units)
     n_items = sum(len(u.items) for u in units)
     print(f"generate: {len(units)} shards ({n_items} structures), {len(units) - len(todo)} already done, "
           f"{len(todo)} to go -> {plan_cfg.out_dir}", flush=True)
     t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(total=sum(len(u.items) for u in todo), unit="struct", desc="generate")
-    reports = generate(cfg, lambda rep: bar.update(rep["written"] + len(rep["dropped"])), use_ray=not local,
-                       num_cpus=num_cpus, ship_package=ship_package)
+    reports = generate_units(plan_cfg, todo, lambda rep: bar.update(rep["written"] + len(rep["dropped"])),
+                             use_ray=not local, num_cpus=num_cpus, ship_package=ship_package)
     bar.close()
     wall = time.perf_counter() - t0
     cpu = time.process_time() - cpu0  # this process only: meaningful for --local

@@ -313,7 +313,15 @@ def generate(cfg: GenerateConfig, progress: Callable[[dict[str, Any]], None] | N
     """Generate the grid's pending shards (resumable: a rerun verifies and skips finished ones), in this process
     or with `use_ray` one Ray task per shard; `progress(report)` after each shard. Returns the shard reports."""
     cfg, units = prepare(cfg)
-    todo = pending_units(cfg, units)
+    return generate_units(cfg, pending_units(cfg, units), progress, use_ray=use_ray, num_cpus=num_cpus,
+                          ship_package=ship_package)
+
+
+def generate_units(cfg: GenerateConfig, todo: Sequence[WorkUnit],
+                   progress: Callable[[dict[str, Any]], None] | None = None, *, use_ray: bool = False,
+                   num_cpus: int | None = None, ship_package: bool = False) -> list[dict[str, Any]]:
+    """`generate` for a config `prepare` already returned and its pending units (a caller that reports the plan
+    first prepares once, not twice)."""
     if not use_ray or not todo:
         reports = []
         for unit in todo:
