@@ -191,7 +191,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"checkpoint_e{trainer.epoch:05d}_s{trainer.step:08d}{tag}")
 
-    out: dict[str, float] = {}
     val_step = -1
     if trainer.step == 0 and cfg.val_every_epochs and rank == 0:
         # the untrained model's score, so every validation curve in MLflow starts from its own baseline
@@ -199,9 +198,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.log_metrics(_validate(trainer, val_data), step=0)
     last_end = time.perf_counter()
 
-    def on_step(step_out: dict[str, float], batch, indices) -> None:
-        nonlocal window, t_window, graphs_window, t_total, graphs_total, last_end, out
-        out = step_out
+    def on_step(out: dict[str, float], batch, indices) -> None:
+        nonlocal window, t_window, graphs_window, t_total, graphs_total, last_end
         dt_step = time.perf_counter() - last_end  # data + step since the previous hook returned
         t_window += dt_step
         t_total += dt_step
@@ -239,9 +237,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report(extra, checkpoint=True)
         last_end = time.perf_counter()
 
-    trainer.train_loop(train_data, sampler, max_steps=planned, resumed=mid_epoch,
-                       autocast=autocast_for(device, bool(opts.get("bf16", True))), on_step=on_step,
-                       on_epoch_end=on_epoch_end)
+    out = trainer.train_loop(train_data, sampler, max_steps=planned, resumed=mid_epoch,
+                             autocast=autocast_for(device, bool(opts.get("bf16", True))), on_step=on_step,
+                             on_epoch_end=on_epoch_end)
 
     # the final state, validated, is always the latest checkpoint
     if rank == 0:
