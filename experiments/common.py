@@ -108,7 +108,7 @@ def x0_errors(trainer, data, ts=(1, 5, 10, 25, 50, 100, 200, 300, 400, 500, 1000
     with torch.no_grad():
         for t in sorted({int(t) for t in ts if int(t) <= d.T} | {d.T}):
             tt = torch.full((copies,), t)
-            ex, eh = d.position_noise(mask, gen), d.type_noise(mask, gen)
+            ex, eh = d.training_noise(x0, batch, gen), d.type_noise(mask, gen)  # the training coupling
             xt, ht = d.q_sample(x0, tt, ex), d.q_sample(h0, tt, eh)
             extra = {}
             if d.model_cfg.self_condition:  # as in training: the model's own first estimate at the same t

@@ -85,9 +85,9 @@ def train(trainer, train_data, minutes: float, max_steps: int | None, ckpt: Path
 def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int | None, guidance: float,
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
              pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
-             seed_library: int | None = None, self_cond_estimate: str = "clean") -> dict:
+             seed_library: int | None = None, self_cond_estimate: str = "clean", sizes: str = "head") -> dict:
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.baselines import library_lookup
+    from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
     from pdfusion.inference.refine import refine
 
@@ -98,7 +98,12 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
                         pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing,
                         self_cond_estimate=self_cond_estimate)
     if seed_library is None:
-        ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True)
+        counts = None
+        if sizes == "library":  # each candidate at the atom count of one of the K nearest library structures
+            lib_pdfs = torch.cat([d.y for d in train_data]).float()
+            counts = [[int(train_data[int(j)].num_nodes) for j in row] for row in nearest_library(pdfs, lib_pdfs, k)]
+        ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True,
+                                  sizes=counts)
     else:
         ranked = seeded_candidates(model, diffusion, pdfs, metals, train_data,
                                    dataclasses.replace(scfg, init_t=seed_library),
@@ -111,7 +116,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     lib_idx, lib_rwp = library_lookup(pdfs, torch.cat([d.y for d in train_data]).float())
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
-        "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library,
+        "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "sizes": sizes,
         "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
@@ -301,6 +306,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--seed-library", type=int, default=None, metavar="T0",
                     help="template-seeded sampling: start from the K nearest library structures noised to t = T0 "
                          "(reported apart from the unaided model)")
+    ap.add_argument("--sizes", choices=("head", "library"), default="head",
+                    help="atom counts: drawn from the model's count head, or those of each target's K nearest "
+                         "library structures (by R_wp)")
     ap.add_argument("--spacing", choices=("time", "sigma"), default="time",
                     help="strided times evenly in t, or in sigma^(1/7) (Karras)")
     ap.add_argument("--pdf-guidance", type=float, default=0.0,
@@ -383,7 +391,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
               **evaluate(model, diffusion, pdf_cfg, library, val_eval, args.k, args.sample_steps, args.guidance,
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,
-                         args.self_cond_estimate)}
+                         args.self_cond_estimate, args.sizes)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -17,6 +17,11 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# A loaded CI machine starts a Serve proxy actor in more than Serve's 5 s ready check, and the controller then kills
+# it ("ProxyActor ... killed by ray.kill, never ran"): give start-up and health checks room. Ray start heads and
+# in-process sessions both inherit these.
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
 # Every test session starts Ray explicitly. Without this, a Serve router's background metrics thread left
 # over from tests/serving calls ray.wait after Ray was shut down, which silently ray.init()s a fresh local
 # instance; the next module's ray.init then fails with "called ray.init twice" (seen in a CI run).

@@ -144,3 +144,19 @@ def stop_head(marker: str, timeout: float = 20.0) -> None:
             p.kill()
         except psutil.NoSuchProcess:
             pass
+
+
+def start_head(cmd: list, marker: str, env: dict, *, attempts: int = 3, cwd=None, timeout: float = 240):
+    """Run `ray start --head …`, retrying: Ray waits a fixed 30 s for its raylet to register with the GCS, which
+    a loaded CI machine can miss ("The current node timed out during startup"). A failed attempt's processes
+    (found by `marker`, the head's temp dir) are stopped before the next. Returns the last CompletedProcess."""
+    import subprocess
+    import time
+
+    for attempt in range(attempts):
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0:
+            return done
+        stop_head(marker, timeout=10)
+        time.sleep(2 * (attempt + 1))
+    return done

@@ -394,6 +394,9 @@ class DiffusionConfig:
     # Self-conditioning in training takes its first estimate at t + self_cond_lag (same noise ε): the sampler
     # feeds the previous step's estimate, from about T / steps earlier; 0 = the same t (Chen et al. 2022).
     self_cond_lag: int = 0
+    # Equivariant OT coupling: each training noise draw is rotated and permuted (within each atom type) onto its
+    # structure (`diffusion.geometry.align_noise`); sample such a model with η = 0, the path's ODE.
+    align_noise: bool = False
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.p_uncond <= 1.0, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")

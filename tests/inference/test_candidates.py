@@ -204,3 +204,18 @@ def test_blur_is_a_normalised_gaussian_and_keeps_constants():
     torch.testing.assert_close(_blur(const, sigma, dr), const)
     assert _blur(const, 0.5 * dr, dr) is const  # below the grid step: no blur
 
+
+
+def test_sizes_set_each_candidates_atom_count_and_bad_sizes_are_named(bundle):
+    from pdfusion.inference.candidates import sample_and_score
+
+    target = simulate(*rocksalt_cluster(3.5, 22)).float()
+    cfg = SampleConfig(n_samples=3, steps=3, n_atoms=10, seed=2)
+    ranked = sample_and_score(bundle.model, bundle.diffusion, torch.stack([target, target]), [22, 22], cfg,
+                              bundle.pdf_config, sizes=[[8, 12, 16], [20, 20, 9]])
+    assert sorted(c.n_atoms for c in ranked[0]) == [8, 12, 16]
+    assert sorted(c.n_atoms for c in ranked[1]) == [9, 20, 20]
+    for bad, why in (([[8, 12]], "2 lists of 3"), ([[8, 12, 16], [0, 5, 5]], "1..40")):
+        with pytest.raises(ValueError, match=why):
+            sample_and_score(bundle.model, bundle.diffusion, torch.stack([target, target]), [22, 22], cfg,
+                             bundle.pdf_config, sizes=bad)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from pdfusion_testdata import stop_head
+from pdfusion_testdata import start_head, stop_head
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -80,11 +79,7 @@ def test_train_job_submitted_to_ray_head(tmp_path):
     ]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     try:
-        for _attempt in range(2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up window
-            proc = subprocess.run(start, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-            if proc.returncode == 0:
-                break
-            stop_head(temp_dir, timeout=10)
+        proc = start_head(start, temp_dir, env, cwd=tmp_path)
         assert proc.returncode == 0, f"ray start failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
         client = None
         deadline = time.monotonic() + 120

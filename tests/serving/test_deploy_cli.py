@@ -19,6 +19,8 @@ import httpx
 import pytest
 import yaml
 
+from pdfusion_testdata import start_head, stop_head
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,27 +39,6 @@ def _run(args: list[str], env: dict, timeout: float = 300) -> subprocess.Complet
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _kill_session(temp_dir: str) -> None:
-    """Stop only the processes of this head, by pid: those whose command line names its temp dir
-    (GCS, raylet, ...) and all their descendants (workers and agents rename their command lines)."""
-    import psutil
-
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(temp_dir in part for part in proc.info["cmdline"] or []):
-                found[proc.pid] = proc
-                found.update({c.pid: c for c in proc.children(recursive=True)})
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    mine = list(found.values())
-    for proc in mine:
-        proc.terminate()
-    _, alive = psutil.wait_procs(mine, timeout=15)
-    for proc in alive:
-        proc.kill()
-
-
 @pytest.mark.skipif(shutil.which("ray") is None or shutil.which("serve") is None, reason="ray/serve CLI not installed")
 def test_serve_deploy_to_ray_start_head(tiny_checkpoint, tmp_path):
     gcs, dash, agent, agent_grpc, metrics, runtime_env, client, nm, om, http = _ports(10)
@@ -73,12 +54,13 @@ def test_serve_deploy_to_ray_start_head(tiny_checkpoint, tmp_path):
     cfg_path.write_text(yaml.safe_dump(config))
     address = f"http://127.0.0.1:{dash}"
     try:
-        start = _run(["ray", "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=2", f"--port={gcs}",
+        start = start_head(["ray", "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=2", f"--port={gcs}",
                       f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
                       f"--dashboard-agent-listen-port={agent}",
                       f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
                       f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
-                      f"--node-manager-port={nm}", f"--object-manager-port={om}", "--disable-usage-stats"], env)
+                      f"--node-manager-port={nm}", f"--object-manager-port={om}", "--disable-usage-stats"],
+                           temp_dir, env, cwd=ROOT)
         assert start.returncode == 0, start.stderr[-2000:]
         deploy = _run(["serve", "deploy", "-a", address, str(cfg_path)], env)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
@@ -106,5 +88,5 @@ def test_serve_deploy_to_ray_start_head(tiny_checkpoint, tmp_path):
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "steps"
     finally:
         _run(["serve", "shutdown", "-y", "-a", address], env, timeout=120)
-        _kill_session(temp_dir)
+        stop_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)

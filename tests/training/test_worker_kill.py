@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ray_train import _assert_close, _load, reference_run, tiny_cfg, write_rocksalt_dataset  # noqa: E402
 
-from pdfusion_testdata import head_processes, stop_head  # noqa: E402
+from pdfusion_testdata import head_processes, start_head, stop_head  # noqa: E402
 
 
 def _free_port() -> int:
@@ -55,7 +54,7 @@ def head():
     cmd = [shutil.which("ray") or "ray", "start", "--head", f"--temp-dir={tmp}", "--num-cpus=2",
            "--include-dashboard=false", "--disable-usage-stats", *[f"--{k}={v}" for k, v in ports.items()]]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = start_head(cmd, str(tmp), env)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     try:
         yield f"127.0.0.1:{ports['port']}", str(tmp)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from pdfusion.config import DiffusionConfig, ModelConfig
 from pdfusion.data.batching import DenseBatch
-from pdfusion.diffusion.geometry import remove_mean
+from pdfusion.diffusion.geometry import align_noise, remove_mean
 from pdfusion.diffusion.guards import check_finite
 from pdfusion.diffusion.schedules import NoiseSchedule, build_schedule
 from pdfusion.structures.bonds import median_metal_oxygen_bond
@@ -81,6 +81,16 @@ class GaussianDiffusion:
         b, n = mask.shape
         eps = torch.randn(b, n, 3, generator=generator, dtype=dtype, device=mask.device)
         return remove_mean(eps, mask.bool())
+
+    def training_noise(self, x0: torch.Tensor, batch: DenseBatch,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """The position noise paired with x0 in training: N(0, I) on zero CoM, aligned onto x0 when
+        `diffusion.align_noise` (rotation + per-type permutation; the prior is unchanged)."""
+        mask = batch.mask.bool()
+        eps = self.position_noise(mask, generator)
+        if self.diffusion_cfg.align_noise:
+            eps = align_noise(eps, x0, atom_types(batch.z, mask), mask)
+        return eps
 
     def type_noise(self, mask: torch.Tensor, generator: torch.Generator | None = None,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -149,7 +159,7 @@ class GaussianDiffusion:
         dev = mask.device
         x0, h0 = self.encode(batch)
         t = self.sample_times(b, generator, dev)
-        eps_x = self.position_noise(mask, generator)
+        eps_x = self.training_noise(x0, batch, generator)
         eps_h = self.type_noise(mask, generator)
         xt = self.q_sample(x0, t, eps_x)
         ht = self.q_sample(h0, t, eps_h)

@@ -179,10 +179,12 @@ def sample_and_score(
     device: str | torch.device = "cpu",
     max_batch: int | None = None,
     progress: bool = False,
+    sizes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Candidate]]:
     """K = cfg.n_samples candidates of cfg.n_atoms atoms (None: the count head's) for each of the B PDFs,
-    each list sorted by R_wp ascending. A model with `bond_length` set samples shapes; each is first scaled
-    to its target (`fit_expansion`)."""
+    each list sorted by R_wp ascending; `sizes` (B lists of K atom counts, e.g. the nearest library structures')
+    overrides both. A model with `bond_length` set samples shapes; each is first scaled to its target
+    (`fit_expansion`)."""
     pdfs = _check_pdfs(torch.as_tensor(pdfs, dtype=torch.float32), pdf_cfg.n_r)
     if len(metals) != pdfs.shape[0]:
         raise ValueError(f"metals: got {len(metals)} metals for {pdfs.shape[0]} PDFs")
@@ -190,6 +192,12 @@ def sample_and_score(
     owner = torch.arange(n_pdf).repeat_interleave(k)
     z = torch.tensor([metal_number(m) for m in metals], dtype=torch.long)
     n_atoms = torch.full((n_pdf * k,), -1 if cfg.n_atoms is None else cfg.n_atoms, dtype=torch.long)
+    if sizes is not None:
+        if len(sizes) != n_pdf or any(len(row) != k for row in sizes):
+            raise ValueError(f"sizes: expected {n_pdf} lists of {k} atom counts (one per candidate)")
+        n_atoms = torch.tensor([int(n) for row in sizes for n in row], dtype=torch.long)
+        if int(n_atoms.min()) < 1 or int(n_atoms.max()) > diffusion.model_cfg.max_atoms:
+            raise ValueError(f"sizes: atom counts must be in 1..{diffusion.model_cfg.max_atoms} (model.max_atoms)")
     rows = sample_rows(model, diffusion, pdf_cfg, pdfs[owner], z[owner], n_atoms, cfg, torch.device(device),
                        max_batch=max_batch, progress=progress)
     return _ranked(rows, owner, n_pdf)
