@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="CFG γ (default: the model's)")
     p.add_argument("--pdf-guidance", type=float, default=0.0)
     p.add_argument("--pdf-guidance-iters", type=int, default=1)
+    p.add_argument("--sizes", choices=("head", "library"), default="head",
+                   help="model candidates' atom counts: the count head's, or those of the k nearest library entries")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity of the strided sampler")
     p.add_argument("--train-data", default=None,
                    help="the model's training store / seed folder: must hold no target metal")
     p.add_argument("--out", default="outputs/beyond_library")
@@ -66,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         scfg = SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0) if args.guidance is None
                                            else args.guidance),
                             steps=bundle.defaults.get("steps") if args.steps is None else args.steps,
-                            pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters)
+                            pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters, eta=args.eta)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
-                           library=not args.no_library, progress=lambda m: print(m, flush=True))
+                           library=not args.no_library, library_sizes=args.sizes == "library",
+                           progress=lambda m: print(m, flush=True))
     report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py",
                                   *(argv if argv is not None else sys.argv[1:])])
     out = Path(args.out)

@@ -130,6 +130,32 @@ def test_model_side_runs_with_a_tiny_checkpoint(tmp_path):
     assert "| model | 1 |" in bl.table(report)
 
 
+def test_model_side_can_sample_at_the_nearest_library_entries_atom_counts(tmp_path, monkeypatch):
+    from pdfusion.inference.bundle import load_bundle
+    from pdfusion_testdata import train_tiny_checkpoint
+
+    parts = [make_particle("rocksalt", m, 4.0) for m in ("Ti", "Mg")]
+    ckpt = train_tiny_checkpoint(tmp_path / "tiny.pt", [(p.numbers, p.positions, p.metal) for p in parts], FAST_PDF,
+                                 steps=2, max_atoms=160)
+    cfg = replace(SMALL, n_targets=1, k=3, refine_steps=2, library_radii=(3.0, 4.0, 5.0))
+    bundle = load_bundle(str(ckpt))
+    targets = bl.build_targets(cfg, FAST_PDF)
+    props, _ = bl.model_proposals(bundle, targets, cfg, sizes=[[7, 9, 11]])
+    assert sorted(len(p) for p in props[0]) == [7, 9, 11]
+    seen = []
+    real = bl.model_proposals
+
+    def spy(*args):
+        out = real(*args)
+        seen.append(sorted(len(p) for p in out[0][0]))
+        return out
+
+    monkeypatch.setattr(bl, "model_proposals", spy)
+    report = bl.run_benchmark(cfg, bundle=bundle, library_sizes=True)
+    assert seen == [sorted(len(p) for p in bl.library_proposals(targets, cfg, FAST_PDF)[0])]
+    assert report["model"]["sizes"] == "library" and report["model"]["rows"][0]["n_candidates"] == 3
+
+
 def test_job_refuses_training_data_holding_a_target_metal(tmp_path, capsys):
     from pdfusion.config import GenerateConfig
     from pdfusion.data.generate import generate

@@ -113,16 +113,19 @@ def library_proposals(targets: Sequence[Target], cfg: BeyondLibraryConfig, pdf_c
 
 
 def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
-                    sample_cfg: SampleConfig | None = None) -> tuple[Proposals, list[int]]:
-    """``cfg.k`` samples of a trained model per target (one target per sampler call); non-finite runs give no
-    candidates and count ``k`` NaNs. Returns (proposals, NaN count per target)."""
+                    sample_cfg: SampleConfig | None = None,
+                    sizes: Sequence[Sequence[int]] | None = None) -> tuple[Proposals, list[int]]:
+    """``cfg.k`` samples of a trained model per target (one target per sampler call), at the count head's atom
+    counts or, with ``sizes``, at each target's given ones; non-finite runs give no candidates and count ``k``
+    NaNs. Returns (proposals, NaN count per target)."""
     base = sample_cfg or SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0)),
                                       steps=bundle.defaults.get("steps"))
     out, nans = [], []
-    for t in targets:
+    for i, t in enumerate(targets):
         scfg = replace(base, n_samples=cfg.k, seed=base.seed + t.index, refine=False)
         try:
-            cands = generate_candidates(bundle, t.pdf[None].astype(np.float32), [t.metal], scfg)[0]
+            cands = generate_candidates(bundle, t.pdf[None].astype(np.float32), [t.metal], scfg,
+                                        sizes=None if sizes is None else [list(sizes[i])])[0]
         except NonFiniteError:
             out.append([])
             nans.append(cfg.k)
@@ -215,9 +218,11 @@ def head_to_head(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> di
 # --------------------------------------------------------------------------------------------------
 def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=None,
                   sample_cfg: SampleConfig | None = None, model_targets: int | None = None, library: bool = True,
-                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  library_sizes: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Targets, the library side (unless ``library=False``) and, with ``bundle``, the model side on the first
-    ``model_targets`` targets (default all). The PDF settings are the bundle's, else the seed-oxides defaults."""
+    ``model_targets`` targets (default all), sized by its count head or, with ``library_sizes``, at the atom counts
+    of each target's ``k`` nearest library entries. The PDF settings are the bundle's, else the seed-oxides
+    defaults."""
     pdf_cfg = bundle.pdf_config if bundle is not None else PDFConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -227,10 +232,11 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                               "targets": [{"id": t.meta["id"], "n_atoms": len(t.truth),
                                            "variant_params": t.meta["variant_params"]}
                                           for t in targets]}
+    lib_props = library_proposals(targets, cfg, pdf_cfg) if library or library_sizes else None
     if library:
         t1 = time.perf_counter()
         rows = []
-        for t, props in zip(targets, library_proposals(targets, cfg, pdf_cfg), strict=True):
+        for t, props in zip(targets, lib_props, strict=True):
             rows.append(score_proposals(t, props, cfg, pdf_cfg))
             say(f"library {t.index}: {t.meta['id']} raw {rows[-1]['rwp_raw']:.3f} fitted {rows[-1]['rwp_fitted']:.3f} "
                 f"refined {rows[-1]['rwp_refined']:.3f}")
@@ -238,10 +244,12 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
     if bundle is not None:
         t1 = time.perf_counter()
         sub = targets[: model_targets or len(targets)]
-        props, nans = model_proposals(bundle, sub, cfg, sample_cfg)
+        sizes = [[len(p) for p in props] for props in lib_props[: len(sub)]] if library_sizes else None
+        props, nans = model_proposals(bundle, sub, cfg, sample_cfg, sizes)
         rows = [score_proposals(t, p, cfg, pdf_cfg, n) for t, p, n in zip(sub, props, nans, strict=True)]
         report["model"] = {"rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t1,
-                           "sample": to_dict(sample_cfg) if sample_cfg else None}
+                           "sample": to_dict(sample_cfg) if sample_cfg else None,
+                           "sizes": "library" if library_sizes else "count head"}
         if library:
             lib_rows = report["library"]["rows"][: len(sub)]
             report["model"]["vs_library"] = head_to_head(rows, lib_rows)

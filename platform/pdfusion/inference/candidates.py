@@ -240,11 +240,13 @@ def generate_candidates(
     cfg: SampleConfig | Sequence[SampleConfig],
     max_batch: int | None = None,
     progress: bool = False,
+    sizes: Sequence[Sequence[int]] | None = None,
 ) -> list[list[Candidate]]:
     """Ranked candidates for each PDF (rows of `pdfs`, on `bundle.r_grid`).
 
     `cfg` may be one config or one per PDF; PDFs with equal configs are sampled together. With `cfg.refine`, every
-    candidate is refined and the list re-ranked."""
+    candidate is refined and the list re-ranked. `sizes`: per PDF, the atom count of each candidate
+    (`sample_and_score`)."""
     pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
     if pdfs.ndim == 1:
         pdfs = pdfs[None]
@@ -265,6 +267,7 @@ def generate_candidates(
         ranked = sample_and_score(
             bundle.model, bundle.diffusion, pdfs[members], [metals[i] for i in members], gcfg,
             bundle.pdf_config, device=bundle.device, max_batch=max_batch, progress=progress,
+            sizes=None if sizes is None else [sizes[i] for i in members],
         )
         if gcfg.refine:
             ranked = [
