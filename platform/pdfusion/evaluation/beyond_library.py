@@ -245,8 +245,12 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
         t1 = time.perf_counter()
         sub = targets[: model_targets or len(targets)]
         sizes = [[len(p) for p in props] for props in lib_props[: len(sub)]] if library_sizes else None
-        props, nans = model_proposals(bundle, sub, cfg, sample_cfg, sizes)
-        rows = [score_proposals(t, p, cfg, pdf_cfg, n) for t, p, n in zip(sub, props, nans, strict=True)]
+        rows = []
+        for i, t in enumerate(sub):  # one target at a time, so a long run reports as it goes
+            props, nans = model_proposals(bundle, [t], cfg, sample_cfg, None if sizes is None else sizes[i:i + 1])
+            rows.append(score_proposals(t, props[0], cfg, pdf_cfg, nans[0]))
+            say(f"model {t.index}: {t.meta['id']} raw {rows[-1]['rwp_raw']:.3f} fitted {rows[-1]['rwp_fitted']:.3f} "
+                f"refined {rows[-1]['rwp_refined']:.3f} valid {rows[-1]['valid_fraction']:.2f}")
         report["model"] = {"rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t1,
                            "sample": to_dict(sample_cfg) if sample_cfg else None,
                            "sizes": "library" if library_sizes else "count head"}
