@@ -397,9 +397,12 @@ class DiffusionConfig:
     # Equivariant OT coupling: each training noise draw is rotated and permuted (within each atom type) onto its
     # structure (`diffusion.geometry.align_noise`); sample such a model with η = 0, the path's ODE.
     align_noise: bool = False
+    align_noise_fraction: float = 1.0  # of the structures in a batch; the rest keep plain noise (a mixed coupling)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.p_uncond <= 1.0, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
+        _check(0.0 <= self.align_noise_fraction <= 1.0, "diffusion.align_noise_fraction",
+               f"must be in [0, 1], got {self.align_noise_fraction}")
         _check(self.self_cond_lag >= 0, "diffusion.self_cond_lag", f"must be >= 0, got {self.self_cond_lag}")
         _check(self.t_sampling in ("uniform", "lognormal"), "diffusion.t_sampling",
                f"must be 'uniform' or 'lognormal', got {self.t_sampling!r}")

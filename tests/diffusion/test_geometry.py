@@ -80,3 +80,19 @@ def test_training_loss_uses_the_coupling_when_configured():
     torch.testing.assert_close(paired.norm(dim=-1).sum(), plain.norm(dim=-1).sum(), rtol=1e-5, atol=1e-5)
     loss, metrics = aligned.training_loss(model, batch, torch.Generator().manual_seed(1))
     assert torch.isfinite(loss) and metrics["loss_x"] > 0
+
+
+def test_a_mixed_coupling_aligns_only_its_fraction_of_the_batch():
+    _, d = tiny()
+    batch = toy_batch([7, 11, 9, 8, 10, 12, 7, 9])
+    x0, _ = d.encode(batch)
+    plain = d.training_noise(x0, batch, torch.Generator().manual_seed(5))
+    for frac, expect in ((0.0, 0), (1.0, 8)):
+        cfg = dataclasses.replace(d.diffusion_cfg, align_noise=True, align_noise_fraction=frac)
+        mixed = GaussianDiffusion(d.schedule, d.model_cfg, cfg)
+        out = mixed.training_noise(x0, batch, torch.Generator().manual_seed(5))
+        changed = int(((out - plain).abs().amax((1, 2)) > 1e-6).sum())
+        assert changed == expect
+    cfg = dataclasses.replace(d.diffusion_cfg, align_noise=True, align_noise_fraction=0.5)
+    out = GaussianDiffusion(d.schedule, d.model_cfg, cfg).training_noise(x0, batch, torch.Generator().manual_seed(5))
+    assert 0 < int(((out - plain).abs().amax((1, 2)) > 1e-6).sum()) < 8

@@ -85,11 +85,15 @@ class GaussianDiffusion:
     def training_noise(self, x0: torch.Tensor, batch: DenseBatch,
                        generator: torch.Generator | None = None) -> torch.Tensor:
         """The position noise paired with x0 in training: N(0, I) on zero CoM, aligned onto x0 when
-        `diffusion.align_noise` (rotation + per-type permutation; the prior is unchanged)."""
+        `diffusion.align_noise` (rotation + per-type permutation; the prior is unchanged), for a random
+        `align_noise_fraction` of the structures."""
         mask = batch.mask.bool()
         eps = self.position_noise(mask, generator)
-        if self.diffusion_cfg.align_noise:
-            eps = align_noise(eps, x0, atom_types(batch.z, mask), mask)
+        cfg = self.diffusion_cfg
+        if cfg.align_noise:
+            pick = torch.rand(mask.shape[0], generator=generator, device=mask.device) < cfg.align_noise_fraction
+            if bool(pick.any()):
+                eps[pick] = align_noise(eps[pick], x0[pick], atom_types(batch.z, mask)[pick], mask[pick])
         return eps
 
     def type_noise(self, mask: torch.Tensor, generator: torch.Generator | None = None,
