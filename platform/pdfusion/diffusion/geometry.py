@@ -14,23 +14,14 @@ def remove_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - mean) * m
 
 
-def kabsch_rotation(a, b):
-    """Proper rotation R (3×3, det +1) minimising ‖a·Rᵀ − b‖ for centred (n, 3) float64 arrays."""
-    import numpy as np
-
-    u, _, vt = np.linalg.svd(b.T @ a)
-    d = np.sign(np.linalg.det(u @ vt)) or 1.0
-    return u @ np.diag([1.0, 1.0, d]) @ vt
-
-
 def align_noise(noise: torch.Tensor, x0: torch.Tensor, types: torch.Tensor, mask: torch.Tensor,
                 iters: int = 2) -> torch.Tensor:
     """Equivariant optimal-transport coupling (Klein et al. 2023): per structure, rotate and permute (within each
     atom type) the prior draw `noise` onto `x0`, alternating Hungarian assignment and Kabsch. A rotated and permuted
     isotropic Gaussian is still that Gaussian, so the prior is unchanged; the pairing removes most of the
     orientation and assignment averaging a denoiser otherwise learns. Zero-CoM in, zero-CoM out; padding 0."""
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
+    # imported here: scipy's optimize/spatial cost ~0.25 s at import, and only an OT-trained run needs them
+    from pdfusion.structures.alignment import assign_within_types, kabsch
 
     out = noise.detach().clone()
     for b in range(noise.shape[0]):
@@ -39,11 +30,7 @@ def align_noise(noise: torch.Tensor, x0: torch.Tensor, types: torch.Tensor, mask
         x = x0[b][m].double().cpu().numpy()
         ty = types[b][m].cpu().numpy()
         for _ in range(iters):
-            for k in np.unique(ty):  # Hungarian within each type: noise j → atom i
-                idx = np.flatnonzero(ty == k)
-                cost = ((x[idx, None, :] - e[None, idx, :]) ** 2).sum(-1)
-                _, cols = linear_sum_assignment(cost)
-                e[idx] = e[idx[cols]]
-            e = e @ kabsch_rotation(e, x).T
+            e = e[assign_within_types(x, e, ty, ty)]  # noise j -> atom i, within each type
+            e = e @ kabsch(e, x)
         out[b][m] = torch.as_tensor(e, dtype=noise.dtype, device=noise.device)
     return remove_mean(out, mask.bool())

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
+from pdfusion.structures.alignment import assign_within_types, kabsch
 from pdfusion.structures.particle import OXYGEN, Particle
 
 MIN_DISTANCE = 1.2  # Å: closer pairs are unphysical for oxides (the dataset filter uses the same bound)
@@ -82,26 +82,6 @@ def stoichiometry_error(numbers: np.ndarray, reference: np.ndarray) -> float:
     return abs(metal_oxygen_ratio(numbers) - ref) / max(ref, 1e-12)
 
 
-def kabsch(p: np.ndarray, q: np.ndarray, *, allow_reflection: bool = False) -> np.ndarray:
-    """Rotation R (3x3) minimising |p @ R - q| for centred point sets p, q (N, 3)."""
-    h = p.T @ q
-    u, _, vt = np.linalg.svd(h)
-    d = np.eye(3)
-    if not allow_reflection and np.linalg.det(u @ vt) < 0:
-        d[2, 2] = -1.0
-    return u @ d @ vt
-
-
-def _assign(p: np.ndarray, q: np.ndarray, zp: np.ndarray, zq: np.ndarray) -> np.ndarray:
-    """Permutation perm so that q[perm] is matched to p, within each element."""
-    perm = np.empty(len(p), dtype=np.int64)
-    for z in np.unique(zp):
-        ip, iq = np.flatnonzero(zp == z), np.flatnonzero(zq == z)
-        rows, cols = linear_sum_assignment(cdist(p[ip], q[iq], "sqeuclidean"))
-        perm[ip[rows]] = iq[cols]
-    return perm
-
-
 def _principal_frame(x: np.ndarray) -> np.ndarray:
     _, vecs = np.linalg.eigh(x.T @ x)
     return vecs
@@ -141,7 +121,7 @@ def rmsd(
         starts = [r for r in starts if np.linalg.det(r) > 0]
 
     def step(rot: np.ndarray) -> tuple[float, np.ndarray]:
-        perm = _assign(p @ rot, q, zp, zq)
+        perm = assign_within_types(p @ rot, q, zp, zq)
         rot = kabsch(p, q[perm], allow_reflection=allow_reflection)
         return float(np.sqrt(np.mean(np.sum((p @ rot - q[perm]) ** 2, axis=1)))), rot
 
