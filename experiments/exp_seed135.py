@@ -92,6 +92,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     from pdfusion.inference.refine import refine
 
     pdfs = torch.cat([d.y for d in val_data]).float()
+    lib_pdfs = torch.cat([d.y for d in train_data]).float()
     metals = [int(d.metal) for d in val_data]
     t0 = time.time()
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
@@ -100,7 +101,6 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     if seed_library is None:
         counts = None
         if sizes == "library":  # each candidate at the atom count of one of the K nearest library structures
-            lib_pdfs = torch.cat([d.y for d in train_data]).float()
             counts = [[int(train_data[int(j)].num_nodes) for j in row] for row in nearest_library(pdfs, lib_pdfs, k)]
         ranked = sample_and_score(model, diffusion, pdfs, metals, scfg, pdf_cfg, device=device, progress=True,
                                   sizes=counts)
@@ -113,7 +113,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     n_nan = int((~np.isfinite(rwp)).sum())
     n_true = np.array([int(d.num_nodes) for d in val_data])
     n_pred = np.array([[c.n_atoms for c in cands] for cands in ranked])
-    lib_idx, lib_rwp = library_lookup(pdfs, torch.cat([d.y for d in train_data]).float())
+    lib_idx, lib_rwp = library_lookup(pdfs, lib_pdfs)
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
         "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "sizes": sizes,

@@ -54,13 +54,12 @@ def test_serve_deploy_to_ray_start_head(tiny_checkpoint, tmp_path):
     cfg_path.write_text(yaml.safe_dump(config))
     address = f"http://127.0.0.1:{dash}"
     try:
-        start = start_head(["ray", "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=2", f"--port={gcs}",
-                      f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-                      f"--dashboard-agent-listen-port={agent}",
-                      f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-                      f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
-                      f"--node-manager-port={nm}", f"--object-manager-port={om}", "--disable-usage-stats"],
-                           temp_dir, env, cwd=ROOT)
+        cmd = ["ray", "start", "--head", f"--temp-dir={temp_dir}", "--num-cpus=2", f"--port={gcs}",
+               f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--dashboard-agent-listen-port={agent}",
+               f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+               f"--runtime-env-agent-port={runtime_env}", f"--ray-client-server-port={client}",
+               f"--node-manager-port={nm}", f"--object-manager-port={om}", "--disable-usage-stats"]
+        start = start_head(cmd, temp_dir, env, cwd=ROOT)
         assert start.returncode == 0, start.stderr[-2000:]
         deploy = _run(["serve", "deploy", "-a", address, str(cfg_path)], env)
         assert deploy.returncode == 0, deploy.stderr[-2000:]
