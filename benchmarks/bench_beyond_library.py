@@ -17,7 +17,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pdfusion.config import BeyondLibraryConfig, ConfigError, SampleConfig
+from pdfusion.config import BeyondLibraryConfig, ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-library", action="store_true", help="skip the library side")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG γ (default: the model's)")
-    p.add_argument("--pdf-guidance", type=float, default=0.0)
-    p.add_argument("--pdf-guidance-iters", type=int, default=1)
+    p.add_argument("--pdf-guidance", type=float, default=None, help="(default: the model's)")
+    p.add_argument("--pdf-guidance-iters", type=int, default=None, help="(default: the model's)")
+    p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
+                   help="population resampling fractions (default: the model's; none given: off)")
+    p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
     p.add_argument("--sizes", choices=("head", "library"), default="head",
                    help="model candidates' atom counts: the count head's, or those of the k nearest library entries")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity of the strided sampler")
@@ -66,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         from pdfusion.inference.bundle import load_bundle
 
         bundle = load_bundle(args.checkpoint)
-        scfg = SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0) if args.guidance is None
-                                           else args.guidance),
-                            steps=bundle.defaults.get("steps") if args.steps is None else args.steps,
-                            pdf_guidance=args.pdf_guidance, pdf_guidance_iters=args.pdf_guidance_iters, eta=args.eta)
+        scfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, pdf_guidance=args.pdf_guidance,
+                                    pdf_guidance_iters=args.pdf_guidance_iters, eta=args.eta,
+                                    resample_at=None if args.resample_at is None else tuple(args.resample_at),
+                                    resample_keep=args.resample_keep)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, library_sizes=args.sizes == "library",
                            progress=lambda m: print(m, flush=True))

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from pymatgen.core import Element
 
     from pdfusion import tracking
-    from pdfusion.config import DataConfig, GenerateConfig, SampleConfig, preset
+    from pdfusion.config import DataConfig, GenerateConfig, preset
     from pdfusion.data.dataset import open_dataset
     from pdfusion.data.generate import generate, write_summary
     from pdfusion.data.splits import split_indices
@@ -140,12 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[3/4] sampling {args.k} candidates for each of {len(pick)} held-out PDFs (metals unseen in training)")
     xyz_dir = out / "candidates"
     xyz_dir.mkdir(exist_ok=True)
-    d = bundle.defaults
     for i in pick:
         rec = ds.record(int(i))
         meta = rec.meta
-        cfg_s = SampleConfig(n_samples=args.k, steps=d.get("steps", 100), guidance=d.get("guidance", 1.0), seed=int(i),
-                             pdf_guidance=d.get("pdf_guidance", 0.0), pdf_guidance_iters=d.get("pdf_guidance_iters", 1))
+        cfg_s = bundle.sample_config(n_samples=args.k, seed=int(i))
         cands = generate_candidates(bundle, rec.pdf[None].astype(np.float32), [meta["metal"]], cfg_s)[0]
         tag = f"{meta.get('structure_type')}_{meta.get('formula')}_r{meta.get('radius')}"
         for rank, c in enumerate(cands[:3], 1):

@@ -444,8 +444,22 @@ class SampleConfig:
     # What a self-conditioned model (model.self_condition) is fed as its previous estimate: "clean", the x0 after
     # clipping and PDF guidance; "raw", the network's own x0 from its epsilon, as in training.
     self_cond_estimate: Literal["clean", "raw"] = "clean"
+    # Population resampling: at these fractions of the sampler's steps (each in (0, 1)), the candidates of each
+    # target are ranked by the guidance objective at x̂0 (blurred R_wp); the best `resample_keep` share go on
+    # and every other row continues from a copy of one of their states (greedy sequential Monte Carlo): the
+    # K-candidate budget is spent on the trajectories that fit. Copies diverge by the sampler's noise, so it
+    # needs eta > 0 (or the ancestral sampler) and the PDFConfig. () = off.
+    resample_at: tuple[float, ...] = ()
+    resample_keep: float = 0.5
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "resample_at", tuple(float(f) for f in self.resample_at))
+        _check(all(0.0 < f < 1.0 for f in self.resample_at), "resample_at",
+               f"every fraction must be in (0, 1) (share of the sampler's steps), got {self.resample_at}")
+        _check(not self.resample_at or self.steps is None or self.eta > 0, "resample_at",
+               "copies of a row stay identical without sampler noise; use eta > 0 or steps=None")
+        _check(0.0 < self.resample_keep <= 1.0, "resample_keep",
+               f"must be in (0, 1] (share of each target's candidates kept), got {self.resample_keep}")
         _check(self.self_cond_estimate in ("clean", "raw"), "self_cond_estimate",
                f"must be 'clean' or 'raw', got {self.self_cond_estimate!r}")
         _check(self.spacing in ("time", "sigma"), "spacing", f"must be 'time' or 'sigma', got {self.spacing!r}")

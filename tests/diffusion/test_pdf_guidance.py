@@ -174,3 +174,64 @@ def test_guidance_lowers_the_fit_of_every_x0(gaussian_prior):
         before, after = fit(x0, width), fit(moved, width)
         assert bool((after < before).all()), (t, before, after)
         assert float(after.median()) < 0.8 * float(before.median()), (t, before, after)
+
+
+def _survivors(model, d, target, resample_at, k=16, seed=2):
+    """Which rows were never replaced: rerun resample_sources on the scores sample() ranks by."""
+    from pdfusion.diffusion.samplers import resample_sources
+
+    calls = []
+    orig = resample_sources
+
+    def spy(score, groups, keep):
+        src = orig(score, groups, keep)
+        calls.append(src.clone())
+        return src
+
+    import pdfusion.diffusion.samplers as samplers_mod
+    samplers_mod.resample_sources = spy
+    try:
+        fit, out = _fit(model, d, target, SampleConfig(steps=20, seed=seed, resample_at=resample_at), k=k)
+    finally:
+        samplers_mod.resample_sources = orig
+    return fit, out, calls
+
+
+def test_population_resampling_keeps_the_best_rows_and_moves_the_population_toward_the_fit():
+    """Greedy SMC over the K candidates of one target: rows that rank in the kept half at every resampling time
+    finish exactly as without resampling (same noise stream), the others continue from copies of kept rows, and
+    the median fit improves. Exact Gaussian-prior denoiser (0.2 Å spread), so the outcome rests on the selection
+    alone; resampling late (95 % of the steps), where x̂0 already tells the final fit apart."""
+    _, d = tiny(seed=0, T=100)
+    pos, z = toy_particle(13, torch.Generator().manual_seed(0))
+    target = simulate_safe(pos[None], z[None], torch.ones(1, 13, dtype=torch.bool), FINE)
+    model = GaussianPriorDenoiser(d, pos / d.model_cfg.position_scale, (z == 8).long(),
+                                  s=0.2 / d.model_cfg.position_scale)
+    plain_medians, resampled_medians = [], []
+    for seed in (1, 2, 3):
+        plain, plain_out = _fit(model, d, target, SampleConfig(steps=20, seed=seed))
+        fit, out, calls = _survivors(model, d, target, (0.95,), seed=seed)
+        assert len(calls) == 1
+        src = calls[0]
+        kept = src == torch.arange(16)
+        assert int(kept.sum()) == 8 and set(src.tolist()) == set(torch.nonzero(kept).squeeze(1).tolist())
+        torch.testing.assert_close(out.positions[kept], plain_out.positions[kept], atol=1e-6, rtol=0)
+        assert not torch.allclose(out.positions[~kept], plain_out.positions[~kept])
+        plain_medians.append(float(plain.median()))
+        resampled_medians.append(float(fit.median()))
+    assert sum(resampled_medians) < 0.9 * sum(plain_medians), (plain_medians, resampled_medians)
+
+
+def test_resampling_with_keep_one_changes_nothing_and_needs_sampler_noise(gaussian_prior):
+    model, d, target, _ = gaussian_prior
+    _, a = _fit(model, d, target, SampleConfig(steps=10, seed=3), k=4)
+    _, b = _fit(model, d, target, SampleConfig(steps=10, seed=3, resample_at=(0.5,), resample_keep=1.0), k=4)
+    assert torch.equal(a.positions, b.positions)
+    with pytest.raises(ConfigError, match="resample_at"):
+        SampleConfig(steps=10, eta=0.0, resample_at=(0.5,))
+    with pytest.raises(ConfigError, match="resample_at"):
+        SampleConfig(steps=10, resample_at=(1.0,))
+    with pytest.raises(ConfigError, match="resample_keep"):
+        SampleConfig(steps=10, resample_at=(0.5,), resample_keep=0.0)
+    with pytest.raises(ValueError, match="resample_at.*pdf_cfg"):
+        sample(model, d, target, torch.tensor([22]), [13], SampleConfig(steps=4, resample_at=(0.5,)))

@@ -320,3 +320,29 @@ def test_clipping_bounds_the_fed_back_type_state(setup, steps):
     loud.seen.clear()
     sample(loud, d, batch.pdf, batch.metal, batch.n_atoms, SampleConfig(steps=steps, clip_x0=None))
     assert clipped < 10.0 < max(loud.seen)
+
+
+def test_resample_sources_keeps_the_best_share_of_each_group_and_copies_them_best_first():
+    from pdfusion.diffusion.samplers import resample_sources
+
+    score = torch.tensor([0.5, 0.1, 0.9, 0.3, 0.7, 2.0, 1.0])
+    groups = torch.tensor([0, 0, 0, 0, 0, 1, 1])
+    src = resample_sources(score, groups, keep=0.5)
+    # group 0: ceil(2.5) = 3 kept (rows 1, 3, 0 by score); the dropped rows, 4 then 2 (by score), copy rows 1 and 3
+    assert src.tolist() == [0, 1, 3, 3, 1, 6, 6]
+    assert resample_sources(score, groups, keep=1.0).tolist() == list(range(7))
+    assert resample_sources(score, groups, keep=0.01).tolist() == [1, 1, 1, 1, 1, 6, 6]
+
+
+def test_resampled_rows_take_their_sources_atom_count(setup):
+    """Rows of one target may differ in size (the count head draws each); a copy carries its source's mask."""
+    from pdfusion.config import PDFConfig
+
+    model, d, batch = setup
+    pdf_cfg = PDFConfig(rmax=20.0, rstep=0.5)
+    pdf = batch.pdf[:1].expand(3, -1).contiguous()
+    out = sample(model, d, pdf, batch.metal, batch.n_atoms, SampleConfig(steps=6, resample_at=(0.5,),
+                                                                        resample_keep=0.3), pdf_cfg=pdf_cfg)
+    sizes = out.mask.sum(1)
+    assert len(set(sizes.tolist())) == 1 and int(sizes[0]) in batch.n_atoms.tolist()
+    assert out.positions[~out.mask].abs().max() == 0

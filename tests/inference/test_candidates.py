@@ -219,3 +219,32 @@ def test_sizes_set_each_candidates_atom_count_and_bad_sizes_are_named(bundle):
         with pytest.raises(ValueError, match=why):
             sample_and_score(bundle.model, bundle.diffusion, torch.stack([target, target]), [22, 22], cfg,
                              bundle.pdf_config, sizes=bad)
+
+
+def test_chunks_cover_every_row_once_under_the_budget_and_keep_targets_together():
+    from pdfusion.inference.candidates import PAIR_BUDGET, _chunks
+
+    g = torch.Generator().manual_seed(0)
+    sizes = torch.randint(20, 400, (300,), generator=g)
+    groups = torch.arange(30).repeat_interleave(10)[torch.randperm(300, generator=g)]
+    for grp in (None, groups):
+        chunks = _chunks(sizes, grp, None)
+        rows = torch.cat(chunks)
+        assert sorted(rows.tolist()) == list(range(300))
+        for c in chunks:
+            assert c.numel() * int(sizes[c].max()) ** 2 <= PAIR_BUDGET or c.numel() == 1
+    together = _chunks(sizes, groups, None)
+    for target in range(30):  # 10 rows of <= 400 atoms fit the budget, so no target is split
+        assert sum(bool((groups[c] == target).any()) for c in together) == 1
+
+
+def test_population_resampling_runs_through_sample_and_score(bundle):
+    from pdfusion.inference.candidates import sample_and_score
+
+    target = simulate(*rocksalt_cluster(3.5, 22)).float()
+    cfg = SampleConfig(n_samples=6, steps=6, n_atoms=10, seed=2, resample_at=(0.5,))
+    ranked = sample_and_score(bundle.model, bundle.diffusion, torch.stack([target, target * 0.5]), [22, 22], cfg,
+                              bundle.pdf_config)
+    assert [len(r) for r in ranked] == [6, 6]
+    for cands in ranked:
+        assert all(np.isfinite(c.rwp) for c in cands) and [c.rwp for c in cands] == sorted(c.rwp for c in cands)

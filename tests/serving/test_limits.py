@@ -19,13 +19,13 @@ from pdfusion.serving.service import SampleJob, estimate_seconds
 GRID = np.arange(300) * 0.1
 
 
-def _info(normalize: bool = True, cost=None) -> dict:
+def _info(normalize: bool = True, cost=None, defaults=None) -> dict:
     return {"name": "m", "version": "1", "r_grid": GRID, "normalize": normalize,
-            "defaults": {"guidance": 1.0, "steps": 2}, "max_atoms": 40, "n_metals": 100, "timesteps": 10,
+            "defaults": defaults or {"guidance": 1.0, "steps": 2}, "max_atoms": 40, "n_metals": 100, "timesteps": 10,
             "training": {}, **({"cost": cost} if cost else {})}
 
 
-def _client(sample=None, probe=None, normalize=True, cost=None, **limits) -> TestClient:
+def _client(sample=None, probe=None, normalize=True, cost=None, defaults=None, **limits) -> TestClient:
     seen: list[SampleJob] = []
 
     async def fake_sample(job: SampleJob):
@@ -35,7 +35,7 @@ def _client(sample=None, probe=None, normalize=True, cost=None, **limits) -> Tes
         return {"candidates": [], "seed": None}
 
     cfg = serve_cfg("unused.pt", limits={"max_atoms": 24, **limits})
-    client = TestClient(create_api(cfg, _info(normalize, cost), sample or fake_sample, probe))
+    client = TestClient(create_api(cfg, _info(normalize, cost, defaults), sample or fake_sample, probe))
     client.seen = seen  # type: ignore[attr-defined]
     return client
 
@@ -52,6 +52,19 @@ def test_unusable_curve_on_a_normalising_model_is_422_naming_g(kind):
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["field"] == "g"
     assert client.seen == []  # refused before the sampler
+
+
+def test_omitted_pdf_guidance_is_the_models_within_the_bounds():
+    """A request that leaves PDF guidance out gets the model's (as the CLI does), capped by the server's limits;
+    one that sets it keeps its own."""
+    client = _client(defaults={"guidance": 1.0, "steps": 2, "pdf_guidance": 0.3, "pdf_guidance_iters": 20},
+                     max_pdf_guidance_iters=8)
+    body = {"r": GRID.tolist(), "g": np.sin(GRID).tolist(), "metal": "Ti", "n_samples": 2}
+    assert client.post("/v1/sample", json=body).status_code == 200
+    assert client.post("/v1/sample", json={**body, "pdf_guidance": 0.0, "pdf_guidance_iters": 2}).status_code == 200
+    assert [(j.pdf_guidance, j.pdf_guidance_iters) for j in client.seen] == [(0.3, 8), (0.0, 2)]
+    assert client.get("/v1/model").json()["defaults"] == {"guidance": 1.0, "steps": 2, "pdf_guidance": 0.3,
+                                                          "pdf_guidance_iters": 8}
 
 
 def test_admission_refuses_what_would_not_fit_the_timeout():

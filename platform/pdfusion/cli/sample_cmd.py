@@ -129,15 +129,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"-k: {args.n_samples} candidates of up to {max_atoms} atoms are "
                           f"{args.n_samples * max_atoms:,} atoms, more than the limit of {limits.max_atoms:,} "
                           "(fewer -k, or raise it with --max-atoms)")
-    cfg = SampleConfig(
-        guidance=bundle.defaults["guidance"] if args.guidance is None else args.guidance,
-        steps=bundle.defaults["steps"] if args.steps is None else args.steps,
-        n_samples=args.n_samples, n_atoms=args.n_atoms, refine=args.refine,
-        refine_steps=args.refine_steps, seed=args.seed,
-        pdf_guidance=bundle.defaults["pdf_guidance"] if args.pdf_guidance is None else args.pdf_guidance,
-        pdf_guidance_iters=bundle.defaults["pdf_guidance_iters"] if args.pdf_guidance_iters is None
-        else args.pdf_guidance_iters,
-    )
+    cfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, n_samples=args.n_samples,
+                               n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps,
+                               seed=args.seed, pdf_guidance=args.pdf_guidance,
+                               pdf_guidance_iters=args.pdf_guidance_iters)
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
     cands = generate_candidates(bundle, target[None], [z], cfg, progress=True)[0]

@@ -79,15 +79,13 @@ def model_candidates(checkpoint: str, data_path: str | Path, metal: str, n_sampl
     """Samples of a trained model for the PDF, as Particles (structure_type 'generated'), through the same path
     as `pdfusion sample` (inference.bundle.load_bundle + inference.candidates.generate_candidates)."""
     from pdfusion.cli.sample_cmd import load_target
-    from pdfusion.config import SampleConfig
     from pdfusion.inference.bundle import load_bundle
     from pdfusion.inference.candidates import generate_candidates, metal_number
     from pdfusion.structures.particle import Particle
 
     bundle = load_bundle(checkpoint, device="cpu")
     target = load_target(data_path, bundle.r_grid)
-    cfg = SampleConfig(guidance=bundle.defaults["guidance"], steps=bundle.defaults["steps"], n_samples=n_samples,
-                       seed=seed)
+    cfg = bundle.sample_config(n_samples=n_samples, seed=seed)
     cands = generate_candidates(bundle, target[None], [metal_number(metal)], cfg)[0]
     return [Particle(c.numbers, c.positions, {"structure_type": "generated", "source": str(checkpoint),
                                               "model_rwp": float(c.rwp), "label": f"generated_{i:03d}_{c.n_atoms}"})

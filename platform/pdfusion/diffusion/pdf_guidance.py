@@ -89,7 +89,8 @@ def pdf_fit_descent(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor
 class PDFGuide:
     """The sampler's x̂0 hook: `guide(x0, h0, t)` → x0 moved toward the target PDF (diffusion units).
 
-    strength: RMS displacement per sampler step (Å) at σ_t = 1; it scales with max(σ_t, 0.1).
+    strength: RMS displacement per sampler step (Å) at σ_t = 1; it scales with max(σ_t, 0.1); 0 builds a guide
+    that only scores (`score`), for population resampling without guidance.
     iters: gradient steps per sampler step."""
 
     def __init__(self, diffusion, target: torch.Tensor, metal: torch.Tensor, pdf_cfg: PDFConfig, *,
@@ -97,20 +98,32 @@ class PDFGuide:
         if target.dim() != 2 or target.shape[-1] != pdf_cfg.n_r:
             raise ValueError(f"pdf_guidance: the target G(r) must be (B, {pdf_cfg.n_r}) on the simulator's r grid "
                              f"(pdf_cfg), got {tuple(target.shape)}")
-        if strength <= 0 or iters < 1:
-            raise ValueError(f"pdf_guidance: need strength > 0 and iters >= 1, got {strength}, {iters}")
+        if strength < 0 or iters < 1:
+            raise ValueError(f"pdf_guidance: need strength >= 0 (0: score only) and iters >= 1, got {strength}, "
+                             f"{iters}")
         self.diffusion, self.target, self.metal, self.pdf_cfg = diffusion, target, metal.long(), pdf_cfg
         self.strength, self.iters, self.blur_max, self.penalty = strength, iters, blur_max, penalty
         self.scale = diffusion.model_cfg.position_scale
 
-    def __call__(self, x0: torch.Tensor, h0: torch.Tensor, t: int, mask: torch.Tensor) -> torch.Tensor:
-        s = self.diffusion.schedule
-        abar = float(s.alphas_cumprod[t])
+    def _width_sigma(self, t: int) -> tuple[float, float]:
+        abar = float(self.diffusion.schedule.alphas_cumprod[t])
         sigma = (1.0 - abar) ** 0.5
-        width = min(self.blur_max, sigma / abar ** 0.5 * self.scale)
+        return min(self.blur_max, sigma / abar ** 0.5 * self.scale), sigma
+
+    def __call__(self, x0: torch.Tensor, h0: torch.Tensor, t: int, mask: torch.Tensor) -> torch.Tensor:
+        width, sigma = self._width_sigma(t)
         step = self.strength * max(sigma, 0.1)
         numbers = types_to_numbers(h0.argmax(-1), self.metal) * mask
         pos = x0 * self.scale
         pos = pdf_fit_descent(pos, numbers, mask, self.target, self.pdf_cfg, step=step, iters=self.iters,
                               blur_width=width, penalty=self.penalty)
         return pos / self.scale
+
+    def score(self, x0: torch.Tensor, h0: torch.Tensor, t: int, mask: torch.Tensor) -> torch.Tensor:
+        """(B,) the objective guidance descends (blurred R_wp + short-distance penalty) at x̂0, without moving it:
+        how population resampling ranks the rows of one target."""
+        width, _ = self._width_sigma(t)
+        numbers = types_to_numbers(h0.argmax(-1), self.metal) * mask
+        loss, _ = _objective(x0 * self.scale, numbers, mask.bool(), self.target, self.pdf_cfg, width, self.penalty,
+                             MIN_DISTANCE)
+        return loss

@@ -8,6 +8,7 @@ the same output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,7 +122,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
            metal: torch.Tensor | None, n_atoms: torch.Tensor | list[int], cfg: SampleConfig | None = None, *,
            generator: torch.Generator | None = None, return_trajectory: bool = False,
            progress: bool = False, pdf_cfg: PDFConfig | None = None, init=None,
-           should_stop: Callable[[], bool] | None = None) -> SampleResult:
+           should_stop: Callable[[], bool] | None = None, groups: torch.Tensor | None = None) -> SampleResult:
     """Generate one structure per row. pdf (B,n_r) and metal (B,) condition the model (both None: an
     unconditional model); n_atoms (B,) fixes each particle's size (use `predict_n_atoms` to draw it).
     `cfg.steps` None → ancestral DDPM over all T steps; else DDIM-style over `cfg.steps` strided steps with
@@ -129,7 +130,9 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
     also steers every x̂0 toward `pdf` through the simulator configured by `pdf_cfg` (diffusion.pdf_guidance).
     `init` (a DenseBatch of starting structures, one per row) with `cfg.init_t`: start from them noised to
     init_t (SDEdit) and run only the times ≤ init_t. `should_stop` (e.g. "was the request cancelled?") is
-    called before every step; when it returns True, `SamplingCancelled` is raised."""
+    called before every step; when it returns True, `SamplingCancelled` is raised. `cfg.resample_at` prunes and
+    copies rows within each target; `groups` (B,) says which rows share a target (None: rows with equal PDFs);
+    a copied row takes its source's atom count, so the result's mask may differ from `n_atoms`."""
     cfg = cfg or SampleConfig()
     dev = _model_device(model)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long).reshape(-1).to(dev)
@@ -157,6 +160,15 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
                              "sizes are only fitted to the target after sampling; set pdf_guidance=0")
         guide = PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=cfg.pdf_guidance, iters=cfg.pdf_guidance_iters,
                          blur_max=cfg.pdf_guidance_blur)
+    scorer = None
+    if cfg.resample_at:
+        if pdf is None or metal is None or pdf_cfg is None:
+            raise ValueError("resample_at: ranking candidates by their fit needs pdf, metal and pdf_cfg; pass them or "
+                             "set resample_at=()")
+        scorer = guide or PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=0.0, blur_max=cfg.pdf_guidance_blur)
+        groups = _target_groups(pdf) if groups is None else torch.as_tensor(groups).reshape(-1).to(dev)
+        if groups.shape[0] != b:
+            raise ValueError(f"groups: expected ({b},) to match n_atoms, got {tuple(groups.shape)}")
     if generator is None:
         generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     was_training = model.training
@@ -189,9 +201,10 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = strided_timesteps(T, cfg.steps, s if cfg.spacing == "sigma" else None)
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
+        resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
         self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
-        for t_now, t_next in tqdm(pairs, desc="sampling", disable=not progress, leave=False):
+        for step_i, (t_now, t_next) in enumerate(tqdm(pairs, desc="sampling", disable=not progress, leave=False)):
             if should_stop is not None and should_stop():
                 raise SamplingCancelled(f"sampling cancelled before step t={t_now}")
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
@@ -206,6 +219,10 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
                                           guide)
             if self_conditioned and cfg.self_cond_estimate == "clean":
                 estimate = diffusion.bound_estimate(x0, h0, mask)
+            if scorer is not None and step_i in resample_steps and t_next > 0:
+                src = resample_sources(scorer.score(x0, h0, t_now, mask), groups, cfg.resample_keep)
+                x, h, mask, estimate = _copy_rows(src, x, h, mask, estimate)
+                m3 = mask.unsqueeze(-1).float()
             x = remove_mean(x, mask)
             h = h * m3
             check_finite("sampler.x", x, step=t_now)
@@ -216,6 +233,33 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         return SampleResult(positions=positions, types=types, mask=mask, trajectory=traj)
     finally:
         model.train(was_training)
+
+
+def _target_groups(pdf: torch.Tensor) -> torch.Tensor:
+    """(B,) group id per row: rows with bit-equal target PDFs share one."""
+    _, inverse = torch.unique(pdf, dim=0, return_inverse=True)
+    return inverse
+
+
+def resample_sources(score: torch.Tensor, groups: torch.Tensor, keep: float) -> torch.Tensor:
+    """(B,) for each row, the row it continues from: within each group the ceil(keep·n) lowest scores continue
+    as themselves; every other row copies one of them, best first, round robin. Greedy and deterministic."""
+    src = torch.arange(score.shape[0], device=score.device)
+    for g in torch.unique(groups):
+        rows = torch.nonzero(groups == g).squeeze(1)
+        ranked = rows[torch.argsort(score[rows], stable=True)]
+        n_keep = max(1, math.ceil(keep * rows.numel()))
+        kept, dropped = ranked[:n_keep], ranked[n_keep:]
+        src[dropped] = kept[torch.arange(dropped.numel(), device=score.device) % n_keep]
+    return src
+
+
+def _copy_rows(src: torch.Tensor, x, h, mask, estimate):
+    """Each row continues from row src[i]'s state (x_t, types, atom count, self-conditioning estimate), exactly:
+    copies diverge through the sampler's fresh noise (η > 0), as particles do after SMC resampling."""
+    if estimate is not None:
+        estimate = tuple(e[src] for e in estimate)
+    return x[src], h[src], mask[src], estimate
 
 
 def _bound_types(h0: torch.Tensor, clip) -> torch.Tensor:

@@ -118,8 +118,7 @@ def model_proposals(bundle, targets: Sequence[Target], cfg: BeyondLibraryConfig,
     """``cfg.k`` samples of a trained model per target (one target per sampler call), at the count head's atom
     counts or, with ``sizes``, at each target's given ones; non-finite runs give no candidates and count ``k``
     NaNs. Returns (proposals, NaN count per target)."""
-    base = sample_cfg or SampleConfig(guidance=float(bundle.defaults.get("guidance", 1.0)),
-                                      steps=bundle.defaults.get("steps"))
+    base = sample_cfg or bundle.sample_config()
     out, nans = [], []
     for i, t in enumerate(targets):
         scfg = replace(base, n_samples=cfg.k, seed=base.seed + t.index, refine=False)

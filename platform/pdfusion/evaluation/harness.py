@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdfusion.config import PDFConfig, SampleConfig
+from pdfusion.config import PDFConfig
 from pdfusion.diffusion import NonFiniteError
 from pdfusion.evaluation import metrics
 from pdfusion.evaluation.baselines import nearest_library, particle_radius, random_particle
@@ -75,14 +75,12 @@ def targets_from_dataset(ds, indices: Sequence[int]) -> list[Target]:
 def model_method(bundle, *, guidance: float | None = None, steps: int | None = None, refine: bool = False,
                  fix_n_atoms: bool = False, max_batch: int | None = None) -> Proposer:
     """The diffusion model (guidance γ and steps default to the bundle's); γ = 0 is the unconditional baseline."""
-    gamma = float(bundle.defaults.get("guidance", 1.0) if guidance is None else guidance)
-    n_steps = bundle.defaults.get("steps") if steps is None else steps
 
     def run(targets: Sequence[Target], k: int, seed: int) -> list[Proposal]:
         out = []
         for t in targets:  # one target at a time: K candidates already fill a batch
-            cfg = SampleConfig(guidance=gamma, steps=n_steps, n_samples=k, seed=seed + t.index, refine=refine,
-                               n_atoms=len(t.truth) if fix_n_atoms else None)
+            cfg = bundle.sample_config(guidance=guidance, steps=steps, n_samples=k, seed=seed + t.index, refine=refine,
+                                       n_atoms=len(t.truth) if fix_n_atoms else None)
             t0 = time.perf_counter()
             try:
                 cands = generate_candidates(bundle, t.pdf[None].astype(np.float32), [t.metal], cfg,

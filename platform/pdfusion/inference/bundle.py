@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 from pdfusion import tracking
-from pdfusion.config import PDFConfig, TrainConfig, from_dict
+from pdfusion.config import PDFConfig, SampleConfig, TrainConfig, from_dict
 from pdfusion.diffusion.factory import build_model
 from pdfusion.inference.checkpoint import load_checkpoint, save_checkpoint
 from pdfusion.pdf import r_grid
 
-DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
+DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1, "resample_at": [],
+            "resample_keep": 0.5}
 # the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
 SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v1" / "model.pt"
 
@@ -38,6 +39,15 @@ class ModelBundle:
     version: str = "0"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     source: str = ""
+
+    def sample_config(self, **overrides: Any) -> SampleConfig:
+        """The model's sampling defaults (`defaults`: guidance, steps, PDF guidance, resampling) as a SampleConfig,
+        with every override that is not None on top: the one place the CLI, demo, benchmarks and serve read them."""
+        d = self.defaults
+        base = {"guidance": float(d["guidance"]), "steps": d["steps"], "pdf_guidance": float(d["pdf_guidance"]),
+                "pdf_guidance_iters": int(d["pdf_guidance_iters"]), "resample_at": tuple(d["resample_at"]),
+                "resample_keep": float(d["resample_keep"])}
+        return SampleConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 def bundle_from_state(

@@ -76,6 +76,34 @@ def _chunk_size(n_max_atoms: int, max_batch: int | None = None) -> int:
     return min(size, max_batch) if max_batch else size
 
 
+def _chunks(sizes: torch.Tensor, groups: torch.Tensor | None, max_batch: int | None) -> list[torch.Tensor]:
+    """Row indices per sampler call, each under `PAIR_BUDGET`. Rows are sorted by size so a chunk holds similar
+    sizes (little padding); with `groups` (population resampling) each target's rows stay in one chunk where the
+    budget allows, sorted by target and then size."""
+    if groups is None:
+        order = torch.argsort(sizes, stable=True)
+        out, start = [], 0
+        while start < order.numel():
+            out.append(order[start : start + _chunk_size(int(sizes[order[start:]].max()), max_batch)])
+            start += out[-1].numel()
+        return out
+    out, current = [], torch.empty(0, dtype=torch.long)
+    for g in torch.unique(groups):
+        rows = torch.nonzero(groups.cpu() == g).squeeze(1)
+        rows = rows[torch.argsort(sizes[rows], stable=True)]
+        merged = torch.cat([current, rows])
+        if current.numel() and merged.numel() > _chunk_size(int(sizes[merged].max()), max_batch):
+            out.append(current)
+            merged = rows
+        while merged.numel() > (cap := _chunk_size(int(sizes[merged].max()), max_batch)):
+            out.append(merged[:cap])
+            merged = merged[cap:]
+        current = merged
+    if current.numel():
+        out.append(current)
+    return out
+
+
 @torch.no_grad()
 def fit_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
                   pdf_cfg: PDFConfig, bond_length: float | None
@@ -129,17 +157,15 @@ def sample_rows(
     free = sizes < 0
     if bool(free.any()):
         sizes[free] = predict_n_atoms(model, pdfs[free], metals[free], generator=gen).long()
-    # Sort by size so chunks hold similar sizes (little padding); results go back to their rows.
-    order = torch.argsort(sizes.cpu(), stable=True)
-    results: list[Candidate | None] = [None] * order.numel()
-    bar = tqdm(total=order.numel(), desc="sample", disable=not progress)
-    start = 0
-    while start < order.numel():
+    results: list[Candidate | None] = [None] * sizes.numel()
+    bar = tqdm(total=sizes.numel(), desc="sample", disable=not progress)
+    groups = torch.unique(pdfs, dim=0, return_inverse=True)[1] if cfg.resample_at else None
+    for idx in _chunks(sizes.cpu(), groups, max_batch):
         if should_stop is not None and should_stop():
             raise SamplingCancelled("sampling cancelled between chunks")
-        idx = order[start : start + _chunk_size(int(sizes[order[start:]].max()), max_batch)].to(device)
+        idx = idx.to(device)
         res = sample(model, diffusion, pdfs[idx], metals[idx], sizes[idx], cfg, generator=gen, pdf_cfg=pdf_cfg,
-                     should_stop=should_stop)
+                     should_stop=should_stop, groups=None if groups is None else groups[idx])
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_rows: sampler returned non-finite positions")
@@ -148,7 +174,6 @@ def sample_rows(
         for row, cand in zip(idx.tolist(), candidates_from(numbers, mask, *scored), strict=True):
             results[row] = cand
         bar.update(len(idx))
-        start += idx.numel()
     bar.close()
     return results  # type: ignore[return-value]
 

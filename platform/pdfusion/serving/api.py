@@ -138,6 +138,9 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
     model_ref = {"name": info["name"], "version": info["version"]}
     default_steps = int(min(info["defaults"]["steps"], bounds.max_steps))
     default_guidance = float(min(info["defaults"]["guidance"], bounds.max_guidance))
+    # the model's PDF guidance (models/README.md), within this server's bounds
+    default_pdf_guidance = float(min(info["defaults"].get("pdf_guidance", 0.0), bounds.max_pdf_guidance))
+    default_pdf_iters = int(min(info["defaults"].get("pdf_guidance_iters", 1), bounds.max_pdf_guidance_iters))
     errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)}
     cost = info.get("cost")  # the sampler replica's measured speed (SamplerService.calibrate); None: no admission
     max_cost_s = cfg.limits.max_cost_s if cfg.limits.max_cost_s is not None else cfg.limits.request_timeout_s / 2
@@ -213,7 +216,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             **model_ref,
             "r_min": float(grid[0]), "r_max": float(grid[-1]),
             "r_step": float(grid[1] - grid[0]) if grid.size > 1 else 0.0, "n_r": int(grid.size),
-            "defaults": {"guidance": default_guidance, "steps": default_steps},
+            "defaults": {"guidance": default_guidance, "steps": default_steps, "pdf_guidance": default_pdf_guidance,
+                         "pdf_guidance_iters": default_pdf_iters},
             "default_samples": cfg.default_samples,
             "training": info["training"],
             "limits": bounds,
@@ -253,7 +257,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             guidance=params.guidance if params.guidance is not None else default_guidance,
             steps=params.steps if params.steps is not None else default_steps,
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
-            pdf_guidance=params.pdf_guidance, pdf_guidance_iters=params.pdf_guidance_iters,
+            pdf_guidance=default_pdf_guidance if params.pdf_guidance is None else params.pdf_guidance,
+            pdf_guidance_iters=default_pdf_iters if params.pdf_guidance_iters is None else params.pdf_guidance_iters,
         )
         if cost:  # admit only what fits the timeout on this hardware (the replica's measured speed)
             est = estimate_seconds(job, cost, bounds.max_atoms, cfg.refine_steps)

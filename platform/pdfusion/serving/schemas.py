@@ -74,11 +74,13 @@ def _sampling_fields(b: Bounds) -> dict[str, Any]:
         "seed": (int | None, Field(None, ge=0, le=SEED_MAX,
                                    description="Reproducible sampling: "
                                                "a seeded request is sampled on its own generator.")),
-        "pdf_guidance": (float, Field(0.0, ge=0.0, le=b.max_pdf_guidance, allow_inf_nan=False,
-                                      description="Steer sampling toward this PDF through the simulator: RMS step "
-                                                  "per atom in Å at full noise (0 = off).")),
-        "pdf_guidance_iters": (int, Field(1, ge=1, le=b.max_pdf_guidance_iters,
-                                          description="PDF-guidance fit steps per sampler step.")),
+        "pdf_guidance": (float | None, Field(None, ge=0.0, le=b.max_pdf_guidance, allow_inf_nan=False,
+                                             description="Steer sampling toward this PDF through the simulator: "
+                                                         "RMS step per atom in Å at full noise (0 = off; model "
+                                                         "default if omitted).")),
+        "pdf_guidance_iters": (int | None, Field(None, ge=1, le=b.max_pdf_guidance_iters,
+                                                 description="PDF-guidance fit steps per sampler step (model "
+                                                             "default if omitted).")),
         "refine": (bool, Field(False, description="Refine every candidate by gradient descent on R_wp, then re-rank.")),
         "return_pdf": (bool, Field(False,
                                    description="Include each candidate's simulated G(r) and the model's r grid.")),
@@ -164,7 +166,8 @@ class ModelInfo(BaseModel):
     r_max: float
     r_step: float
     n_r: int
-    defaults: dict[str, Any] = Field(description="Default guidance and steps.")
+    defaults: dict[str, Any] = Field(description="Default guidance, steps and PDF guidance (the model's, within "
+                                                 "the bounds).")
     default_samples: int
     training: dict[str, Any] = Field(description="Summary of the training configuration.")
     limits: Bounds

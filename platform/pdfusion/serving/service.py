@@ -102,7 +102,9 @@ class SamplerService:
             "version": str(b.version),
             "r_grid": grid,
             "normalize": bool(b.pdf_config.normalize),
-            "defaults": {"guidance": float(b.defaults["guidance"]), "steps": int(b.defaults["steps"])},
+            "defaults": {"guidance": float(b.defaults["guidance"]), "steps": int(b.defaults["steps"]),
+                         "pdf_guidance": float(b.defaults["pdf_guidance"]),
+                         "pdf_guidance_iters": int(b.defaults["pdf_guidance_iters"])},
             "max_atoms": int(tc.model.max_atoms),
             "n_metals": int(tc.model.n_metals),
             "timesteps": int(tc.diffusion.schedule.timesteps),
@@ -183,8 +185,8 @@ class SamplerService:
             return all(j.abandoned() for j in jobs)
 
         j0 = jobs[0]
-        cfg = SampleConfig(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed, pdf_guidance=j0.pdf_guidance,
-                           pdf_guidance_iters=j0.pdf_guidance_iters)
+        cfg = self.bundle.sample_config(guidance=j0.guidance, steps=j0.steps, n_samples=1, seed=seed,
+                                        pdf_guidance=j0.pdf_guidance, pdf_guidance_iters=j0.pdf_guidance_iters)
         try:
             ranked = sample_mixed(self.bundle, np.stack([j.pdf for j in jobs]).astype(np.float32),
                                   [j.metal_z for j in jobs], [j.n_samples for j in jobs], [j.n_atoms for j in jobs],
