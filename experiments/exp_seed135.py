@@ -128,6 +128,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "frac_pdfs_model_beats_library": float(np.mean(rwp[:, 0] < lib_rwp)),
         "n_atoms_exact_frac": float(np.mean(n_pred == n_true[:, None])),
         "valid_frac": valid_fraction(ranked),
+        "valid_strict_frac": strict_valid_fraction(ranked),
         "sample_seconds": sample_s,
     }
     if diffusion.model_cfg.bond_length is None:
@@ -195,6 +196,14 @@ def seeded_candidates(model, diffusion, pdfs: torch.Tensor, metals, library, cfg
 
 
 VALID_DISTANCE = 1.2  # Å: a candidate is valid when no two atoms are closer
+
+
+def strict_valid_fraction(ranked) -> float:
+    """Fraction of all candidates valid by `evaluation.metrics.validity` (the beyond-library benchmark's test):
+    every distance >= 1.2 Å and no atom farther than 3.5 Å from all others (no stray atoms)."""
+    from pdfusion.evaluation.metrics import validity
+
+    return float(np.mean([validity(c.positions).valid for row in ranked for c in row]))
 
 
 def valid_fraction(ranked) -> float:

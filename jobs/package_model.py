@@ -2,7 +2,7 @@
 under models/<name>/model.pt, plus its config.json, loadable with weights_only=True.
 
     python jobs/package_model.py runs/ship/ray/ship-v1/checkpoint_e00026_s00004000/rank0.pt \\
-        --name pdfusion-cpu-v1 --pdf-guidance 0.3 --pdf-guidance-iters 3
+        --name pdfusion-cpu-v1 --pdf-guidance 0.3 --pdf-guidance-iters 20
 """
 
 from __future__ import annotations

@@ -67,6 +67,24 @@ def test_omitted_pdf_guidance_is_the_models_within_the_bounds():
                                                           "pdf_guidance_iters": 8}
 
 
+def test_default_pdf_guidance_shrinks_to_fit_the_budget_but_asked_for_guidance_is_refused():
+    """Cost per job: steps x (step_s + iters x guide_s). The model's 0.3 x 8 would take 2 x (1 + 8) = 18 s over a
+    10 s budget: an unspecified request gets 4 iterations (10 s) instead; one that asks for 8 is refused."""
+    cost = {"atoms": 24, "step_s": 1.0, "guide_s": 1.0}
+    client = _client(cost=cost, max_cost_s=10.0,
+                     defaults={"guidance": 1.0, "steps": 2, "pdf_guidance": 0.3, "pdf_guidance_iters": 8})
+    body = {"r": GRID.tolist(), "g": np.sin(GRID).tolist(), "metal": "Ti", "n_samples": 1, "n_atoms": 24}
+    resp = client.post("/v1/sample", json=body)
+    assert resp.status_code == 200, resp.text
+    assert (client.seen[-1].pdf_guidance, client.seen[-1].pdf_guidance_iters) == (0.3, 4)
+    assert client.post("/v1/sample", json={**body, "steps": 4}).status_code == 200  # 4 x (1 + 1) = 8 s
+    assert (client.seen[-1].pdf_guidance, client.seen[-1].pdf_guidance_iters) == (0.3, 1)
+    assert client.post("/v1/sample", json={**body, "steps": 4, "n_samples": 2}).status_code == 200  # 2 x 4 x 1 s
+    assert (client.seen[-1].pdf_guidance, client.seen[-1].pdf_guidance_iters) == (0.0, 1)
+    resp = client.post("/v1/sample", json={**body, "pdf_guidance_iters": 8})
+    assert resp.status_code == 422 and "pdf_guidance_iters=8" in resp.json()["error"]["message"]
+
+
 def test_admission_refuses_what_would_not_fit_the_timeout():
     """Cost = n_samples x n_atoms x steps at the replica's measured speed; over limits.max_cost_s: 422."""
     cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.5}

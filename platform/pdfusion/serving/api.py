@@ -129,6 +129,18 @@ def _metal(symbol: str, n_metals: int) -> tuple[str, int]:
     return sym, z
 
 
+def _fit_default_guidance(job: SampleJob, cost: dict[str, float], max_atoms: int, refine_steps: int,
+                          max_cost_s: float) -> None:
+    """A request that left PDF guidance to the model gets the most of the model's guidance that fits this server's
+    per-request budget: iterations halved until the estimate fits, then none; the response echoes what was used.
+    A request that asked for guidance keeps it and is refused if it does not fit."""
+    while job.pdf_guidance > 0 and estimate_seconds(job, cost, max_atoms, refine_steps) > max_cost_s:
+        if job.pdf_guidance_iters > 1:
+            job.pdf_guidance_iters = max(1, job.pdf_guidance_iters // 2)
+        else:
+            job.pdf_guidance, job.pdf_guidance_iters = 0.0, 1
+
+
 def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: ProbeFn | None = None) -> FastAPI:
     """Build the HTTP API for one loaded model (see the module docstring). `probe` (optional) asks a sampler
     replica for its load (`{"ongoing", "capacity"}`); `/v1/health` answers 503 when it fails or is slow."""
@@ -260,6 +272,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             pdf_guidance=default_pdf_guidance if params.pdf_guidance is None else params.pdf_guidance,
             pdf_guidance_iters=default_pdf_iters if params.pdf_guidance_iters is None else params.pdf_guidance_iters,
         )
+        if cost and params.pdf_guidance is None and params.pdf_guidance_iters is None:
+            _fit_default_guidance(job, cost, bounds.max_atoms, cfg.refine_steps, max_cost_s)
         if cost:  # admit only what fits the timeout on this hardware (the replica's measured speed)
             est = estimate_seconds(job, cost, bounds.max_atoms, cfg.refine_steps)
             if est > max_cost_s:
