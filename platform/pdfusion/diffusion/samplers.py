@@ -166,7 +166,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             raise ValueError("resample_at: ranking candidates by their fit needs pdf, metal and pdf_cfg; pass them or "
                              "set resample_at=()")
         scorer = guide or PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=0.0, blur_max=cfg.pdf_guidance_blur)
-        groups = _target_groups(pdf) if groups is None else torch.as_tensor(groups).reshape(-1).to(dev)
+        groups = target_groups(pdf) if groups is None else torch.as_tensor(groups).reshape(-1).to(dev)
         if groups.shape[0] != b:
             raise ValueError(f"groups: expected ({b},) to match n_atoms, got {tuple(groups.shape)}")
     if generator is None:
@@ -235,7 +235,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         model.train(was_training)
 
 
-def _target_groups(pdf: torch.Tensor) -> torch.Tensor:
+def target_groups(pdf: torch.Tensor) -> torch.Tensor:
     """(B,) group id per row: rows with bit-equal target PDFs share one."""
     _, inverse = torch.unique(pdf, dim=0, return_inverse=True)
     return inverse

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pdfusion.config import PDFConfig, SampleConfig
 from pdfusion.diffusion.gaussian import types_to_numbers
 from pdfusion.diffusion.guards import NonFiniteError
-from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, sample
+from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, sample, target_groups
 from pdfusion.inference.refine import REFINE_LR, REFINE_SMOOTH, refine_ragged
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion, simulate_safe
@@ -159,7 +159,7 @@ def sample_rows(
         sizes[free] = predict_n_atoms(model, pdfs[free], metals[free], generator=gen).long()
     results: list[Candidate | None] = [None] * sizes.numel()
     bar = tqdm(total=sizes.numel(), desc="sample", disable=not progress)
-    groups = torch.unique(pdfs, dim=0, return_inverse=True)[1] if cfg.resample_at else None
+    groups = target_groups(pdfs) if cfg.resample_at else None
     for idx in _chunks(sizes.cpu(), groups, max_batch):
         if should_stop is not None and should_stop():
             raise SamplingCancelled("sampling cancelled between chunks")
