@@ -24,17 +24,22 @@ from pdfusion.pdf.metrics import rwp
 __all__ = ["PDFGuide", "pdf_fit_descent", "pdf_fit_step"]
 
 
+def _loss(x: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, pdf_cfg: PDFConfig,
+          blur_width: float, penalty: float, min_distance: float) -> torch.Tensor:
+    """Per-structure R_wp (both curves blurred by `blur_width` Å) + penalty·short-distance penalty, (B,)."""
+    g = simulate_safe(x, numbers, mask, pdf_cfg)
+    tgt = target.to(g.dtype)
+    loss = rwp(blur(g, blur_width, pdf_cfg.rstep), blur(tgt, blur_width, pdf_cfg.rstep))
+    return loss + penalty * pair_penalty(x, mask, min_distance)
+
+
 def _objective(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, target: torch.Tensor,
                pdf_cfg: PDFConfig, blur_width: float, penalty: float, min_distance: float
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-structure R_wp (both curves blurred by `blur_width` Å) + penalty·short-distance penalty, and its
-    gradient with respect to the positions (B,N,3)."""
+    """`_loss` and its gradient with respect to the positions (B,N,3)."""
     with torch.enable_grad():
         x = pos.detach().float().requires_grad_(True)
-        g = simulate_safe(x, numbers, mask, pdf_cfg)
-        tgt = target.to(g.dtype)
-        loss = rwp(blur(g, blur_width, pdf_cfg.rstep), blur(tgt, blur_width, pdf_cfg.rstep))
-        loss = loss + penalty * pair_penalty(x, mask, min_distance)
+        loss = _loss(x, numbers, mask, target, pdf_cfg, blur_width, penalty, min_distance)
         (grad,) = torch.autograd.grad(loss.sum(), x)
     check_finite("pdf_guidance.grad", grad)
     return loss.detach(), grad
@@ -124,6 +129,6 @@ class PDFGuide:
         how population resampling ranks the rows of one target."""
         width, _ = self._width_sigma(t)
         numbers = types_to_numbers(h0.argmax(-1), self.metal) * mask
-        loss, _ = _objective(x0 * self.scale, numbers, mask.bool(), self.target, self.pdf_cfg, width, self.penalty,
-                             MIN_DISTANCE)
-        return loss
+        with torch.no_grad():  # a ranking, not a step: no gradient
+            return _loss(x0.float() * self.scale, numbers, mask.bool(), self.target, self.pdf_cfg, width,
+                         self.penalty, MIN_DISTANCE)

@@ -122,7 +122,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
            metal: torch.Tensor | None, n_atoms: torch.Tensor | list[int], cfg: SampleConfig | None = None, *,
            generator: torch.Generator | None = None, return_trajectory: bool = False,
            progress: bool = False, pdf_cfg: PDFConfig | None = None, init=None,
-           should_stop: Callable[[], bool] | None = None, groups: torch.Tensor | None = None) -> SampleResult:
+           should_stop: Callable[[], bool] | None = None) -> SampleResult:
     """Generate one structure per row. pdf (B,n_r) and metal (B,) condition the model (both None: an
     unconditional model); n_atoms (B,) fixes each particle's size (use `predict_n_atoms` to draw it).
     `cfg.steps` None → ancestral DDPM over all T steps; else DDIM-style over `cfg.steps` strided steps with
@@ -131,8 +131,8 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
     `init` (a DenseBatch of starting structures, one per row) with `cfg.init_t`: start from them noised to
     init_t (SDEdit) and run only the times ≤ init_t. `should_stop` (e.g. "was the request cancelled?") is
     called before every step; when it returns True, `SamplingCancelled` is raised. `cfg.resample_at` prunes and
-    copies rows within each target; `groups` (B,) says which rows share a target (None: rows with equal PDFs);
-    a copied row takes its source's atom count, so the result's mask may differ from `n_atoms`."""
+    copies rows within each target (rows with equal PDFs, `target_groups`); a copied row takes its source's atom
+    count, so the result's mask may differ from `n_atoms`."""
     cfg = cfg or SampleConfig()
     dev = _model_device(model)
     n_atoms = torch.as_tensor(n_atoms, dtype=torch.long).reshape(-1).to(dev)
@@ -166,9 +166,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             raise ValueError("resample_at: ranking candidates by their fit needs pdf, metal and pdf_cfg; pass them or "
                              "set resample_at=()")
         scorer = guide or PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=0.0, blur_max=cfg.pdf_guidance_blur)
-        groups = target_groups(pdf) if groups is None else torch.as_tensor(groups).reshape(-1).to(dev)
-        if groups.shape[0] != b:
-            raise ValueError(f"groups: expected ({b},) to match n_atoms, got {tuple(groups.shape)}")
+        groups = target_groups(pdf)
     if generator is None:
         generator = torch.Generator(device=dev).manual_seed(cfg.seed)
     was_training = model.training

@@ -165,7 +165,7 @@ def sample_rows(
             raise SamplingCancelled("sampling cancelled between chunks")
         idx = idx.to(device)
         res = sample(model, diffusion, pdfs[idx], metals[idx], sizes[idx], cfg, generator=gen, pdf_cfg=pdf_cfg,
-                     should_stop=should_stop, groups=None if groups is None else groups[idx])
+                     should_stop=should_stop)
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_rows: sampler returned non-finite positions")
