@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="CFG γ (default: the model's)")
     p.add_argument("--pdf-guidance", type=float, default=None, help="(default: the model's)")
     p.add_argument("--pdf-guidance-iters", type=int, default=None, help="(default: the model's)")
+    p.add_argument("--pdf-guidance-cohesion", type=float, default=None,
+                   help="stray-atom penalty weight in PDF guidance (default: the model's)")
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
         bundle = load_bundle(args.checkpoint)
         scfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, pdf_guidance=args.pdf_guidance,
-                                    pdf_guidance_iters=args.pdf_guidance_iters, eta=args.eta,
+                                    pdf_guidance_iters=args.pdf_guidance_iters,
+                                    pdf_guidance_cohesion=args.pdf_guidance_cohesion, eta=args.eta,
                                     resample_at=None if args.resample_at is None else tuple(args.resample_at),
                                     resample_keep=args.resample_keep)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,

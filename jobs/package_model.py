@@ -24,13 +24,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--pdf-guidance", type=float, default=0.0)
     ap.add_argument("--pdf-guidance-iters", type=int, default=1)
+    ap.add_argument("--pdf-guidance-cohesion", type=float, default=0.0,
+                    help="weight of the stray-atom penalty in PDF guidance (SampleConfig.pdf_guidance_cohesion)")
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling fractions of the sampler's steps (SampleConfig.resample_at)")
     ap.add_argument("--resample-keep", type=float, default=0.5)
     args = ap.parse_args()
     state = load_checkpoint(args.checkpoint)
     defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
-                "pdf_guidance_iters": args.pdf_guidance_iters, "resample_at": list(args.resample_at),
+                "pdf_guidance_iters": args.pdf_guidance_iters, "pdf_guidance_cohesion": args.pdf_guidance_cohesion,
+                "resample_at": list(args.resample_at),
                 "resample_keep": args.resample_keep}
     folder = Path(args.out) / args.name
     path = export_model(state, folder / "model.pt", defaults, name=args.name, version=str(state.get("step", 0)))

@@ -441,6 +441,9 @@ class SampleConfig:
     pdf_guidance: float = 0.0
     pdf_guidance_iters: int = 1  # gradient steps per sampler step
     pdf_guidance_blur: float = 0.8  # A, largest blur of both G(r) curves (at high noise)
+    # weight (A^-2) of the stray-atom penalty in the guidance objective: sum of relu(d_nn - 3.5 A)^2 over atoms
+    # (pdf.fitting.cohesion_penalty); a stray atom's pairs sit at long r, where R_wp barely pulls it. 0 = off.
+    pdf_guidance_cohesion: float = 0.0
     # What a self-conditioned model (model.self_condition) is fed as its previous estimate: "clean", the x0 after
     # clipping and PDF guidance; "raw", the network's own x0 from its epsilon, as in training.
     self_cond_estimate: Literal["clean", "raw"] = "clean"
@@ -469,6 +472,8 @@ class SampleConfig:
                f"must be finite and >= 0 (A per step; 0 = off), got {self.pdf_guidance}")
         _check(self.pdf_guidance_iters >= 1, "pdf_guidance_iters", f"must be >= 1, got {self.pdf_guidance_iters}")
         _check(self.pdf_guidance_blur >= 0, "pdf_guidance_blur", f"must be >= 0, got {self.pdf_guidance_blur}")
+        _check(self.pdf_guidance_cohesion >= 0 and math.isfinite(self.pdf_guidance_cohesion), "pdf_guidance_cohesion",
+               f"must be finite and >= 0 (0 = off), got {self.pdf_guidance_cohesion}")
         _check(self.guidance >= 0 and math.isfinite(self.guidance), "guidance",
                f"must be finite and >= 0, got {self.guidance}")
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")

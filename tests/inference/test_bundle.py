@@ -49,14 +49,15 @@ def test_bundle_holds_ema_weights_configs_and_grid(checkpoint):
     np.testing.assert_allclose(b.r_grid, np.asarray(r_grid(SMALL_PDF)))
     assert len(b.r_grid) == SMALL_PDF.n_r
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
-                          "resample_at": [], "resample_keep": 0.5}
+                          "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
     assert (b.name, b.version) == ("toy", "3")
 
 
 def test_defaults_overridable_and_validated(checkpoint):
     path, _ = checkpoint
     assert load_bundle(path, defaults={"steps": 50}).defaults == {"guidance": 2.0, "steps": 50, "pdf_guidance": 0.0,
-                                                                  "pdf_guidance_iters": 1, "resample_at": [],
+                                                                  "pdf_guidance_iters": 1,
+                                                                  "pdf_guidance_cohesion": 0.0, "resample_at": [],
                                                                   "resample_keep": 0.5}
     with pytest.raises(ValueError, match="unknown key"):
         load_bundle(path, defaults={"stepz": 50})
@@ -67,9 +68,10 @@ def test_sample_config_is_the_models_defaults_under_the_callers_overrides(checkp
     from pdfusion.config import ConfigError, SampleConfig
 
     path, _ = checkpoint
-    b = load_bundle(path, defaults={"pdf_guidance": 0.3, "pdf_guidance_iters": 8, "resample_at": [0.8, 0.9]})
+    b = load_bundle(path, defaults={"pdf_guidance": 0.3, "pdf_guidance_iters": 8, "pdf_guidance_cohesion": 0.5,
+                                    "resample_at": [0.8, 0.9]})
     assert b.sample_config() == SampleConfig(guidance=2.0, steps=7, pdf_guidance=0.3, pdf_guidance_iters=8,
-                                             resample_at=(0.8, 0.9))
+                                             pdf_guidance_cohesion=0.5, resample_at=(0.8, 0.9))
     cfg = b.sample_config(guidance=None, steps=3, n_samples=4, pdf_guidance=0.0, resample_at=())
     assert (cfg.guidance, cfg.steps, cfg.n_samples, cfg.pdf_guidance, cfg.resample_at) == (2.0, 3, 4, 0.0, ())
     with pytest.raises(ConfigError, match="resample_keep"):
@@ -105,7 +107,7 @@ def test_bad_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match="bad.pt"):
         load_bundle(bad)
     assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
-                                   "resample_at": [], "resample_keep": 0.5}
+                                   "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
 
 
 def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, tmp_path):
@@ -120,7 +122,7 @@ def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, t
     for k, v in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v)
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.3, "pdf_guidance_iters": 3,
-                          "resample_at": [], "resample_keep": 0.5}
+                          "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
     assert (b.name, b.version) == ("shipped", "9")
     with pytest.raises(ValueError, match="unknown key"):
         export_model(torch.load(path, weights_only=True), tmp_path / "x.pt", {"guidence": 1.0})

@@ -52,3 +52,30 @@ def test_bad_range_is_named():
     pos, z, target, _ = _target_and_shapes([1.0])
     with pytest.raises(ValueError, match="lo"):
         fit_expansion(pos[None], z[None], torch.ones(1, len(z), dtype=torch.bool), target[None], CFG, lo=1.1)
+
+
+def test_cohesion_penalty_closed_form_padding_and_finite_gradient():
+    """Σ relu(d_nn − 3.5 Å)² over real atoms: a bonded pair costs nothing, an atom 7 Å from the nearest other
+    costs (7 − 3.5)², and each of two atoms 5 Å apart costs (5 − 3.5)²; padding and a lone atom cost 0, and the
+    gradient is finite everywhere (padding sits on top of the origin atom)."""
+    from pdfusion.pdf.fitting import cohesion_penalty
+
+    pos = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0], [9.0, 0, 0], [0.0, 0, 0], [0.0, 0, 0]]], requires_grad=True)
+    mask = torch.tensor([[True, True, True, False, False]])
+    pen = cohesion_penalty(pos, mask)
+    torch.testing.assert_close(pen, torch.tensor([12.25]))  # only the atom at 9 Å: nearest at 2 Å, 7 Å away
+    (grad,) = torch.autograd.grad(pen.sum(), pos)
+    assert torch.isfinite(grad).all()
+    assert float(grad[0, 2, 0]) > 0  # descent pulls the stray toward its nearest neighbour, and moves only the stray
+    torch.testing.assert_close(grad[0, 2], torch.tensor([2 * 3.5, 0.0, 0.0]))
+    assert grad[0, [0, 1, 3, 4]].abs().max() == 0
+    torch.testing.assert_close(cohesion_penalty(pos[:, :3].detach(), mask[:, :3]), pen.detach())
+    two = torch.tensor([[[0.0, 0, 0], [5.0, 0, 0]]])
+    torch.testing.assert_close(cohesion_penalty(two, torch.ones(1, 2, dtype=torch.bool)), torch.tensor([4.5]))
+    lone = torch.zeros(1, 3, 3, requires_grad=True)
+    lone_mask = torch.tensor([[True, False, False]])
+    assert float(cohesion_penalty(lone.detach(), lone_mask)) == 0.0
+    (g_lone,) = torch.autograd.grad(cohesion_penalty(lone, lone_mask).sum(), lone)
+    assert torch.isfinite(g_lone).all()
+    p = rocksalt_particle(28, 4.18, 5.5)  # a real cut: every atom bonded, so no cost at all
+    assert float(cohesion_penalty(torch.from_numpy(p.positions)[None], torch.ones(1, len(p), dtype=torch.bool))) == 0

@@ -39,6 +39,9 @@ def register(sub) -> None:
                         "(default: the model's; 0 = off)")
     p.add_argument("--pdf-guidance-iters", type=int, default=None,
                    help="fit steps per sampler step (default: the model's)")
+    p.add_argument("--pdf-guidance-cohesion", type=float, default=None,
+                   help="weight of the stray-atom penalty in PDF guidance, per Å² beyond 3.5 Å to the nearest "
+                        "neighbour (default: the model's; 0 = off)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
                  n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps, seed=args.seed,
                  pdf_guidance=args.pdf_guidance or 0.0,
-                 pdf_guidance_iters=args.pdf_guidance_iters or 1)  # ranges, before loading
+                 pdf_guidance_iters=args.pdf_guidance_iters or 1,
+                 pdf_guidance_cohesion=args.pdf_guidance_cohesion or 0.0)  # ranges, before loading
     check_output_path(args.outdir, "-o", folder=True)
     z = metal_number(check_cation(args.metal))
     data = read_target(args.pdf_file, limits.max_points)
@@ -132,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, n_samples=args.n_samples,
                                n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps,
                                seed=args.seed, pdf_guidance=args.pdf_guidance,
-                               pdf_guidance_iters=args.pdf_guidance_iters)
+                               pdf_guidance_iters=args.pdf_guidance_iters,
+                               pdf_guidance_cohesion=args.pdf_guidance_cohesion)
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
     cands = generate_candidates(bundle, target[None], [z], cfg, progress=True)[0]

@@ -159,13 +159,14 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             raise ValueError("pdf_guidance: this model samples in a bond-length frame (model.bond_length), whose "
                              "sizes are only fitted to the target after sampling; set pdf_guidance=0")
         guide = PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=cfg.pdf_guidance, iters=cfg.pdf_guidance_iters,
-                         blur_max=cfg.pdf_guidance_blur)
+                         blur_max=cfg.pdf_guidance_blur, cohesion=cfg.pdf_guidance_cohesion)
     scorer = None
     if cfg.resample_at:
         if pdf is None or metal is None or pdf_cfg is None:
             raise ValueError("resample_at: ranking candidates by their fit needs pdf, metal and pdf_cfg; pass them or "
                              "set resample_at=()")
-        scorer = guide or PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=0.0, blur_max=cfg.pdf_guidance_blur)
+        scorer = guide or PDFGuide(diffusion, pdf, metal, pdf_cfg, strength=0.0, blur_max=cfg.pdf_guidance_blur,
+                                   cohesion=cfg.pdf_guidance_cohesion)
         groups = target_groups(pdf)
     if generator is None:
         generator = torch.Generator(device=dev).manual_seed(cfg.seed)

@@ -21,8 +21,8 @@ from pdfusion.diffusion.factory import build_model
 from pdfusion.inference.checkpoint import load_checkpoint, save_checkpoint
 from pdfusion.pdf import r_grid
 
-DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1, "resample_at": [],
-            "resample_keep": 0.5}
+DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
+            "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
 # the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
 SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v1" / "model.pt"
 
@@ -45,7 +45,8 @@ class ModelBundle:
         with every override that is not None on top: the one place the CLI, demo, benchmarks and serve read them."""
         d = self.defaults
         base = {"guidance": float(d["guidance"]), "steps": d["steps"], "pdf_guidance": float(d["pdf_guidance"]),
-                "pdf_guidance_iters": int(d["pdf_guidance_iters"]), "resample_at": tuple(d["resample_at"]),
+                "pdf_guidance_iters": int(d["pdf_guidance_iters"]),
+                "pdf_guidance_cohesion": float(d["pdf_guidance_cohesion"]), "resample_at": tuple(d["resample_at"]),
                 "resample_keep": float(d["resample_keep"])}
         return SampleConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
