@@ -86,7 +86,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              refine_top: int, refine_steps: int, seed: int, out: Path, title: str, pdf_guidance: float = 0.0,
              pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
              seed_library: int | None = None, self_cond_estimate: str = "clean", sizes: str = "head",
-             resample_at: tuple[float, ...] = (), resample_keep: float = 0.5, pdf_guidance_cohesion: float = 0.0) -> dict:
+             resample_at: tuple[float, ...] = (), resample_keep: float = 0.5,
+             pdf_guidance_cohesion: float = 0.0) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
