@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pdf-guidance-iters", type=int, default=None, help="(default: the model's)")
     p.add_argument("--pdf-guidance-cohesion", type=float, default=None,
                    help="stray-atom penalty weight in PDF guidance (default: the model's)")
+    p.add_argument("--pdf-guidance-window", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="shares of the sampler's steps that are guided (default: the model's)")
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
@@ -73,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         bundle = load_bundle(args.checkpoint)
         scfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, pdf_guidance=args.pdf_guidance,
                                     pdf_guidance_iters=args.pdf_guidance_iters,
-                                    pdf_guidance_cohesion=args.pdf_guidance_cohesion, eta=args.eta,
+                                    pdf_guidance_cohesion=args.pdf_guidance_cohesion,
+                                    pdf_guidance_window=None if args.pdf_guidance_window is None
+                                    else tuple(args.pdf_guidance_window), eta=args.eta,
                                     resample_at=None if args.resample_at is None else tuple(args.resample_at),
                                     resample_keep=args.resample_keep)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,

@@ -87,7 +87,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              pdf_guidance_iters: int = 1, eta: float = 0.0, device: str = "cpu", spacing: str = "time",
              seed_library: int | None = None, self_cond_estimate: str = "clean", sizes: str = "head",
              resample_at: tuple[float, ...] = (), resample_keep: float = 0.5,
-             pdf_guidance_cohesion: float = 0.0) -> dict:
+             pdf_guidance_cohesion: float = 0.0, pdf_guidance_window: tuple[float, float] = (0.0, 1.0)) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
@@ -100,7 +100,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     scfg = SampleConfig(guidance=guidance, steps=steps, n_samples=k, seed=seed, pdf_guidance=pdf_guidance,
                         pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing,
                         self_cond_estimate=self_cond_estimate, resample_at=tuple(resample_at),
-                        resample_keep=resample_keep, pdf_guidance_cohesion=pdf_guidance_cohesion)
+                        resample_keep=resample_keep, pdf_guidance_cohesion=pdf_guidance_cohesion,
+                        pdf_guidance_window=tuple(pdf_guidance_window))
     if seed_library is None:
         counts = None
         if sizes == "library":  # each candidate at the atom count of one of the K nearest library structures
@@ -121,7 +122,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
         "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "sizes": sizes,
         "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
-        "pdf_guidance_cohesion": pdf_guidance_cohesion,
+        "pdf_guidance_cohesion": pdf_guidance_cohesion, "pdf_guidance_window": list(pdf_guidance_window),
         "resample_at": list(resample_at), "resample_keep": resample_keep,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
@@ -330,6 +331,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
     ap.add_argument("--pdf-guidance-iters", type=int, default=1)
     ap.add_argument("--pdf-guidance-cohesion", type=float, default=0.0,
                     help="weight of the stray-atom penalty in PDF guidance (0 = off)")
+    ap.add_argument("--pdf-guidance-window", type=float, nargs=2, default=[0.0, 1.0], metavar=("START", "END"),
+                    help="shares of the sampler's steps that are guided (0 = the first step, at full noise)")
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling: at these fractions of the sampler's steps keep each target's best "
                          "candidates (by the guidance objective) and restart the rest from copies of them")
@@ -412,7 +415,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,
                          args.self_cond_estimate, args.sizes, tuple(args.resample_at), args.resample_keep,
-                         args.pdf_guidance_cohesion)}
+                         args.pdf_guidance_cohesion, tuple(args.pdf_guidance_window))}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--pdf-guidance-iters", type=int, default=1)
     ap.add_argument("--pdf-guidance-cohesion", type=float, default=0.0,
                     help="weight of the stray-atom penalty in PDF guidance (SampleConfig.pdf_guidance_cohesion)")
+    ap.add_argument("--pdf-guidance-window", type=float, nargs=2, default=[0.0, 1.0], metavar=("START", "END"),
+                    help="shares of the sampler's steps that are guided (SampleConfig.pdf_guidance_window)")
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling fractions of the sampler's steps (SampleConfig.resample_at)")
     ap.add_argument("--resample-keep", type=float, default=0.5)
@@ -33,6 +35,7 @@ def main() -> None:
     state = load_checkpoint(args.checkpoint)
     defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
                 "pdf_guidance_iters": args.pdf_guidance_iters, "pdf_guidance_cohesion": args.pdf_guidance_cohesion,
+                "pdf_guidance_window": list(args.pdf_guidance_window),
                 "resample_at": list(args.resample_at),
                 "resample_keep": args.resample_keep}
     folder = Path(args.out) / args.name

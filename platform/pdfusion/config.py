@@ -444,6 +444,9 @@ class SampleConfig:
     # weight (A^-2) of the stray-atom penalty in the guidance objective: sum of relu(d_nn - 3.5 A)^2 over atoms
     # (pdf.fitting.cohesion_penalty); a stray atom's pairs sit at long r, where R_wp barely pulls it. 0 = off.
     pdf_guidance_cohesion: float = 0.0
+    # the share of the sampler's steps [start, end) that are guided, as fractions of the steps (0 = the first,
+    # at full noise): where guidance's iterations are spent, at the same cost per guided step
+    pdf_guidance_window: tuple[float, float] = (0.0, 1.0)
     # What a self-conditioned model (model.self_condition) is fed as its previous estimate: "clean", the x0 after
     # clipping and PDF guidance; "raw", the network's own x0 from its epsilon, as in training.
     self_cond_estimate: Literal["clean", "raw"] = "clean"
@@ -457,6 +460,10 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resample_at", tuple(float(f) for f in self.resample_at))
+        object.__setattr__(self, "pdf_guidance_window", tuple(float(f) for f in self.pdf_guidance_window))
+        w = self.pdf_guidance_window
+        _check(len(w) == 2 and 0.0 <= w[0] < w[1] <= 1.0, "pdf_guidance_window",
+               f"must be (start, end) with 0 <= start < end <= 1 (shares of the sampler's steps), got {w}")
         _check(all(0.0 < f < 1.0 for f in self.resample_at), "resample_at",
                f"every fraction must be in (0, 1) (share of the sampler's steps), got {self.resample_at}")
         _check(not self.resample_at or self.steps is None or self.eta > 0, "resample_at",

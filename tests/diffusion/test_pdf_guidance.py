@@ -283,3 +283,27 @@ def test_guided_sampling_with_cohesion_pulls_the_stray_atom_in(gaussian_prior):
     nn_plain = torch.stack([_nearest_neighbour(p)[0] for p in out_plain.positions])
     nn_coh = torch.stack([_nearest_neighbour(p)[0] for p in out_coh.positions])
     assert bool((nn_coh < nn_plain - 0.1).all()), (nn_plain, nn_coh)
+
+
+def test_guidance_window_guides_only_its_share_of_the_steps(gaussian_prior):
+    """pdf_guidance_window=(0.5, 1): the first half of the trajectory is exactly the unguided one, the second
+    half departs from it, and the result differs from guiding every step; a window the config cannot mean is
+    named."""
+    model, d, target, _ = gaussian_prior
+    k = 4
+    pdfs, metals, counts = target.expand(k, -1), torch.full((k,), 22), torch.full((k,), 13)
+
+    def run(**kw):
+        cfg = SampleConfig(steps=10, seed=2, pdf_guidance=0.3, pdf_guidance_iters=3, **kw)
+        return sample(model, d, pdfs, metals, counts, cfg, pdf_cfg=FINE, return_trajectory=True)
+
+    plain = sample(model, d, pdfs, metals, counts, SampleConfig(steps=10, seed=2), pdf_cfg=FINE,
+                   return_trajectory=True)
+    late, full = run(pdf_guidance_window=(0.5, 1.0)), run()
+    for i in range(6):  # the start state and the 5 unguided steps
+        torch.testing.assert_close(late.trajectory[i], plain.trajectory[i], atol=0, rtol=0)
+    assert not torch.allclose(late.trajectory[6], plain.trajectory[6])
+    assert not torch.allclose(late.positions, full.positions)
+    for bad in [(0.5, 0.5), (-0.1, 1.0), (0.0, 1.5)]:
+        with pytest.raises(ConfigError, match="pdf_guidance_window"):
+            SampleConfig(pdf_guidance_window=bad)

@@ -49,7 +49,8 @@ def test_bundle_holds_ema_weights_configs_and_grid(checkpoint):
     np.testing.assert_allclose(b.r_grid, np.asarray(r_grid(SMALL_PDF)))
     assert len(b.r_grid) == SMALL_PDF.n_r
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
-                          "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
+                          "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
+                          "resample_keep": 0.5}
     assert (b.name, b.version) == ("toy", "3")
 
 
@@ -57,7 +58,8 @@ def test_defaults_overridable_and_validated(checkpoint):
     path, _ = checkpoint
     assert load_bundle(path, defaults={"steps": 50}).defaults == {"guidance": 2.0, "steps": 50, "pdf_guidance": 0.0,
                                                                   "pdf_guidance_iters": 1,
-                                                                  "pdf_guidance_cohesion": 0.0, "resample_at": [],
+                                                                  "pdf_guidance_cohesion": 0.0,
+                                                                  "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                                                                   "resample_keep": 0.5}
     with pytest.raises(ValueError, match="unknown key"):
         load_bundle(path, defaults={"stepz": 50})
@@ -107,7 +109,8 @@ def test_bad_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match="bad.pt"):
         load_bundle(bad)
     assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
-                                   "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
+                                   "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
+                                   "resample_keep": 0.5}
 
 
 def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, tmp_path):
@@ -122,7 +125,8 @@ def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, t
     for k, v in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v)
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.3, "pdf_guidance_iters": 3,
-                          "pdf_guidance_cohesion": 0.0, "resample_at": [], "resample_keep": 0.5}
+                          "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
+                          "resample_keep": 0.5}
     assert (b.name, b.version) == ("shipped", "9")
     with pytest.raises(ValueError, match="unknown key"):
         export_model(torch.load(path, weights_only=True), tmp_path / "x.pt", {"guidence": 1.0})

@@ -201,6 +201,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
         resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
+        guided = range(round(cfg.pdf_guidance_window[0] * len(pairs)), round(cfg.pdf_guidance_window[1] * len(pairs)))
         self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
         for step_i, (t_now, t_next) in enumerate(tqdm(pairs, desc="sampling", disable=not progress, leave=False)):
@@ -211,11 +212,12 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             if self_conditioned and cfg.self_cond_estimate == "raw":  # the network's own x̂0, as in training
                 estimate = diffusion.bound_estimate(diffusion.predict_x0(x, tt, ex), diffusion.predict_x0(h, tt, eh),
                                                     mask)
+            step_guide = guide if step_i in guided else None
             if cfg.steps is None:
-                x, h, x0, h0 = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, guide)
+                x, h, x0, h0 = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, step_guide)
             else:
                 x, h, x0, h0 = _ddim_step(diffusion, x, h, ex, eh, t_now, t_next, cfg.eta, mask, generator, clip,
-                                          guide)
+                                          step_guide)
             if self_conditioned and cfg.self_cond_estimate == "clean":
                 estimate = diffusion.bound_estimate(x0, h0, mask)
             if scorer is not None and step_i in resample_steps and t_next > 0:
