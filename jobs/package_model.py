@@ -31,13 +31,15 @@ def main() -> None:
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling fractions of the sampler's steps (SampleConfig.resample_at)")
     ap.add_argument("--resample-keep", type=float, default=0.5)
+    ap.add_argument("--prune-fragments", action="store_true",
+                    help="drop atoms outside each candidate's largest bonded group (SampleConfig.prune_fragments)")
     args = ap.parse_args()
     state = load_checkpoint(args.checkpoint)
     defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
                 "pdf_guidance_iters": args.pdf_guidance_iters, "pdf_guidance_cohesion": args.pdf_guidance_cohesion,
                 "pdf_guidance_window": list(args.pdf_guidance_window),
                 "resample_at": list(args.resample_at),
-                "resample_keep": args.resample_keep}
+                "resample_keep": args.resample_keep, "prune_fragments": args.prune_fragments}
     folder = Path(args.out) / args.name
     path = export_model(state, folder / "model.pt", defaults, name=args.name, version=str(state.get("step", 0)))
     (folder / "config.json").write_text(json.dumps(state["config"], indent=2, sort_keys=True) + "\n")

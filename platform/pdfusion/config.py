@@ -447,6 +447,9 @@ class SampleConfig:
     # the share of the sampler's steps [start, end) that are guided, as fractions of the steps (0 = the first,
     # at full noise): where guidance's iterations are spent, at the same cost per guided step
     pdf_guidance_window: tuple[float, float] = (0.0, 1.0)
+    # drop every atom outside each sample's largest bonded group (bonds < 3.5 A; structures.fragments) before it
+    # is scored: detached atoms are no part of a particle, and a candidate that holds them fails strict validity
+    prune_fragments: bool = False
     # What a self-conditioned model (model.self_condition) is fed as its previous estimate: "clean", the x0 after
     # clipping and PDF guidance; "raw", the network's own x0 from its epsilon, as in training.
     self_cond_estimate: Literal["clean", "raw"] = "clean"

@@ -248,3 +248,41 @@ def test_population_resampling_runs_through_sample_and_score(bundle):
     assert [len(r) for r in ranked] == [6, 6]
     for cands in ranked:
         assert all(np.isfinite(c.rwp) for c in cands) and [c.rwp for c in cands] == sorted(c.rwp for c in cands)
+
+
+def test_pruned_candidates_are_the_largest_bonded_group_of_the_same_samples_and_scored_as_such(bundle):
+    """prune_fragments drops what lies outside each sample's largest bonded group (< 3.5 Å) before scoring: the
+    same seed gives the same samples, each pruned candidate is the unpruned one's largest fragment (same atoms,
+    re-centred), it is one bonded group, and its R_wp is that of the kept atoms."""
+    from pdfusion.inference.candidates import sample_and_score
+    from pdfusion.pdf import rwp
+    from pdfusion.structures.fragments import largest_fragment
+
+    target = simulate(*rocksalt_cluster(3.5, 22)).float()
+    cfg = SampleConfig(n_samples=8, steps=5, n_atoms=20, seed=3)
+    plain = sample_and_score(bundle.model, bundle.diffusion, target[None], [22], cfg, bundle.pdf_config)[0]
+    pruned = sample_and_score(bundle.model, bundle.diffusion, target[None], [22], dataclasses.replace(
+        cfg, prune_fragments=True), bundle.pdf_config)[0]
+    assert any(c.n_atoms < 20 for c in pruned), "the Gaussian denoiser's samples should hold detached atoms"
+    expect = []
+    for c in plain:
+        keep = largest_fragment(c.positions)
+        p = c.positions[keep]
+        expect.append((int(keep.sum()), np.sort(np.linalg.norm(p - p.mean(0), axis=1))))
+    for c in pruned:
+        assert largest_fragment(c.positions).all()
+        match = [e for e in expect if e[0] == c.n_atoms and np.allclose(e[1], np.sort(
+            np.linalg.norm(c.positions, axis=1)), atol=1e-5)]
+        assert match, c.n_atoms
+        ref = simulate(c.numbers, c.positions, bundle.pdf_config)
+        assert c.rwp == pytest.approx(float(rwp(ref, target.double())), rel=1e-3, abs=1e-5)
+
+
+def test_keep_largest_fragments_ignores_padding():
+    from pdfusion.inference.candidates import keep_largest_fragments
+
+    pos = torch.tensor([[[0.0, 0, 0], [2.0, 0, 0], [30.0, 0, 0], [1.0, 0, 0], [0.0, 0, 0]],
+                        [[0.0, 0, 0], [9.0, 0, 0], [11.0, 0, 0], [0.0, 0, 0], [0.0, 0, 0]]])
+    mask = torch.tensor([[True, True, True, False, False], [True, True, True, False, False]])
+    keep = keep_largest_fragments(pos, mask)
+    assert keep.tolist() == [[True, True, False, False, False], [False, True, True, False, False]]

@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.distance import cdist
 
 from pdfusion.structures.alignment import assign_within_types, kabsch
+from pdfusion.structures.fragments import BOND_CUTOFF
 from pdfusion.structures.particle import OXYGEN, Particle
 
 MIN_DISTANCE = 1.2  # Å: closer pairs are unphysical for oxides (the dataset filter uses the same bound)
@@ -47,7 +48,7 @@ def min_distance(positions: np.ndarray) -> float:
     return float(d[:, 1].min())
 
 
-def isolated_fraction(positions: np.ndarray, cutoff: float = 3.5) -> float:
+def isolated_fraction(positions: np.ndarray, cutoff: float = BOND_CUTOFF) -> float:
     """Fraction of atoms with no neighbour within `cutoff` Å: atoms that drifted away from the particle."""
     positions = np.asarray(positions, dtype=np.float64)
     if len(positions) < 2:
@@ -63,7 +64,7 @@ class Validity:
     valid: bool
 
 
-def validity(positions: np.ndarray, *, min_dist: float = MIN_DISTANCE, cutoff: float = 3.5) -> Validity:
+def validity(positions: np.ndarray, *, min_dist: float = MIN_DISTANCE, cutoff: float = BOND_CUTOFF) -> Validity:
     """Valid = no pair closer than `min_dist` and no atom farther than `cutoff` from all others."""
     md = min_distance(positions)
     iso = isolated_fraction(positions, cutoff)

@@ -104,6 +104,19 @@ def _chunks(sizes: torch.Tensor, groups: torch.Tensor | None, max_batch: int | N
     return out
 
 
+def keep_largest_fragments(pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,N) mask of each structure's largest bonded group (`structures.fragments.largest_fragment`): the atoms
+    of `mask` that are kept when detached fragments are dropped (SampleConfig.prune_fragments)."""
+    from pdfusion.structures.fragments import largest_fragment
+
+    keep = mask.clone()
+    for j in range(mask.shape[0]):
+        idx = torch.nonzero(mask[j]).squeeze(1)
+        ok = torch.from_numpy(largest_fragment(pos[j, idx].detach().cpu().numpy())).to(mask.device)
+        keep[j, idx[~ok]] = False
+    return keep
+
+
 @torch.no_grad()
 def fit_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor,
                   pdf_cfg: PDFConfig, bond_length: float | None
@@ -169,6 +182,8 @@ def sample_rows(
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_rows: sampler returned non-finite positions")
+        if cfg.prune_fragments:
+            mask = keep_largest_fragments(pos, mask)
         numbers = types_to_numbers(res.types.long(), metals[idx]) * mask
         scored = fit_and_score(pos, numbers, mask, pdfs[idx], pdf_cfg, diffusion.model_cfg.bond_length)
         for row, cand in zip(idx.tolist(), candidates_from(numbers, mask, *scored), strict=True):

@@ -12,14 +12,13 @@ import torch
 from pdfusion.config import PDFConfig
 from pdfusion.pdf.debye import simulate_pdf
 from pdfusion.pdf.metrics import rwp
+from pdfusion.structures.fragments import BOND_CUTOFF
 
 __all__ = ["COHESION_DISTANCE", "MIN_DISTANCE", "Expansion", "blur", "cohesion_penalty", "fit_expansion",
            "min_pair_distance", "pair_penalty", "simulate_safe"]
 
 MIN_DISTANCE = 1.5  # Å; shortest metal–oxygen bonds are ~1.6–1.7 Å, so closer pairs are unphysical
-# Å; an atom with no other atom this close is not bonded to the particle: evaluation.metrics.validity's stray
-# bound. Every seed-oxides particle passes it (largest nearest-neighbour distance 3.32 Å, Cs2O; 3 % exceed 2.8 Å).
-COHESION_DISTANCE = 3.5
+COHESION_DISTANCE = BOND_CUTOFF  # Å; an atom with no other atom this close is not bonded to the particle
 
 
 def simulate_safe(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
