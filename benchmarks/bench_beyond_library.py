@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stray-atom penalty weight in PDF guidance (default: the model's)")
     p.add_argument("--pdf-guidance-window", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="shares of the sampler's steps that are guided (default: the model's)")
+    p.add_argument("--prune-fragments", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop atoms outside each candidate's largest bonded group before scoring (default: the "
+                        "model's)")
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                                     pdf_guidance_iters=args.pdf_guidance_iters,
                                     pdf_guidance_cohesion=args.pdf_guidance_cohesion,
                                     pdf_guidance_window=None if args.pdf_guidance_window is None
-                                    else tuple(args.pdf_guidance_window), eta=args.eta,
+                                    else tuple(args.pdf_guidance_window), prune_fragments=args.prune_fragments,
+                                    eta=args.eta,
                                     resample_at=None if args.resample_at is None else tuple(args.resample_at),
                                     resample_keep=args.resample_keep)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,

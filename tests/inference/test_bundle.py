@@ -166,3 +166,10 @@ def test_the_shipped_model_loads_samples_and_is_what_serve_deploys():
     cands = generate_candidates(b, (target / target.max())[None].astype(np.float32), [22],
                                 SampleConfig(n_samples=2, n_atoms=12, steps=4, seed=0))[0]
     assert len(cands) == 2 and all(np.isfinite(c.positions).all() and np.isfinite(c.rwp) for c in cands)
+    # its defaults drop detached fragments (docs/training.md, round 7): every candidate is one bonded particle
+    from pdfusion.structures.fragments import largest_fragment
+
+    assert b.defaults["prune_fragments"] is True
+    cands = generate_candidates(b, (target / target.max())[None].astype(np.float32), [22],
+                                b.sample_config(n_samples=2, n_atoms=12, steps=4, seed=0, pdf_guidance=0.0))[0]
+    assert all(largest_fragment(c.positions).all() and c.n_atoms <= 12 for c in cands)

@@ -30,7 +30,9 @@ def register(sub) -> None:
     p.add_argument("pdf_file", help="PDF to fit: xPDFsuite .gr, two-column .csv/.txt, or a seed-oxides .h5")
     p.add_argument("--metal", required=True, help="the oxide's metal, symbol or Z (e.g. Ti or 22)")
     p.add_argument("-k", "--n-samples", type=int, default=16, help="candidates to generate (default 16)")
-    p.add_argument("--n-atoms", type=int, default=None, help="fix the atom count (default: predicted from the PDF)")
+    p.add_argument("--n-atoms", type=int, default=None,
+                   help="fix the atom count sampled (default: predicted from the PDF); detached atoms are then "
+                        "dropped unless --no-prune-fragments")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
@@ -42,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--pdf-guidance-cohesion", type=float, default=None,
                    help="weight of the stray-atom penalty in PDF guidance, per Å² beyond 3.5 Å to the nearest "
                         "neighbour (default: the model's; 0 = off)")
+    p.add_argument("--prune-fragments", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop atoms outside each candidate's largest bonded group (< 3.5 Å) before scoring "
+                        "(default: the model's)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
@@ -137,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
                                n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps,
                                seed=args.seed, pdf_guidance=args.pdf_guidance,
                                pdf_guidance_iters=args.pdf_guidance_iters,
-                               pdf_guidance_cohesion=args.pdf_guidance_cohesion)
+                               pdf_guidance_cohesion=args.pdf_guidance_cohesion,
+                               prune_fragments=args.prune_fragments)
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
     cands = generate_candidates(bundle, target[None], [z], cfg, progress=True)[0]
