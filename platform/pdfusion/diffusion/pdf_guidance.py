@@ -5,8 +5,8 @@ post-hoc refinement of the finished sample then sticks in the nearest local mini
 sampler step takes the denoiser's x̂0, moves it a few small normalised steps down R_wp(G(x̂0), target)
 through the differentiable simulator (plus the short-distance and, if asked, the stray-atom penalty), and the
 sampler continues from the moved x̂0: data consistency in x̂0-space as in decomposed diffusion sampling (Chung
-et al. 2023), with no backpropagation through the network. The diffusion prior keeps the structure physical; the PDF keeps
-it faithful. Coarse to fine follows the noise: both curves are blurred by x̂0's own uncertainty
+et al. 2023), with no backpropagation through the network. The diffusion prior keeps the structure physical;
+the PDF keeps it faithful. Coarse to fine follows the noise: both curves are blurred by x̂0's own uncertainty
 σ_t/√ᾱ_t (in Å, capped at `blur_max`), and the step shrinks with σ_t, so late steps are fine adjustments;
 a step that would raise a structure's fit is refused and halved, so guidance never makes x̂0 fit worse.
 """
