@@ -175,19 +175,14 @@ def pruned_report(ranked: list, pdfs: torch.Tensor, pdf_cfg) -> dict:
     and the share of atoms dropped."""
     from pdfusion.evaluation.metrics import validity
     from pdfusion.inference.candidates import keep_largest_fragments
+    from pdfusion.inference.refine import pad_structures
     from pdfusion.pdf import rwp as rwp_fn
     from pdfusion.pdf.fitting import simulate_safe
 
     best, valid, dropped, total = [], [], 0, 0
     for i, row in enumerate(ranked):
-        n = max(c.n_atoms for c in row)
-        pos = torch.zeros(len(row), n, 3, dtype=torch.float64)
-        num = torch.zeros(len(row), n, dtype=torch.long)
-        mask = torch.zeros(len(row), n, dtype=torch.bool)
-        for j, c in enumerate(row):
-            pos[j, :c.n_atoms] = torch.from_numpy(c.positions)
-            num[j, :c.n_atoms] = torch.from_numpy(c.numbers)
-            mask[j, :c.n_atoms] = True
+        pos, num, mask = (torch.as_tensor(a) for a in pad_structures([c.positions for c in row],
+                                                                      [c.numbers for c in row]))
         keep = keep_largest_fragments(pos, mask)
         dropped += int((mask & ~keep).sum())
         total += int(mask.sum())

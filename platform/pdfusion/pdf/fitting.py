@@ -14,11 +14,10 @@ from pdfusion.pdf.debye import simulate_pdf
 from pdfusion.pdf.metrics import rwp
 from pdfusion.structures.fragments import BOND_CUTOFF
 
-__all__ = ["COHESION_DISTANCE", "MIN_DISTANCE", "Expansion", "blur", "cohesion_penalty", "fit_expansion",
+__all__ = ["MIN_DISTANCE", "Expansion", "blur", "cohesion_penalty", "fit_expansion",
            "min_pair_distance", "pair_penalty", "simulate_safe"]
 
 MIN_DISTANCE = 1.5  # Å; shortest metal–oxygen bonds are ~1.6–1.7 Å, so closer pairs are unphysical
-COHESION_DISTANCE = BOND_CUTOFF  # Å; an atom with no other atom this close is not bonded to the particle
 
 
 def simulate_safe(positions: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, cfg: PDFConfig) -> torch.Tensor:
@@ -66,7 +65,7 @@ def pair_penalty(pos: torch.Tensor, mask: torch.Tensor, min_distance: float) -> 
     return (torch.relu(min_distance - d) ** 2 * pair).sum((1, 2)) / 2
 
 
-def cohesion_penalty(pos: torch.Tensor, mask: torch.Tensor, max_distance: float = COHESION_DISTANCE) -> torch.Tensor:
+def cohesion_penalty(pos: torch.Tensor, mask: torch.Tensor, max_distance: float = BOND_CUTOFF) -> torch.Tensor:
     """Σ over real atoms of relu(d_nn − max_distance)², per structure (B,), d_nn the atom's nearest-neighbour
     distance. Why: a stray atom's pairs all sit at long r, where R_wp barely feels them, so a fit alone leaves
     it floating. The gradient moves only the stray, toward its nearest neighbour (the neighbours' positions
