@@ -55,7 +55,8 @@ def test_health_and_model(url):
     info = httpx.get(url + "/v1/model").json()
     assert (info["name"], info["version"], info["n_r"]) == ("tiny", "7", 3000)
     assert info["r_min"] == 0.0 and info["r_max"] == pytest.approx(29.99)
-    assert info["defaults"] == {"guidance": 1.0, "steps": 3, "pdf_guidance": 0.0, "pdf_guidance_iters": 1}
+    assert info["defaults"] == {"guidance": 1.0, "steps": 3, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
+                                "pdf_guidance_window": [0.0, 1.0]}
     # served limits intersect the model's capabilities: 24 atoms (limit) < 40 (model), 4 steps < T = 100
     assert (info["limits"]["max_atoms"], info["limits"]["max_steps"], info["limits"]["max_samples"]) == (24, 4, 3)
     assert info["training"]["model"]["hidden"] == 16
@@ -196,7 +197,7 @@ BAD_JSON = [
     ("huge guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "guidance": 11}, 422, "guidance"),
     ("negative PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": -0.1}, 422, "pdf_guidance"),
     ("huge PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": 2.5}, 422, "pdf_guidance"),
-    ("too many PDF-guidance iters", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance_iters": 11}, 422,
+    ("too many PDF-guidance iters", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance_iters": 41}, 422,
      "pdf_guidance_iters"),
     ("negative seed", lambda r, g: {"r": r, "g": g, "metal": "Ti", "seed": -1}, 422, "seed"),
     ("unknown field", lambda r, g: {"r": r, "g": g, "metal": "Ti", "model": "/etc/passwd"}, 422, "model"),

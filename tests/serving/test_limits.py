@@ -64,7 +64,30 @@ def test_omitted_pdf_guidance_is_the_models_within_the_bounds():
     assert client.post("/v1/sample", json={**body, "pdf_guidance": 0.0, "pdf_guidance_iters": 2}).status_code == 200
     assert [(j.pdf_guidance, j.pdf_guidance_iters) for j in client.seen] == [(0.3, 8), (0.0, 2)]
     assert client.get("/v1/model").json()["defaults"] == {"guidance": 1.0, "steps": 2, "pdf_guidance": 0.3,
-                                                          "pdf_guidance_iters": 8}
+                                                          "pdf_guidance_iters": 8, "pdf_guidance_window": [0.0, 1.0]}
+
+
+def test_the_shipped_default_fits_the_default_limits_and_its_window_is_costed():
+    """The shipped model guides × 40 on the second half of the steps: the default limits keep all 40 iterations,
+    and the cost counts guided steps only (the sampler's `guided_steps`), so a budget that fits 4 steps x 1 s +
+    2 guided steps x 40 x 0.1 s = 12 s admits it untouched, where costing every step (20 s) would halve it."""
+    cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.1}
+    client = _client(cost=cost, max_cost_s=12.0,
+                     defaults={"guidance": 1.0, "steps": 4, "pdf_guidance": 0.3, "pdf_guidance_iters": 40,
+                               "pdf_guidance_window": [0.5, 1.0]})
+    body = {"r": GRID.tolist(), "g": np.sin(GRID).tolist(), "metal": "Ti", "n_samples": 1, "n_atoms": 24}
+    resp = client.post("/v1/sample", json=body)
+    assert resp.status_code == 200, resp.text
+    job = client.seen[-1]
+    assert (job.pdf_guidance, job.pdf_guidance_iters, job.pdf_guidance_window) == (0.3, 40, (0.5, 1.0))
+    assert estimate_seconds(job, cost, 24) == pytest.approx(4 * 1.0 + 2 * 40 * 0.1)
+    assert resp.json()["params"]["pdf_guidance_window"] == [0.5, 1.0]
+    assert client.get("/v1/model").json()["defaults"]["pdf_guidance_iters"] == 40
+    # the same iterations on every step cost 4 + 4 x 40 x 0.1 = 20 s: the default is halved to 20 (12 s)
+    every = _client(cost=cost, max_cost_s=12.0,
+                    defaults={"guidance": 1.0, "steps": 4, "pdf_guidance": 0.3, "pdf_guidance_iters": 40})
+    assert every.post("/v1/sample", json=body).status_code == 200
+    assert every.seen[-1].pdf_guidance_iters == 20
 
 
 def test_default_pdf_guidance_shrinks_to_fit_the_budget_but_asked_for_guidance_is_refused():

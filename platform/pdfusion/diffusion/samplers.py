@@ -94,6 +94,12 @@ def strided_timesteps(T: int, steps: int, schedule: NoiseSchedule | None = None,
     return out
 
 
+def guided_steps(n_steps: int, window: tuple[float, float]) -> range:
+    """Indices of the sampler steps PDF guidance acts on: `window` is (start, end) as shares of the steps,
+    0 = the first step at full noise. One definition, so the server's cost estimate counts what the sampler does."""
+    return range(round(window[0] * n_steps), round(window[1] * n_steps))
+
+
 def clip_positions(x0: torch.Tensor, mask: torch.Tensor, radius: float | None) -> torch.Tensor:
     """Pull every atom of a predicted clean structure back inside a sphere of `radius` (scaled units)
     around the particle centre: per-atom radial clipping, so the operation commutes with rotations,
@@ -201,7 +207,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
             times = [t_start] + [t for t in times if t < t_start]
         pairs = list(zip(times, times[1:] + [0], strict=True))
         resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
-        guided = range(round(cfg.pdf_guidance_window[0] * len(pairs)), round(cfg.pdf_guidance_window[1] * len(pairs)))
+        guided = guided_steps(len(pairs), cfg.pdf_guidance_window)
         self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
         for step_i, (t_now, t_next) in enumerate(tqdm(pairs, desc="sampling", disable=not progress, leave=False)):

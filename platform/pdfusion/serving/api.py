@@ -153,6 +153,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
     # the model's PDF guidance (models/README.md), within this server's bounds
     default_pdf_guidance = float(min(info["defaults"].get("pdf_guidance", 0.0), bounds.max_pdf_guidance))
     default_pdf_iters = int(min(info["defaults"].get("pdf_guidance_iters", 1), bounds.max_pdf_guidance_iters))
+    pdf_window = tuple(float(f) for f in info["defaults"].get("pdf_guidance_window", (0.0, 1.0)))  # the model's
     errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)}
     cost = info.get("cost")  # the sampler replica's measured speed (SamplerService.calibrate); None: no admission
     max_cost_s = cfg.limits.max_cost_s if cfg.limits.max_cost_s is not None else cfg.limits.request_timeout_s / 2
@@ -229,7 +230,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             "r_min": float(grid[0]), "r_max": float(grid[-1]),
             "r_step": float(grid[1] - grid[0]) if grid.size > 1 else 0.0, "n_r": int(grid.size),
             "defaults": {"guidance": default_guidance, "steps": default_steps, "pdf_guidance": default_pdf_guidance,
-                         "pdf_guidance_iters": default_pdf_iters},
+                         "pdf_guidance_iters": default_pdf_iters, "pdf_guidance_window": list(pdf_window)},
             "default_samples": cfg.default_samples,
             "training": info["training"],
             "limits": bounds,
@@ -271,6 +272,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
             pdf_guidance=default_pdf_guidance if params.pdf_guidance is None else params.pdf_guidance,
             pdf_guidance_iters=default_pdf_iters if params.pdf_guidance_iters is None else params.pdf_guidance_iters,
+            pdf_guidance_window=pdf_window,
         )
         if cost and params.pdf_guidance is None and params.pdf_guidance_iters is None:
             _fit_default_guidance(job, cost, bounds.max_atoms, cfg.refine_steps, max_cost_s)
@@ -305,6 +307,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
                 "metal": symbol, "metal_z": z, "n_atoms": job.n_atoms, "n_samples": job.n_samples,
                 "guidance": job.guidance, "steps": job.steps, "seed": result.get("seed"), "refine": job.refine,
                 "pdf_guidance": job.pdf_guidance, "pdf_guidance_iters": job.pdf_guidance_iters,
+                "pdf_guidance_window": list(job.pdf_guidance_window),
                 "refine_steps": cfg.refine_steps if job.refine else 0, "interpolated": interpolated,
                 "normalized": info["normalize"], "n_points": int(r.size), "r_min": float(r[0]), "r_max": float(r[-1]),
                 "n_r": int(grid.size),

@@ -140,6 +140,7 @@ class UsedParams(BaseModel):
     steps: int
     pdf_guidance: float
     pdf_guidance_iters: int
+    pdf_guidance_window: list[float] = Field(description="Shares of the steps PDF guidance acted on (the model's).")
     seed: int | None = Field(description="The seed given; null: the request was batched on a server seed.")
     refine: bool
     refine_steps: int
