@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-fragments", action=argparse.BooleanOptionalAction, default=None,
                    help="drop atoms outside each candidate's largest bonded group before scoring (default: the "
                         "model's)")
+    p.add_argument("--restarts", type=int, default=None,
+                   help="restart sampling: late, guided re-runs of each finished sample (default: the model's)")
+    p.add_argument("--restart-t", type=int, default=None, help="the time restarts re-noise to (default: the model's)")
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
@@ -83,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                     else tuple(args.pdf_guidance_window), prune_fragments=args.prune_fragments,
                                     eta=args.eta,
                                     resample_at=None if args.resample_at is None else tuple(args.resample_at),
-                                    resample_keep=args.resample_keep)
+                                    resample_keep=args.resample_keep, restarts=args.restarts,
+                                    restart_t=args.restart_t)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, library_sizes=args.sizes == "library",
                            progress=lambda m: print(m, flush=True))

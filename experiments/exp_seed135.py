@@ -88,7 +88,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              seed_library: int | None = None, self_cond_estimate: str = "clean", sizes: str = "head",
              resample_at: tuple[float, ...] = (), resample_keep: float = 0.5,
              pdf_guidance_cohesion: float = 0.0, pdf_guidance_window: tuple[float, float] = (0.0, 1.0),
-             prune_fragments: bool = False) -> dict:
+             prune_fragments: bool = False, restarts: int = 0, restart_t: int = 100) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
@@ -102,7 +102,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
                         pdf_guidance_iters=pdf_guidance_iters, eta=eta, spacing=spacing,
                         self_cond_estimate=self_cond_estimate, resample_at=tuple(resample_at),
                         resample_keep=resample_keep, pdf_guidance_cohesion=pdf_guidance_cohesion,
-                        pdf_guidance_window=tuple(pdf_guidance_window), prune_fragments=prune_fragments)
+                        pdf_guidance_window=tuple(pdf_guidance_window), prune_fragments=prune_fragments,
+                        restarts=restarts, restart_t=restart_t)
     if seed_library is None:
         counts = None
         if sizes == "library":  # each candidate at the atom count of one of the K nearest library structures
@@ -124,7 +125,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "guidance": guidance, "eta": eta, "spacing": spacing, "seed_library_t": seed_library, "sizes": sizes,
         "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "pdf_guidance_cohesion": pdf_guidance_cohesion, "pdf_guidance_window": list(pdf_guidance_window),
-        "prune_fragments": prune_fragments,
+        "prune_fragments": prune_fragments, "restarts": restarts, "restart_t": restart_t,
         "resample_at": list(resample_at), "resample_keep": resample_keep,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
@@ -363,6 +364,10 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                     help="shares of the sampler's steps that are guided (0 = the first step, at full noise)")
     ap.add_argument("--prune-fragments", action="store_true",
                     help="drop atoms outside each candidate's largest bonded group before scoring")
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="restart sampling: re-noise each finished sample to --restart-t and run the late times "
+                         "again, guided, this many times (0 = off)")
+    ap.add_argument("--restart-t", type=int, default=100, help="the time restarts re-noise to (of T)")
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling: at these fractions of the sampler's steps keep each target's best "
                          "candidates (by the guidance objective) and restart the rest from copies of them")
@@ -445,7 +450,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                          args.refine_top, args.refine_steps, args.seed, out, title, args.pdf_guidance,
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,
                          args.self_cond_estimate, args.sizes, tuple(args.resample_at), args.resample_keep,
-                         args.pdf_guidance_cohesion, tuple(args.pdf_guidance_window), args.prune_fragments)}
+                         args.pdf_guidance_cohesion, tuple(args.pdf_guidance_window), args.prune_fragments,
+                         restarts=args.restarts, restart_t=args.restart_t)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

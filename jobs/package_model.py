@@ -33,13 +33,17 @@ def main() -> None:
     ap.add_argument("--resample-keep", type=float, default=0.5)
     ap.add_argument("--prune-fragments", action="store_true",
                     help="drop atoms outside each candidate's largest bonded group (SampleConfig.prune_fragments)")
+    ap.add_argument("--restarts", type=int, default=0,
+                    help="late, guided re-runs of each finished sample (SampleConfig.restarts)")
+    ap.add_argument("--restart-t", type=int, default=100, help="the time restarts re-noise to (SampleConfig.restart_t)")
     args = ap.parse_args()
     state = load_checkpoint(args.checkpoint)
     defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
                 "pdf_guidance_iters": args.pdf_guidance_iters, "pdf_guidance_cohesion": args.pdf_guidance_cohesion,
                 "pdf_guidance_window": list(args.pdf_guidance_window),
                 "resample_at": list(args.resample_at),
-                "resample_keep": args.resample_keep, "prune_fragments": args.prune_fragments}
+                "resample_keep": args.resample_keep, "prune_fragments": args.prune_fragments,
+                "restarts": args.restarts, "restart_t": args.restart_t}
     folder = Path(args.out) / args.name
     path = export_model(state, folder / "model.pt", defaults, name=args.name, version=str(state.get("step", 0)))
     (folder / "config.json").write_text(json.dumps(state["config"], indent=2, sort_keys=True) + "\n")

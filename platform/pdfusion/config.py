@@ -460,6 +460,11 @@ class SampleConfig:
     # needs eta > 0 (or the ancestral sampler) and the PDFConfig. () = off.
     resample_at: tuple[float, ...] = ()
     resample_keep: float = 0.5
+    # Restarts (Xu et al. 2023, "Restart sampling"): after the pass, re-noise each finished sample to `restart_t`
+    # and run the sampler's times <= restart_t again, every one of them guided: structure is decided late, so the
+    # late, guided phase gets more tries, each from a better start than noise. 0 = off.
+    restarts: int = 0
+    restart_t: int = 100
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resample_at", tuple(float(f) for f in self.resample_at))
@@ -477,6 +482,8 @@ class SampleConfig:
                f"must be 'clean' or 'raw', got {self.self_cond_estimate!r}")
         _check(self.spacing in ("time", "sigma"), "spacing", f"must be 'time' or 'sigma', got {self.spacing!r}")
         _check(self.init_t is None or self.init_t >= 1, "init_t", f"must be None or a time >= 1, got {self.init_t}")
+        _check(self.restarts >= 0, "restarts", f"must be >= 0 (0 = off), got {self.restarts}")
+        _check(self.restart_t >= 1, "restart_t", f"must be a time >= 1, got {self.restart_t}")
         _check(self.clip_x0 is None or self.clip_x0 > 0, "clip_x0", f"must be None or positive, got {self.clip_x0}")
         _check(self.pdf_guidance >= 0 and math.isfinite(self.pdf_guidance), "pdf_guidance",
                f"must be finite and >= 0 (A per step; 0 = off), got {self.pdf_guidance}")

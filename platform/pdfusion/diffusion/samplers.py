@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pdfusion.config import PDFConfig, SampleConfig
@@ -208,17 +209,31 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         pairs = list(zip(times, times[1:] + [0], strict=True))
         resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
         guided = guided_steps(len(pairs), cfg.pdf_guidance_window)
+        # (t_now, t_next, guided, resample here, re-noise first): the pass, then each restart's late times, all guided
+        plan = [(tn, tx, i in guided, i in resample_steps, False) for i, (tn, tx) in enumerate(pairs)]
+        t_restart = min(int(cfg.restart_t), t_start)
+        late = [t for t in times if t <= t_restart]
+        late = ([t_restart] if not late or late[0] != t_restart else []) + late
+        for _ in range(cfg.restarts):
+            plan += [(tn, tx, True, False, i == 0)
+                     for i, (tn, tx) in enumerate(zip(late, late[1:] + [0], strict=True))]
         self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
-        for step_i, (t_now, t_next) in enumerate(tqdm(pairs, desc="sampling", disable=not progress, leave=False)):
+        for t_now, t_next, is_guided, resample_here, renoise in tqdm(plan, desc="sampling", disable=not progress,
+                                                                      leave=False):
             if should_stop is not None and should_stop():
                 raise SamplingCancelled(f"sampling cancelled before step t={t_now}")
             tt = torch.full((b,), t_now, dtype=torch.long, device=dev)
+            if renoise:  # a restart: the finished sample, noised back to t_now (clean one-hot types)
+                h_clean = F.one_hot(h.argmax(-1), h.shape[-1]).to(h.dtype) * diffusion.model_cfg.type_scale
+                x = remove_mean(diffusion.q_sample(x, tt, diffusion.position_noise(mask, generator)), mask)
+                h = diffusion.q_sample(h_clean, tt, diffusion.type_noise(mask, generator)) * m3
+                estimate = None
             ex, eh = guided_epsilon(model, x, h, mask, tt.float() / T, pdf, metal, cfg.guidance, self_cond=estimate)
             if self_conditioned and cfg.self_cond_estimate == "raw":  # the network's own x̂0, as in training
                 estimate = diffusion.bound_estimate(diffusion.predict_x0(x, tt, ex), diffusion.predict_x0(h, tt, eh),
                                                     mask)
-            step_guide = guide if step_i in guided else None
+            step_guide = guide if is_guided else None
             if cfg.steps is None:
                 x, h, x0, h0 = _ancestral_step(diffusion, x, h, ex, eh, tt, mask, generator, clip, step_guide)
             else:
@@ -226,7 +241,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
                                           step_guide)
             if self_conditioned and cfg.self_cond_estimate == "clean":
                 estimate = diffusion.bound_estimate(x0, h0, mask)
-            if scorer is not None and step_i in resample_steps and t_next > 0:
+            if scorer is not None and resample_here and t_next > 0:
                 src = resample_sources(scorer.score(x0, h0, t_now, mask), groups, cfg.resample_keep)
                 x, h, mask, estimate = _copy_rows(src, x, h, mask, estimate)
                 m3 = mask.unsqueeze(-1).float()
