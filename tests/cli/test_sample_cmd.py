@@ -109,10 +109,15 @@ def test_sample_refine_and_predicted_size(checkpoint, target_gr, tmp_path):
 def test_sample_with_pdf_guidance(checkpoint, target_gr, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12",
-               "--pdf-guidance", "0.2", "--pdf-guidance-iters", "2", "-o", str(out)])
+               "--pdf-guidance", "0.2", "--pdf-guidance-iters", "2", "--pdf-guidance-window", "0.5", "1", "-o",
+               str(out)])
     assert rc == 0, capsys.readouterr().err
     summary, _ = _check_outputs(out, 2)
     assert summary["sample_config"]["pdf_guidance"] == 0.2 and summary["sample_config"]["pdf_guidance_iters"] == 2
+    assert summary["sample_config"]["pdf_guidance_window"] == [0.5, 1.0]
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "--pdf-guidance-window", "0.6", "0.2",
+               "-o", str(out)])
+    assert rc == 2 and "pdf_guidance_window" in capsys.readouterr().err
     rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "--pdf-guidance", "-1", "-o", str(out)])
     assert rc == 2 and "pdf_guidance" in capsys.readouterr().err
 

@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--pdf-guidance-cohesion", type=float, default=None,
                    help="weight of the stray-atom penalty in PDF guidance, per Å² beyond 3.5 Å to the nearest "
                         "neighbour (default: the model's; 0 = off)")
+    p.add_argument("--pdf-guidance-window", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="shares of the sampler's steps that are guided, 0 = the first at full noise (default: the "
+                        "model's; guidance acts where structure is decided, late)")
     p.add_argument("--prune-fragments", action=argparse.BooleanOptionalAction, default=None,
                    help="drop atoms outside each candidate's largest bonded group (< 3.5 Å) before scoring "
                         "(default: the model's)")
@@ -122,7 +125,9 @@ def run(args: argparse.Namespace) -> int:
                  n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps, seed=args.seed,
                  pdf_guidance=args.pdf_guidance or 0.0,
                  pdf_guidance_iters=args.pdf_guidance_iters or 1,
-                 pdf_guidance_cohesion=args.pdf_guidance_cohesion or 0.0)  # ranges, before loading
+                 pdf_guidance_cohesion=args.pdf_guidance_cohesion or 0.0,
+                 pdf_guidance_window=(0.0, 1.0) if args.pdf_guidance_window is None
+                 else tuple(args.pdf_guidance_window))  # ranges, before loading
     check_output_path(args.outdir, "-o", folder=True)
     z = metal_number(check_cation(args.metal))
     data = read_target(args.pdf_file, limits.max_points)
@@ -143,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
                                seed=args.seed, pdf_guidance=args.pdf_guidance,
                                pdf_guidance_iters=args.pdf_guidance_iters,
                                pdf_guidance_cohesion=args.pdf_guidance_cohesion,
+                               pdf_guidance_window=None if args.pdf_guidance_window is None
+                               else tuple(args.pdf_guidance_window),
                                prune_fragments=args.prune_fragments)
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
