@@ -593,7 +593,7 @@ class ServeLimits:
     max_body_bytes: int = 4_000_000
     max_guidance: float = 10.0
     max_pdf_guidance: float = 2.0  # A per sampler step (SampleConfig.pdf_guidance)
-    max_pdf_guidance_iters: int = 40  # each costs one simulation + gradient per guided sampler step
+    max_pdf_guidance_iters: int = 400  # each costs one simulation + gradient per guided sampler step
     request_timeout_s: float = 120.0
     # seconds a client may take to send its whole body (a body that never finishes is answered 408)
     body_timeout_s: float = 30.0

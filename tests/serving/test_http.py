@@ -197,7 +197,7 @@ BAD_JSON = [
     ("huge guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "guidance": 11}, 422, "guidance"),
     ("negative PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": -0.1}, 422, "pdf_guidance"),
     ("huge PDF guidance", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance": 2.5}, 422, "pdf_guidance"),
-    ("too many PDF-guidance iters", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance_iters": 41}, 422,
+    ("too many PDF-guidance iters", lambda r, g: {"r": r, "g": g, "metal": "Ti", "pdf_guidance_iters": 401}, 422,
      "pdf_guidance_iters"),
     ("negative seed", lambda r, g: {"r": r, "g": g, "metal": "Ti", "seed": -1}, 422, "seed"),
     ("unknown field", lambda r, g: {"r": r, "g": g, "metal": "Ti", "model": "/etc/passwd"}, 422, "model"),

@@ -67,9 +67,9 @@ def test_omitted_pdf_guidance_is_the_models_within_the_bounds():
                                                           "pdf_guidance_iters": 8, "pdf_guidance_window": [0.0, 1.0]}
 
 
-def test_the_shipped_default_fits_the_default_limits_and_its_window_is_costed():
-    """The shipped model guides × 40 on the second half of the steps: the default limits keep all 40 iterations,
-    and the cost counts guided steps only (the sampler's `guided_steps`), so a budget that fits 4 steps x 1 s +
+def test_a_late_window_default_fits_the_default_limits_and_is_costed_by_its_guided_steps():
+    """A model that guides × 40 on the second half of its steps (as the shipped one guides its last steps): the
+    default limits keep all 40 iterations, and the cost counts guided steps only (the sampler's `guided_steps`), so a budget that fits 4 steps x 1 s +
     2 guided steps x 40 x 0.1 s = 12 s admits it untouched, where costing every step (20 s) would halve it."""
     cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.1}
     client = _client(cost=cost, max_cost_s=12.0,
