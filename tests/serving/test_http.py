@@ -56,7 +56,7 @@ def test_health_and_model(url):
     assert (info["name"], info["version"], info["n_r"]) == ("tiny", "7", 3000)
     assert info["r_min"] == 0.0 and info["r_max"] == pytest.approx(29.99)
     assert info["defaults"] == {"guidance": 1.0, "steps": 3, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
-                                "pdf_guidance_window": [0.0, 1.0]}
+                                "pdf_guidance_window": [0.0, 1.0], "restarts": 0, "restart_t": 100}
     # served limits intersect the model's capabilities: 24 atoms (limit) < 40 (model), 4 steps < T = 100
     assert (info["limits"]["max_atoms"], info["limits"]["max_steps"], info["limits"]["max_samples"]) == (24, 4, 3)
     assert info["training"]["model"]["hidden"] == 16

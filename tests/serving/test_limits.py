@@ -64,13 +64,15 @@ def test_omitted_pdf_guidance_is_the_models_within_the_bounds():
     assert client.post("/v1/sample", json={**body, "pdf_guidance": 0.0, "pdf_guidance_iters": 2}).status_code == 200
     assert [(j.pdf_guidance, j.pdf_guidance_iters) for j in client.seen] == [(0.3, 8), (0.0, 2)]
     assert client.get("/v1/model").json()["defaults"] == {"guidance": 1.0, "steps": 2, "pdf_guidance": 0.3,
-                                                          "pdf_guidance_iters": 8, "pdf_guidance_window": [0.0, 1.0]}
+                                                          "pdf_guidance_iters": 8, "pdf_guidance_window": [0.0, 1.0],
+                                                          "restarts": 0, "restart_t": 100}
 
 
 def test_a_late_window_default_fits_the_default_limits_and_is_costed_by_its_guided_steps():
     """A model that guides × 40 on the second half of its steps (as the shipped one guides its last steps): the
-    default limits keep all 40 iterations, and the cost counts guided steps only (the sampler's `guided_steps`), so a budget that fits 4 steps x 1 s +
-    2 guided steps x 40 x 0.1 s = 12 s admits it untouched, where costing every step (20 s) would halve it."""
+    default limits keep all 40 iterations, and the cost counts guided steps only (`samplers.step_plan`), so a
+    budget that fits 4 steps x 1 s + 2 guided steps x 40 x 0.1 s = 12 s admits it untouched, where costing every
+    step (20 s) would halve it."""
     cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.1}
     client = _client(cost=cost, max_cost_s=12.0,
                      defaults={"guidance": 1.0, "steps": 4, "pdf_guidance": 0.3, "pdf_guidance_iters": 40,
@@ -88,6 +90,27 @@ def test_a_late_window_default_fits_the_default_limits_and_is_costed_by_its_guid
                     defaults={"guidance": 1.0, "steps": 4, "pdf_guidance": 0.3, "pdf_guidance_iters": 40})
     assert every.post("/v1/sample", json=body).status_code == 200
     assert every.seen[-1].pdf_guidance_iters == 20
+
+
+def test_restarts_are_costed_as_the_sampler_runs_them():
+    """A model packaged with restarts: T = 10, 4 strided steps (10, 7, 4, 1), one restart to t = 5 reruns
+    5, 4, 1, all guided. The cost is 7 steps, 2 + 3 of them guided, as `samplers.step_plan` lists them."""
+    from pdfusion.config import SampleConfig
+    from pdfusion.diffusion.samplers import step_plan
+
+    assert [(tn, g, r) for tn, _, g, _, r in step_plan([10, 7, 4, 1], SampleConfig(
+        steps=4, pdf_guidance_window=(0.5, 1.0), restarts=1, restart_t=5))] == [
+        (10, False, False), (7, False, False), (4, True, False), (1, True, False),
+        (5, True, True), (4, True, False), (1, True, False)]
+    cost = {"atoms": 24, "step_s": 1.0, "guide_s": 0.1}
+    client = _client(cost=cost, defaults={"guidance": 1.0, "steps": 4, "pdf_guidance": 0.3, "pdf_guidance_iters": 10,
+                                          "pdf_guidance_window": [0.5, 1.0], "restarts": 1, "restart_t": 5})
+    body = {"r": GRID.tolist(), "g": np.sin(GRID).tolist(), "metal": "Ti", "n_samples": 1, "n_atoms": 24}
+    assert client.post("/v1/sample", json=body).status_code == 200
+    job = client.seen[-1]
+    assert (job.restarts, job.restart_t, job.timesteps) == (1, 5, 10)
+    assert estimate_seconds(job, cost, 24) == pytest.approx(7 * 1.0 + 5 * 10 * 0.1)
+    assert client.get("/v1/model").json()["defaults"]["restarts"] == 1
 
 
 def test_default_pdf_guidance_shrinks_to_fit_the_budget_but_asked_for_guidance_is_refused():

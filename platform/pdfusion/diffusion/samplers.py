@@ -97,8 +97,25 @@ def strided_timesteps(T: int, steps: int, schedule: NoiseSchedule | None = None,
 
 def guided_steps(n_steps: int, window: tuple[float, float]) -> range:
     """Indices of the sampler steps PDF guidance acts on: `window` is (start, end) as shares of the steps,
-    0 = the first step at full noise. One definition, so the server's cost estimate counts what the sampler does."""
+    0 = the first step at full noise (used by `step_plan`)."""
     return range(round(window[0] * n_steps), round(window[1] * n_steps))
+
+
+def step_plan(times: list[int], cfg: SampleConfig) -> list[tuple[int, int, bool, bool, bool]]:
+    """Every step the sampler takes from `times` (descending, the first = the start): (t_now, t_next, guided,
+    resample here, restart here). The pass over `times`, guided on `cfg.pdf_guidance_window`; then each of
+    `cfg.restarts` reruns of the times <= restart_t, every one guided, the first re-noising the finished sample.
+    One definition for the sampler and the server's cost estimate."""
+    pairs = list(zip(times, times[1:] + [0], strict=True))
+    resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
+    guided = guided_steps(len(pairs), cfg.pdf_guidance_window)
+    plan = [(tn, tx, i in guided, i in resample_steps, False) for i, (tn, tx) in enumerate(pairs)]
+    t_restart = min(int(cfg.restart_t), times[0])
+    late = [t for t in times if t <= t_restart]
+    late = ([t_restart] if not late or late[0] != t_restart else []) + late
+    for _ in range(cfg.restarts):
+        plan += [(tn, tx, True, False, i == 0) for i, (tn, tx) in enumerate(zip(late, late[1:] + [0], strict=True))]
+    return plan
 
 
 def clip_positions(x0: torch.Tensor, mask: torch.Tensor, radius: float | None) -> torch.Tensor:
@@ -206,17 +223,7 @@ def sample(model: torch.nn.Module, diffusion: GaussianDiffusion, pdf: torch.Tens
         else:
             times = strided_timesteps(T, cfg.steps, s if cfg.spacing == "sigma" else None)
             times = [t_start] + [t for t in times if t < t_start]
-        pairs = list(zip(times, times[1:] + [0], strict=True))
-        resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
-        guided = guided_steps(len(pairs), cfg.pdf_guidance_window)
-        # (t_now, t_next, guided, resample here, re-noise first): the pass, then each restart's late times, all guided
-        plan = [(tn, tx, i in guided, i in resample_steps, False) for i, (tn, tx) in enumerate(pairs)]
-        t_restart = min(int(cfg.restart_t), t_start)
-        late = [t for t in times if t <= t_restart]
-        late = ([t_restart] if not late or late[0] != t_restart else []) + late
-        for _ in range(cfg.restarts):
-            plan += [(tn, tx, True, False, i == 0)
-                     for i, (tn, tx) in enumerate(zip(late, late[1:] + [0], strict=True))]
+        plan = step_plan(times, cfg)
         self_conditioned = diffusion.model_cfg.self_condition
         estimate = None
         for t_now, t_next, is_guided, resample_here, renoise in tqdm(plan, desc="sampling", disable=not progress,

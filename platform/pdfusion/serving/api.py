@@ -154,6 +154,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
     default_pdf_guidance = float(min(info["defaults"].get("pdf_guidance", 0.0), bounds.max_pdf_guidance))
     default_pdf_iters = int(min(info["defaults"].get("pdf_guidance_iters", 1), bounds.max_pdf_guidance_iters))
     pdf_window = tuple(float(f) for f in info["defaults"].get("pdf_guidance_window", (0.0, 1.0)))  # the model's
+    restarts = {"restarts": int(info["defaults"].get("restarts", 0)),
+                "restart_t": int(info["defaults"].get("restart_t", 100))}
     errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)}
     cost = info.get("cost")  # the sampler replica's measured speed (SamplerService.calibrate); None: no admission
     max_cost_s = cfg.limits.max_cost_s if cfg.limits.max_cost_s is not None else cfg.limits.request_timeout_s / 2
@@ -230,7 +232,8 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             "r_min": float(grid[0]), "r_max": float(grid[-1]),
             "r_step": float(grid[1] - grid[0]) if grid.size > 1 else 0.0, "n_r": int(grid.size),
             "defaults": {"guidance": default_guidance, "steps": default_steps, "pdf_guidance": default_pdf_guidance,
-                         "pdf_guidance_iters": default_pdf_iters, "pdf_guidance_window": list(pdf_window)},
+                         "pdf_guidance_iters": default_pdf_iters, "pdf_guidance_window": list(pdf_window),
+                         **restarts},
             "default_samples": cfg.default_samples,
             "training": info["training"],
             "limits": bounds,
@@ -272,7 +275,7 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
             n_atoms=params.n_atoms, seed=params.seed, refine=params.refine, return_pdf=params.return_pdf,
             pdf_guidance=default_pdf_guidance if params.pdf_guidance is None else params.pdf_guidance,
             pdf_guidance_iters=default_pdf_iters if params.pdf_guidance_iters is None else params.pdf_guidance_iters,
-            pdf_guidance_window=pdf_window,
+            pdf_guidance_window=pdf_window, timesteps=int(info["timesteps"]), **restarts,
         )
         if cost and params.pdf_guidance is None and params.pdf_guidance_iters is None:
             _fit_default_guidance(job, cost, bounds.max_atoms, cfg.refine_steps, max_cost_s)

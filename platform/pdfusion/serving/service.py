@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from pdfusion.config import SampleConfig, ServeConfig, to_dict
-from pdfusion.diffusion.samplers import SamplingCancelled, guided_steps
+from pdfusion.diffusion.samplers import SamplingCancelled, step_plan, strided_timesteps
 from pdfusion.inference.bundle import load_bundle
 from pdfusion.inference.candidates import refine_candidates, sample_mixed
 
@@ -38,8 +38,12 @@ class SampleJob:
     return_pdf: bool = False
     pdf_guidance: float = 0.0
     pdf_guidance_iters: int = 1
-    # shares of the steps that are guided: the model's default (not a request field), counted by estimate_seconds
+    # the model's (not request fields), counted by estimate_seconds: the guided share of the steps, the restarts
+    # (SampleConfig.restarts, restart_t) and the model's T, which places the strided times
     pdf_guidance_window: tuple[float, float] = (0.0, 1.0)
+    restarts: int = 0
+    restart_t: int = 100
+    timesteps: int = 1000
     # wall-clock time (time.time()) after which nobody waits for the answer; the sampler stops between steps
     deadline: float | None = None
     # set in the sampler replica when the request is cancelled (client gone, 504): the sampler stops too
@@ -55,14 +59,17 @@ CANCELLED = "cancelled: the request was cancelled or timed out before sampling f
 def estimate_seconds(job: SampleJob, cost: dict[str, float], model_max_atoms: int, refine_steps: int = 0) -> float:
     """Estimated sampling seconds of one job alone from a replica's measured `cost` (`SamplerService.calibrate`):
     `step_s` per sampler step of one candidate of `atoms` atoms, `guide_s` per PDF-guidance / refinement
-    iteration of it, on the guided steps only (`pdf_guidance_window`). Work scales with n_samples x n_atoms x
-    steps (linear in atoms: conservative below the calibrated size, where the pair terms shrink faster), never
-    below one candidate's step."""
+    iteration of it, on the guided steps only (`samplers.step_plan`: the window and the restarts). Work scales
+    with n_samples x n_atoms x steps (linear in atoms: conservative below the calibrated size, where the pair
+    terms shrink faster), never below one candidate's step."""
     n = job.n_atoms if job.n_atoms is not None else model_max_atoms
     load = max(1.0, job.n_samples * n / max(1, cost["atoms"]))
-    guided = len(guided_steps(job.steps, job.pdf_guidance_window)) if job.pdf_guidance > 0 else 0
+    plan = step_plan(strided_timesteps(job.timesteps, job.steps),
+                     SampleConfig(steps=job.steps, pdf_guidance_window=job.pdf_guidance_window,
+                                  restarts=job.restarts, restart_t=job.restart_t))
+    guided = sum(1 for step in plan if step[2]) if job.pdf_guidance > 0 else 0
     refine = refine_steps * cost["guide_s"] if job.refine else 0.0
-    return load * (job.steps * cost["step_s"] + guided * job.pdf_guidance_iters * cost["guide_s"] + refine)
+    return load * (len(plan) * cost["step_s"] + guided * job.pdf_guidance_iters * cost["guide_s"] + refine)
 
 
 def job_atoms(job: SampleJob, model_max_atoms: int) -> int:
@@ -108,7 +115,8 @@ class SamplerService:
             "defaults": {"guidance": float(b.defaults["guidance"]), "steps": int(b.defaults["steps"]),
                          "pdf_guidance": float(b.defaults["pdf_guidance"]),
                          "pdf_guidance_iters": int(b.defaults["pdf_guidance_iters"]),
-                         "pdf_guidance_window": [float(f) for f in b.defaults["pdf_guidance_window"]]},
+                         "pdf_guidance_window": [float(f) for f in b.defaults["pdf_guidance_window"]],
+                         "restarts": int(b.defaults["restarts"]), "restart_t": int(b.defaults["restart_t"])},
             "max_atoms": int(tc.model.max_atoms),
             "n_metals": int(tc.model.n_metals),
             "timesteps": int(tc.diffusion.schedule.timesteps),
