@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -95,26 +96,31 @@ def strided_timesteps(T: int, steps: int, schedule: NoiseSchedule | None = None,
     return out
 
 
-def guided_steps(n_steps: int, window: tuple[float, float]) -> range:
-    """Indices of the sampler steps PDF guidance acts on: `window` is (start, end) as shares of the steps,
-    0 = the first step at full noise (used by `step_plan`)."""
-    return range(round(window[0] * n_steps), round(window[1] * n_steps))
+class Step(NamedTuple):
+    """One sampler step of `step_plan`."""
+
+    t_now: int
+    t_next: int
+    guided: bool  # PDF guidance acts on this step's x̂0
+    resample: bool  # population resampling after this step
+    restart: bool  # a restart begins here: the finished sample is re-noised to t_now first
 
 
-def step_plan(times: list[int], cfg: SampleConfig) -> list[tuple[int, int, bool, bool, bool]]:
-    """Every step the sampler takes from `times` (descending, the first = the start): (t_now, t_next, guided,
-    resample here, restart here). The pass over `times`, guided on `cfg.pdf_guidance_window`; then each of
-    `cfg.restarts` reruns of the times <= restart_t, every one guided, the first re-noising the finished sample.
-    One definition for the sampler and the server's cost estimate."""
+def step_plan(times: list[int], cfg: SampleConfig) -> list[Step]:
+    """Every step the sampler takes from `times` (descending, the first = the start): the pass over `times`,
+    guided on `cfg.pdf_guidance_window` (shares of the steps, 0 = the first at full noise); then each of
+    `cfg.restarts` reruns of the times <= restart_t, every one guided. One definition for the sampler and the
+    server's cost estimate."""
     pairs = list(zip(times, times[1:] + [0], strict=True))
     resample_steps = {min(len(pairs) - 2, max(0, round(f * len(pairs)) - 1)) for f in cfg.resample_at}
-    guided = guided_steps(len(pairs), cfg.pdf_guidance_window)
-    plan = [(tn, tx, i in guided, i in resample_steps, False) for i, (tn, tx) in enumerate(pairs)]
+    w0, w1 = cfg.pdf_guidance_window
+    guided = range(round(w0 * len(pairs)), round(w1 * len(pairs)))
+    plan = [Step(tn, tx, i in guided, i in resample_steps, False) for i, (tn, tx) in enumerate(pairs)]
     t_restart = min(int(cfg.restart_t), times[0])
     late = [t for t in times if t <= t_restart]
     late = ([t_restart] if not late or late[0] != t_restart else []) + late
     for _ in range(cfg.restarts):
-        plan += [(tn, tx, True, False, i == 0) for i, (tn, tx) in enumerate(zip(late, late[1:] + [0], strict=True))]
+        plan += [Step(tn, tx, True, False, i == 0) for i, (tn, tx) in enumerate(zip(late, late[1:] + [0], strict=True))]
     return plan
 
 

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from pdfusion.config import ServeConfig
+from pdfusion.inference.bundle import DEFAULTS
 from pdfusion.serving.pdf_input import (
     InputError,
     check_pdf_arrays,
@@ -151,11 +152,11 @@ def create_api(cfg: ServeConfig, info: dict[str, Any], sample: SampleFn, probe: 
     default_steps = int(min(info["defaults"]["steps"], bounds.max_steps))
     default_guidance = float(min(info["defaults"]["guidance"], bounds.max_guidance))
     # the model's PDF guidance (models/README.md), within this server's bounds
-    default_pdf_guidance = float(min(info["defaults"].get("pdf_guidance", 0.0), bounds.max_pdf_guidance))
-    default_pdf_iters = int(min(info["defaults"].get("pdf_guidance_iters", 1), bounds.max_pdf_guidance_iters))
-    pdf_window = tuple(float(f) for f in info["defaults"].get("pdf_guidance_window", (0.0, 1.0)))  # the model's
-    restarts = {"restarts": int(info["defaults"].get("restarts", 0)),
-                "restart_t": int(info["defaults"].get("restart_t", 100))}
+    model_defaults = {**DEFAULTS, **info["defaults"]}  # keys the model does not state: the bundle's defaults
+    default_pdf_guidance = float(min(model_defaults["pdf_guidance"], bounds.max_pdf_guidance))
+    default_pdf_iters = int(min(model_defaults["pdf_guidance_iters"], bounds.max_pdf_guidance_iters))
+    pdf_window = tuple(float(f) for f in model_defaults["pdf_guidance_window"])  # the model's
+    restarts = {"restarts": int(model_defaults["restarts"]), "restart_t": int(model_defaults["restart_t"])}
     errors = {code: {"model": ErrorResponse} for code in (400, 408, 413, 415, 422, 500, 503, 504)}
     cost = info.get("cost")  # the sampler replica's measured speed (SamplerService.calibrate); None: no admission
     max_cost_s = cfg.limits.max_cost_s if cfg.limits.max_cost_s is not None else cfg.limits.request_timeout_s / 2

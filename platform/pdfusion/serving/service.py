@@ -67,7 +67,7 @@ def estimate_seconds(job: SampleJob, cost: dict[str, float], model_max_atoms: in
     plan = step_plan(strided_timesteps(job.timesteps, job.steps),
                      SampleConfig(steps=job.steps, pdf_guidance_window=job.pdf_guidance_window,
                                   restarts=job.restarts, restart_t=job.restart_t))
-    guided = sum(1 for step in plan if step[2]) if job.pdf_guidance > 0 else 0
+    guided = sum(step.guided for step in plan) if job.pdf_guidance > 0 else 0
     refine = refine_steps * cost["guide_s"] if job.refine else 0.0
     return load * (len(plan) * cost["step_s"] + guided * job.pdf_guidance_iters * cost["guide_s"] + refine)
 
