@@ -52,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", choices=("head", "library"), default="head",
                    help="model candidates' atom counts: the count head's, or those of the k nearest library entries")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity of the strided sampler")
-    p.add_argument("--train-data", default=None,
-                   help="the model's training store / seed folder: must hold no target metal")
+    p.add_argument("--train-data", nargs="+", default=None, metavar="STORE",
+                   help="the model's training stores / seed folders (--data and every --extra-train): "
+                        "must hold no target metal")
     p.add_argument("--out", default="outputs/beyond_library")
     return p
 
@@ -68,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"bench_beyond_library: error: {exc}", file=sys.stderr)
         return 2
-    if args.train_data:
-        seen = training_overlap(args.train_data, cfg.metals)
+    for path in args.train_data or ():
+        seen = training_overlap(path, cfg.metals)
         if seen:
-            print(f"bench_beyond_library: error: --train-data {args.train_data} holds target metals {seen}; "
+            print(f"bench_beyond_library: error: --train-data {path} holds target metals {seen}; "
                   "they would not be held out", file=sys.stderr)
             return 2
     bundle, scfg = None, None

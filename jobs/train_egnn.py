@@ -28,15 +28,15 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     args._run_opts = (file_cfg.pop("run", {}) or {}) if file_cfg else {}
     flags = {
         "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "seed": args.seed,
-        "data.path": args.data,
+        "data.path": args.data, "data.extra_train": tuple(args.extra_train) if args.extra_train else None,
         "data.batch_size": args.batch_size, "data.max_structures": args.max_structures, "data.split_by": args.split_by,
         "checkpoint_every_steps": args.checkpoint_every_steps, "val_every_epochs": args.val_every_epochs,
     }
     cfg = load(TrainConfig, preset=args.preset, file=file_cfg, values=flags, sets=args.set or [], what="--config")
-    if cfg.data.path:  # Ray runs the job from a copy of the working directory: make the path absolute
-        cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve())))
-    return cfg
+    # Ray runs the job from a copy of the working directory: make the paths absolute
+    absolute = lambda p: str(Path(p).expanduser().resolve()) if p else p  # noqa: E731
+    return dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, path=absolute(cfg.data.path), extra_train=tuple(absolute(p) for p in cfg.data.extra_train)))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                    help="base config (default cpu: the best recipe measured on 2 CPU cores, docs/training.md)")
     p.add_argument("--config", help="JSON/YAML file of TrainConfig fields overriding the preset (+ optional 'run')")
     p.add_argument("--data", help="pdfusion store directory or seed-oxides folder of .h5 files")
+    p.add_argument("--extra-train", nargs="+", metavar="STORE",
+                   help="more stores (e.g. jobs/generate_dataset.py --off-library output) added to the training "
+                        "split only, minus --data's held-out groups")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any config field, e.g. model.hidden=32")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int)

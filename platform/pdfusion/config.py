@@ -506,6 +506,9 @@ class DataConfig:
     """Where training data come from: a pdfusion store directory or a seed-oxides folder of .h5 files."""
 
     path: str = ""
+    # more stores (e.g. generated off-library particles) whose structures join the training split only; those of a
+    # group `path`'s split holds out (a validation metal) are left out, so held-out metals stay unseen
+    extra_train: tuple[str, ...] = ()
     split_by: Literal["metal", "formula", "type", "random"] = "metal"
     val_fraction: float = 0.2
     split_seed: int = 0

@@ -162,9 +162,14 @@ def test_job_refuses_training_data_holding_a_target_metal(tmp_path, capsys):
 
     generate(GenerateConfig(out_dir=str(tmp_path / "g"), types=("rocksalt",), metals=("Zr",), radii=(5.0,),
                             pdf=FAST_PDF))
+    generate(GenerateConfig(out_dir=str(tmp_path / "ok"), types=("rocksalt",), metals=("Ti",), radii=(5.0,),
+                            pdf=FAST_PDF))
     spec = importlib.util.spec_from_file_location("bench_beyond_library",
                                                   ROOT / "benchmarks" / "bench_beyond_library.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
     assert job.main(["--train-data", str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2
+    assert "Zr" in capsys.readouterr().err
+    # every store of the model's training data is checked, not only the first (--data + --extra-train)
+    assert job.main(["--train-data", str(tmp_path / "ok"), str(tmp_path / "g"), "--out", str(tmp_path / "o")]) == 2
     assert "Zr" in capsys.readouterr().err

@@ -212,6 +212,32 @@ def test_relaunch_resume_and_fault_tolerance(ray_session, tiny_data, tmp_path):
     assert tracking.load_config("models:/pdfusion-egnn-test/2", tracking_uri=uri)["data"]["batch_size"] == 2
 
 
+def test_extra_train_joins_training_only_without_held_out_groups(tiny_data, tmp_path):
+    """Extra data (e.g. generated off-library particles) are added to the training split, except those of a
+    metal the main split holds out, so the held-out evaluation stays held out."""
+    from pdfusion.config import ConfigError
+    from pdfusion.data.dataset import open_dataset
+    from pdfusion.data.splits import split_indices
+
+    extra_dir = write_rocksalt_dataset(tmp_path / "extra", seed=1)
+    cfg = tiny_cfg(tiny_data)
+    base_train, base_val = ray_train.load_split(cfg)
+    train, val = ray_train.load_split(dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, extra_train=(str(extra_dir),))))
+    assert len(val) == len(base_val)
+    ds = open_dataset(tiny_data)
+    held = {ds.groups("metal")[i] for i in split_indices(ds, cfg.data)[1]}
+    extra = open_dataset(extra_dir)
+    allowed = [m for m in extra.groups("metal") if m not in held]
+    assert held and 0 < len(allowed) < len(extra)
+    assert len(train) == len(base_train) + len(allowed)
+    val_metals = {int(d.metal) for d in base_val}
+    assert all(int(d.metal) not in val_metals for d in train)
+    with pytest.raises(ConfigError, match="data.extra_train"):
+        ray_train.load_split(dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, extra_train=(str(tmp_path / "nowhere"),))))
+
+
 def test_bad_inputs_fail_clearly(tiny_data, tmp_path):
     from pdfusion.config import ConfigError
 

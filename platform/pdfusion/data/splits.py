@@ -65,15 +65,33 @@ def group_split(groups: Sequence[str], val_fraction: float, seed: int = 0) -> tu
     return np.flatnonzero(~mask).astype(np.int64), np.flatnonzero(mask).astype(np.int64)
 
 
+def _groups(ds, by: str) -> list[str]:
+    return [str(i) for i in range(len(ds))] if by == "random" else ds.groups(by)
+
+
 def split_indices(ds, data_cfg, max_atoms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx) of a `StructureDataset` for a `DataConfig`: grouped by `data_cfg.split_by`,
     then structures larger than `data_cfg.max_atoms` (and `max_atoms`, e.g. the model's limit) dropped.
 
     Training, evaluation and sweeps all call this, so a model's held-out groups are the same everywhere."""
-    n = len(ds)
-    groups = [str(i) for i in range(n)] if data_cfg.split_by == "random" else ds.groups(data_cfg.split_by)
+    groups = _groups(ds, data_cfg.split_by)
     train_idx, val_idx = group_split(groups, data_cfg.val_fraction, data_cfg.split_seed)
     cap = data_cfg.max_atoms if max_atoms is None else min(data_cfg.max_atoms, max_atoms)
     sizes = ds.sizes()
     keep = lambda idx: np.asarray([i for i in idx if sizes[i] <= cap], dtype=np.int64)  # noqa: E731
     return keep(train_idx), keep(val_idx)
+
+
+def extra_train_indices(ds, extra, data_cfg, max_atoms: int | None = None) -> np.ndarray:
+    """Indices of `extra` (another `StructureDataset`, e.g. generated off-library particles) that may join the
+    training split of `ds`: within the atom cap and of no group `ds`'s split holds out for validation.
+
+    Why: extra data must not leak a held-out metal into training, or the held-out evaluation is not held out."""
+    groups = _groups(ds, data_cfg.split_by)
+    _, val_idx = group_split(groups, data_cfg.val_fraction, data_cfg.split_seed)
+    held = set() if data_cfg.split_by == "random" else {groups[i] for i in val_idx}
+    extra_groups = [""] * len(extra) if data_cfg.split_by == "random" else extra.groups(data_cfg.split_by)
+    cap = data_cfg.max_atoms if max_atoms is None else min(data_cfg.max_atoms, max_atoms)
+    sizes = extra.sizes()
+    return np.asarray([i for i in range(len(extra)) if sizes[i] <= cap and extra_groups[i] not in held],
+                      dtype=np.int64)

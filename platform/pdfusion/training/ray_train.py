@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pdfusion import storage, tracking
 from pdfusion.config import ConfigError, SampleConfig, TrainConfig, from_dict, to_dict
 from pdfusion.data.batching import BucketBatchSampler
 from pdfusion.data.dataset import open_dataset
-from pdfusion.data.splits import split_indices
+from pdfusion.data.splits import extra_train_indices, split_indices
 from pdfusion.diffusion.guards import NonFiniteError
 from pdfusion.evaluation import plots
 from pdfusion.evaluation.metrics import VAL_BEST_OF_K_METRIC
@@ -85,7 +87,17 @@ def load_split(cfg: TrainConfig) -> tuple[list, list]:
         )
     if not keep_val:
         raise ConfigError(f"data: the validation split of {cfg.data.path!r} is empty; raise data.val_fraction")
-    return [ds[i] for i in keep], [ds[i] for i in keep_val]
+    train = [ds[i] for i in keep]
+    for extra_path in cfg.data.extra_train:
+        if not Path(extra_path).exists():
+            raise ConfigError(f"data.extra_train: {extra_path!r} does not exist")
+        extra = open_dataset(extra_path)
+        if extra.r_grid.shape != ds.r_grid.shape or not np.allclose(extra.r_grid, ds.r_grid):
+            raise ConfigError(f"data.extra_train: {extra_path!r} has another r grid ({extra.r_grid.shape[0]} points, "
+                              f"{extra.r_grid[0]:g}-{extra.r_grid[-1]:g} A) than {cfg.data.path!r} "
+                              f"({ds.r_grid.shape[0]} points); simulate it with the same pdf config")
+        train += [extra[i] for i in extra_train_indices(ds, extra, cfg.data, max_atoms=cfg.model.max_atoms)]
+    return train, [ds[i] for i in keep_val]
 
 
 def _padding_efficiency(batch) -> float:
