@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, default=None,
                    help="restart sampling: late, guided re-runs of each finished sample (default: the model's)")
     p.add_argument("--restart-t", type=int, default=None, help="the time restarts re-noise to (default: the model's)")
+    p.add_argument("--count-temperature", type=float, default=None,
+                   help="temperature of the count head's size draw, < 1 sharpens (default: the model's)")
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                                     eta=args.eta,
                                     resample_at=None if args.resample_at is None else tuple(args.resample_at),
                                     resample_keep=args.resample_keep, restarts=args.restarts,
-                                    restart_t=args.restart_t)
+                                    restart_t=args.restart_t, count_temperature=args.count_temperature)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, library_sizes=args.sizes == "library",
                            progress=lambda m: print(m, flush=True))

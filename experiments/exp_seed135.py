@@ -88,7 +88,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              seed_library: int | None = None, self_cond_estimate: str = "clean", sizes: str = "head",
              resample_at: tuple[float, ...] = (), resample_keep: float = 0.5,
              pdf_guidance_cohesion: float = 0.0, pdf_guidance_window: tuple[float, float] = (0.0, 1.0),
-             prune_fragments: bool = False, restarts: int = 0, restart_t: int = 100) -> dict:
+             prune_fragments: bool = False, restarts: int = 0, restart_t: int = 100,
+             count_temperature: float = 1.0) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import refine_candidates, sample_and_score
@@ -103,7 +104,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
                         self_cond_estimate=self_cond_estimate, resample_at=tuple(resample_at),
                         resample_keep=resample_keep, pdf_guidance_cohesion=pdf_guidance_cohesion,
                         pdf_guidance_window=tuple(pdf_guidance_window), prune_fragments=prune_fragments,
-                        restarts=restarts, restart_t=restart_t)
+                        restarts=restarts, restart_t=restart_t, count_temperature=count_temperature)
     if seed_library is None:
         counts = None
         if sizes == "library":  # each candidate at the atom count of one of the K nearest library structures
@@ -126,6 +127,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "pdf_guidance": pdf_guidance, "pdf_guidance_iters": pdf_guidance_iters,
         "pdf_guidance_cohesion": pdf_guidance_cohesion, "pdf_guidance_window": list(pdf_guidance_window),
         "prune_fragments": prune_fragments, "restarts": restarts, "restart_t": restart_t,
+        "count_temperature": count_temperature,
         "resample_at": list(resample_at), "resample_keep": resample_keep,
         "nan_values": n_nan,
         "median_best_of_k": float(np.median(rwp[:, 0])), "mean_best_of_k": float(np.mean(rwp[:, 0])),
@@ -368,6 +370,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                     help="restart sampling: re-noise each finished sample to --restart-t and run the late times "
                          "again, guided, this many times (0 = off)")
     ap.add_argument("--restart-t", type=int, default=100, help="the time restarts re-noise to (of T)")
+    ap.add_argument("--count-temperature", type=float, default=1.0,
+                    help="temperature of the count head's size draw (< 1 sharpens toward its mode)")
     ap.add_argument("--resample-at", type=float, nargs="*", default=[], metavar="FRAC",
                     help="population resampling: at these fractions of the sampler's steps keep each target's best "
                          "candidates (by the guidance objective) and restart the rest from copies of them")
@@ -451,7 +455,8 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                          args.pdf_guidance_iters, args.eta, device, args.spacing, args.seed_library,
                          args.self_cond_estimate, args.sizes, tuple(args.resample_at), args.resample_keep,
                          args.pdf_guidance_cohesion, tuple(args.pdf_guidance_window), args.prune_fragments,
-                         restarts=args.restarts, restart_t=args.restart_t)}
+                         restarts=args.restarts, restart_t=args.restart_t,
+                         count_temperature=args.count_temperature)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

@@ -429,6 +429,9 @@ class SampleConfig:
     init_t: int | None = None
     n_samples: int = 16  # K candidates per PDF
     n_atoms: int | None = None  # None: predicted from the PDF
+    # temperature of the count head's draw, p(N | PDF)^(1/T) renormalised: 1 samples the head as trained, < 1
+    # sharpens toward its mode (a candidate of a wrong size cannot fit however well it is placed), > 1 spreads
+    count_temperature: float = 1.0
     refine: bool = False
     refine_steps: int = 100
     seed: int = 0
@@ -496,6 +499,8 @@ class SampleConfig:
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
         _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")
         _check(self.n_atoms is None or self.n_atoms >= 2, "n_atoms", f"must be None or >= 2, got {self.n_atoms}")
+        _check(self.count_temperature > 0 and math.isfinite(self.count_temperature), "count_temperature",
+               f"must be finite and > 0 (1 = the count head as trained), got {self.count_temperature}")
 
 
 # --------------------------------------------------------------------------------------------------

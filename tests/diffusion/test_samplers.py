@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import tiny, toy_batch
@@ -133,6 +135,33 @@ def test_predict_n_atoms_samples_from_the_count_head(setup):
             last.weight.copy_(saved[0])
             last.bias.copy_(saved[1])
 
+
+
+def test_count_temperature_sharpens_the_size_draw_toward_the_mode(setup):
+    """p(N=7) = 0.6, p(N=8) = 0.4: T = 1 draws 7 with 0.6, T = 1/4 with 0.6^4 / (0.6^4 + 0.4^4) = 0.835,
+    T → 0 always."""
+    model, d, batch = setup
+    pdf, metal = batch.pdf.repeat(1000, 1), batch.metal.repeat(1000)
+    with torch.no_grad():
+        last = model.count_head[-1]
+        saved = (last.weight.clone(), last.bias.clone())
+        last.weight.zero_()
+        last.bias.fill_(-1e4)
+        last.bias[6], last.bias[7] = math.log(0.6), math.log(0.4)
+    try:
+        def share_of_7(t):
+            n = predict_n_atoms(model, pdf, metal, torch.Generator().manual_seed(1), temperature=t)
+            assert set(n.tolist()) <= {7, 8}
+            return float((n == 7).double().mean())
+        assert abs(share_of_7(1.0) - 0.6) < 0.03
+        assert abs(share_of_7(0.25) - 0.835) < 0.03
+        assert share_of_7(0.01) == 1.0
+        with pytest.raises(ValueError, match="temperature"):
+            predict_n_atoms(model, pdf, metal, temperature=0.0)
+    finally:
+        with torch.no_grad():
+            last.weight.copy_(saved[0])
+            last.bias.copy_(saved[1])
 
 class _ExplodingModel(torch.nn.Module):
     """Returns inf noise predictions once t drops below one half."""

@@ -138,10 +138,14 @@ def clip_positions(x0: torch.Tensor, mask: torch.Tensor, radius: float | None) -
 
 @torch.no_grad()
 def predict_n_atoms(model: torch.nn.Module, pdf: torch.Tensor, metal: torch.Tensor,
-                    generator: torch.Generator | None = None, *, min_atoms: int = 2) -> torch.Tensor:
-    """Sample N ~ p(N | PDF, metal) from the count head; (B,) long, N ≥ min_atoms."""
+                    generator: torch.Generator | None = None, *, min_atoms: int = 2,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """Sample N ~ p(N | PDF, metal)^(1/temperature) from the count head; (B,) long, N ≥ min_atoms."""
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature: must be finite and > 0, got {temperature}")
     logits = model.count_logits(pdf, metal).float()
     check_finite("count_logits", logits)
+    logits = logits / temperature
     logits[:, : min_atoms - 1] = float("-inf")  # class k is N = k + 1
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1) + 1

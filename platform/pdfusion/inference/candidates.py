@@ -169,7 +169,8 @@ def sample_rows(
     pdfs, metals, sizes = pdfs.to(device), metals.to(device), n_atoms.to(device).clone()
     free = sizes < 0
     if bool(free.any()):
-        sizes[free] = predict_n_atoms(model, pdfs[free], metals[free], generator=gen).long()
+        sizes[free] = predict_n_atoms(model, pdfs[free], metals[free], generator=gen,
+                                      temperature=cfg.count_temperature).long()
     results: list[Candidate | None] = [None] * sizes.numel()
     bar = tqdm(total=sizes.numel(), desc="sample", disable=not progress)
     groups = target_groups(pdfs) if cfg.resample_at else None
