@@ -119,7 +119,9 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
     rwp = np.array([[c.rwp for c in cands] for cands in ranked])  # (P, K), each row ascending
     n_nan = int((~np.isfinite(rwp)).sum())
     n_true = np.array([int(d.num_nodes) for d in val_data])
-    n_pred = np.array([[c.n_atoms for c in cands] for cands in ranked])
+    # the drawn size (before detached fragments are dropped) is what the count head chose
+    n_pred = np.array([[c.n_sampled if c.n_sampled is not None else c.n_atoms for c in cands] for cands in ranked])
+    n_kept = np.array([[c.n_atoms for c in cands] for cands in ranked])
     lib_idx, lib_rwp = library_lookup(pdfs, lib_pdfs)
     result = {
         "title": title, "val_pdfs": len(val_data), "k": k, "sampler_steps": steps or "ancestral",
@@ -135,6 +137,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
         "median_library_lookup": float(np.median(lib_rwp)),
         "frac_pdfs_model_beats_library": float(np.mean(rwp[:, 0] < lib_rwp)),
         "n_atoms_exact_frac": float(np.mean(n_pred == n_true[:, None])),
+        "n_atoms_kept_exact_frac": float(np.mean(n_kept == n_true[:, None])),
+        "atoms_pruned_by_sampler_frac": float(1 - n_kept.sum() / max(int(n_pred.sum()), 1)),
         "valid_frac": valid_fraction(ranked),
         "valid_strict_frac": strict_valid_fraction(ranked),
         "sample_seconds": sample_s,
@@ -175,7 +179,7 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
 def pruned_report(ranked: list, pdfs: torch.Tensor, pdf_cfg) -> dict:
     """The same candidates with their detached fragments dropped (what SampleConfig.prune_fragments does before
     scoring), re-scored: a paired comparison on identical samples. Best-of-K after pruning, strict validity,
-    and the share of atoms dropped."""
+    and the share of atoms dropped here (0 when the sampler already pruned: see atoms_pruned_by_sampler_frac)."""
     from pdfusion.evaluation.metrics import validity
     from pdfusion.inference.candidates import keep_largest_fragments
     from pdfusion.inference.refine import pad_structures

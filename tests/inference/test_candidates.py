@@ -264,6 +264,8 @@ def test_pruned_candidates_are_the_largest_bonded_group_of_the_same_samples_and_
     pruned = sample_and_score(bundle.model, bundle.diffusion, target[None], [22], dataclasses.replace(
         cfg, prune_fragments=True), bundle.pdf_config)[0]
     assert any(c.n_atoms < 20 for c in pruned), "the Gaussian denoiser's samples should hold detached atoms"
+    assert all(c.n_sampled == 20 for c in plain + pruned), "n_sampled is the drawn size, before pruning"
+    assert sum(c.n_atoms for c in plain) == 8 * 20
     expect = []
     for c in plain:
         keep = largest_fragment(c.positions)

@@ -45,6 +45,7 @@ class Candidate:
     rwp_before_refine: float | None
     g_sim: np.ndarray  # (n_r,) simulated G(r) on the bundle's grid
     expansion: float | None = None  # isotropic scale fitted to the target (bond-length-frame models only)
+    n_sampled: int | None = None  # atoms the sampler drew, before detached fragments were dropped
 
     def to_xyz(self, comment: str | None = None) -> str:
         """Plain XYZ text (element symbols, Å; ``pdfusion.structures.io.xyz_text``)."""
@@ -183,11 +184,13 @@ def sample_rows(
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_rows: sampler returned non-finite positions")
+        drawn = res.mask.sum(1).tolist()
         if cfg.prune_fragments:
             mask = keep_largest_fragments(pos, mask)
         numbers = types_to_numbers(res.types.long(), metals[idx]) * mask
         scored = fit_and_score(pos, numbers, mask, pdfs[idx], pdf_cfg, diffusion.model_cfg.bond_length)
-        for row, cand in zip(idx.tolist(), candidates_from(numbers, mask, *scored), strict=True):
+        for row, n, cand in zip(idx.tolist(), drawn, candidates_from(numbers, mask, *scored), strict=True):
+            cand.n_sampled = int(n)
             results[row] = cand
         bar.update(len(idx))
     bar.close()
