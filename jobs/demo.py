@@ -2,7 +2,7 @@
 
 1. generate a small mono-metal oxide dataset on Ray (structures + simulated PDFs) and plot a few PDFs;
 2. with `--train`, train a small EGNN diffusion model for a few minutes on CPU with Ray Train, tracked in MLflow
-   and registered in its Model Registry; otherwise use the model that ships (models/pdfusion-cpu-v1);
+   and registered in its Model Registry; otherwise use the model that ships (models/pdfusion-cpu-v2);
 3. sample candidates for held-out PDFs (metals that model never saw), rank them by R_wp, write XYZ files and,
    per PDF, one figure: the target with the top candidates' curves, the difference curve, and the structures;
 4. print where to look (and the MLflow UI for a trained model).

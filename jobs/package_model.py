@@ -1,8 +1,8 @@
 """Package a trained checkpoint as the model that ships: a slim file (config, EMA weights, sampling defaults)
 under models/<name>/model.pt, plus its config.json, loadable with weights_only=True.
 
-    python jobs/package_model.py runs/ship/ray/ship-v1/checkpoint_e00026_s00004000/rank0.pt \\
-        --name pdfusion-cpu-v1 --pdf-guidance 0.3 --pdf-guidance-iters 20
+    python jobs/package_model.py runs/r9/ray/r9-B/checkpoint_e00012_s00005000_final/rank0.pt \\
+        --name pdfusion-cpu-v2 --pdf-guidance 0.3 --pdf-guidance-iters 200 --pdf-guidance-window 0.9 1.0 --prune-fragments
 """
 
 from __future__ import annotations

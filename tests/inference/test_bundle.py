@@ -151,7 +151,7 @@ def test_default_model_is_the_shipped_file_or_pdfusion_model(checkpoint, monkeyp
 
 
 def test_the_shipped_model_loads_samples_and_is_what_serve_deploys():
-    """models/pdfusion-cpu-v1 (committed, models/README.md): loads with weights_only, carries its sampling
+    """models/pdfusion-cpu-v2 (committed, models/README.md): loads with weights_only, carries its sampling
     defaults, is serve/config.yaml's model, and samples finite candidates on its own grid."""
     import yaml
 

@@ -75,7 +75,7 @@ def test_dockerignore_keeps_what_the_image_needs_and_drops_the_rest():
     pats = ic.dockerignore_patterns()
     assert not [p for p in pats if p.startswith("!")], "exceptions are not supported by the checker"
     for needed in ["pyproject.toml", "platform/pdfusion/config.py", "platform/pdfusion/pdf/data/x.json",
-                   "jobs/train_egnn.py", "serve/app.py", "serve/config.yaml", "models/pdfusion-cpu-v1/model.pt"]:
+                   "jobs/train_egnn.py", "serve/app.py", "serve/config.yaml", "models/pdfusion-cpu-v2/model.pt"]:
         assert not ic.dockerignored(needed, pats), needed
     for dropped in [".git/HEAD", "platform/pdfusion/__pycache__/config.cpython-311.pyc", "mlflow.db",
                     "runs/serve/model.pt", "data_out/shard-0.h5", "tests/conftest.py"]:

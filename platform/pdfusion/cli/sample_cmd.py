@@ -26,7 +26,7 @@ def register(sub) -> None:
                        description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="trainer checkpoint (.pt), its folder, or an MLflow models:/ or runs:/ URI "
-                        "(default: the shipped model, models/pdfusion-cpu-v1, or $PDFUSION_MODEL)")
+                        "(default: the shipped model, models/pdfusion-cpu-v2, or $PDFUSION_MODEL)")
     p.add_argument("pdf_file", help="PDF to fit: xPDFsuite .gr, two-column .csv/.txt, or a seed-oxides .h5")
     p.add_argument("--metal", required=True, help="the oxide's metal, symbol or Z (e.g. Ti or 22)")
     p.add_argument("-k", "--n-samples", type=int, default=16, help="candidates to generate (default 16)")

@@ -25,7 +25,7 @@ DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_it
             "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [], "resample_keep": 0.5,
             "prune_fragments": False, "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
 # the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
-SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v1" / "model.pt"
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v2" / "model.pt"
 
 
 @dataclass
