@@ -2,7 +2,8 @@
 under models/<name>/model.pt, plus its config.json, loadable with weights_only=True.
 
     python jobs/package_model.py runs/r9/ray/r9-B/checkpoint_e00012_s00005000_final/rank0.pt \\
-        --name pdfusion-cpu-v2 --pdf-guidance 0.3 --pdf-guidance-iters 200 --pdf-guidance-window 0.9 1.0 --prune-fragments
+        --name pdfusion-cpu-v2 --pdf-guidance 0.3 --pdf-guidance-iters 200 --pdf-guidance-window 0.9 1.0 \\
+        --prune-fragments
 """
 
 from __future__ import annotations
