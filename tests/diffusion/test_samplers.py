@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -122,19 +123,26 @@ def test_predict_n_atoms_samples_from_the_count_head(setup):
     assert (n >= 2).all() and (n <= model.cfg.max_atoms).all()
     assert torch.equal(n, predict_n_atoms(model, batch.pdf, batch.metal, torch.Generator().manual_seed(0)))
     # a count head that puts all mass on N = 7 must return 7
+    with _count_head_logits(model, {6: 1e4}):
+        assert predict_n_atoms(model, batch.pdf, batch.metal, g).tolist() == [7, 7, 7]
+
+
+@contextlib.contextmanager
+def _count_head_logits(model, logits: dict[int, float]):
+    """The count head made input-independent: class k (N = k + 1) gets logits[k], every other -1e4; restored after."""
+    last = model.count_head[-1]
+    saved = (last.weight.clone(), last.bias.clone())
     with torch.no_grad():
-        last = model.count_head[-1]
-        saved = (last.weight.clone(), last.bias.clone())
         last.weight.zero_()
         last.bias.fill_(-1e4)
-        last.bias[6] = 1e4
+        for k, v in logits.items():
+            last.bias[k] = v
     try:
-        assert predict_n_atoms(model, batch.pdf, batch.metal, g).tolist() == [7, 7, 7]
+        yield
     finally:
         with torch.no_grad():
             last.weight.copy_(saved[0])
             last.bias.copy_(saved[1])
-
 
 
 def test_count_temperature_sharpens_the_size_draw_toward_the_mode(setup):
@@ -142,26 +150,19 @@ def test_count_temperature_sharpens_the_size_draw_toward_the_mode(setup):
     T → 0 always."""
     model, d, batch = setup
     pdf, metal = batch.pdf.repeat(1000, 1), batch.metal.repeat(1000)
-    with torch.no_grad():
-        last = model.count_head[-1]
-        saved = (last.weight.clone(), last.bias.clone())
-        last.weight.zero_()
-        last.bias.fill_(-1e4)
-        last.bias[6], last.bias[7] = math.log(0.6), math.log(0.4)
-    try:
-        def share_of_7(t):
-            n = predict_n_atoms(model, pdf, metal, torch.Generator().manual_seed(1), temperature=t)
-            assert set(n.tolist()) <= {7, 8}
-            return float((n == 7).double().mean())
+
+    def share_of_7(t):
+        n = predict_n_atoms(model, pdf, metal, torch.Generator().manual_seed(1), temperature=t)
+        assert set(n.tolist()) <= {7, 8}
+        return float((n == 7).double().mean())
+
+    with _count_head_logits(model, {6: math.log(0.6), 7: math.log(0.4)}):
         assert abs(share_of_7(1.0) - 0.6) < 0.03
         assert abs(share_of_7(0.25) - 0.835) < 0.03
         assert share_of_7(0.01) == 1.0
         with pytest.raises(ValueError, match="temperature"):
             predict_n_atoms(model, pdf, metal, temperature=0.0)
-    finally:
-        with torch.no_grad():
-            last.weight.copy_(saved[0])
-            last.bias.copy_(saved[1])
+
 
 class _ExplodingModel(torch.nn.Module):
     """Returns inf noise predictions once t drops below one half."""

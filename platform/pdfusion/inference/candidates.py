@@ -134,8 +134,9 @@ def fit_and_score(pos: torch.Tensor, numbers: torch.Tensor, mask: torch.Tensor, 
 
 
 def candidates_from(numbers: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, g_sim: torch.Tensor,
-                    scores: torch.Tensor, factor: torch.Tensor | None) -> list[Candidate]:
-    """One Candidate per row of a scored batch (numbers, mask and `fit_and_score`'s output), centred."""
+                    scores: torch.Tensor, factor: torch.Tensor | None, drawn: torch.Tensor) -> list[Candidate]:
+    """One Candidate per row of a scored batch (numbers, mask and `fit_and_score`'s output), centred; `drawn` is
+    the sampler's mask before detached fragments were dropped."""
     out = []
     for j in range(mask.shape[0]):
         m = mask[j]
@@ -144,7 +145,8 @@ def candidates_from(numbers: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor
                              positions=(p - p.mean(0)).cpu().numpy(),
                              n_atoms=int(m.sum()), rwp=float(scores[j]), rwp_before_refine=None,
                              g_sim=g_sim[j].detach().cpu().numpy(),
-                             expansion=None if factor is None else float(factor[j])))
+                             expansion=None if factor is None else float(factor[j]),
+                             n_sampled=int(drawn[j].sum())))
     return out
 
 
@@ -184,13 +186,11 @@ def sample_rows(
         pos, mask = res.positions.float(), res.mask.bool()
         if not torch.isfinite(pos[mask]).all():
             raise NonFiniteError("sample_rows: sampler returned non-finite positions")
-        drawn = res.mask.sum(1).tolist()
         if cfg.prune_fragments:
             mask = keep_largest_fragments(pos, mask)
         numbers = types_to_numbers(res.types.long(), metals[idx]) * mask
         scored = fit_and_score(pos, numbers, mask, pdfs[idx], pdf_cfg, diffusion.model_cfg.bond_length)
-        for row, n, cand in zip(idx.tolist(), drawn, candidates_from(numbers, mask, *scored), strict=True):
-            cand.n_sampled = int(n)
+        for row, cand in zip(idx.tolist(), candidates_from(numbers, mask, *scored, res.mask.bool()), strict=True):
             results[row] = cand
         bar.update(len(idx))
     bar.close()
