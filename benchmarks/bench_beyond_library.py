@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-steps", type=int, default=d.refine_steps)
     p.add_argument("--checkpoint", default=None, help="model checkpoint or models:/ URI (omit: library only)")
     p.add_argument("--model-targets", type=int, default=None, help="score the model on the first N targets only")
+    p.add_argument("--model-start", type=int, default=0, help="first target the model is scored on (split a run)")
+    p.add_argument("--save-candidates", default=None, metavar="DIR",
+                   help="write every target's candidates to DIR (model_NNN.npz, library_NNN.npz)")
     p.add_argument("--no-library", action="store_true", help="skip the library side")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="CFG γ (default: the model's)")
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                     restart_t=args.restart_t, count_temperature=args.count_temperature)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
                            library=not args.no_library, library_sizes=args.sizes == "library",
+                           model_start=args.model_start, save_candidates=args.save_candidates,
                            progress=lambda m: print(m, flush=True))
     report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py",
                                   *(argv if argv is not None else sys.argv[1:])])

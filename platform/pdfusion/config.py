@@ -1007,7 +1007,9 @@ class BeyondLibraryConfig:
     a variant drawn from ``mix`` until it is off-library and holds <= ``max_atoms``), scored against a library
     of perfect spherical cuts of every prototype at the target's metal over ``library_radii``. Both methods
     propose ``k`` candidates; each is then fitted by an isotropic expansion within ``expansion`` (grid
-    ``expansion_grid`` = coarse, fine points) and the ``refine_top`` best are refined ``refine_steps`` steps."""
+    ``expansion_grid`` = coarse, fine points) and the ``refine_top`` best are refined ``refine_steps`` steps; with
+    ``prune_atoms`` each refined one then loses the atoms whose removal lowers R_wp
+    (``inference.topology.prune_by_rwp``) and is refined ``refine_steps`` again (kept if that fits better)."""
 
     n_targets: int = 48
     seed: int = 0
@@ -1022,6 +1024,7 @@ class BeyondLibraryConfig:
     expansion_grid: tuple[int, int] = (13, 11)
     refine_top: int = 2
     refine_steps: int = 50
+    prune_atoms: bool = False
 
     def __post_init__(self) -> None:
         _check(self.n_targets >= 1, "n_targets", f"must be >= 1, got {self.n_targets}")

@@ -102,6 +102,33 @@ def test_scoring_finds_a_planted_truth(targets):
     assert math.isnan(empty["rwp_refined"]) and empty["nan_count"] == 4
 
 
+def test_pruning_stage_deletes_the_atoms_a_target_lacks(targets):
+    from pdfusion.evaluation.harness import Target
+
+    small, big = make_particle("rocksalt", "Mg", 4.0), make_particle("rocksalt", "Mg", 5.2)
+    g = bl.simulate_many([small], FAST_PDF)[0]
+    t = Target(0, g, small, dict(targets[0].meta))
+    cfg = replace(SMALL, refine_steps=3, expansion=(0.98, 1.02))
+    plain = bl.score_proposals(t, [big], cfg, FAST_PDF)
+    cut = bl.score_proposals(t, [big], replace(cfg, prune_atoms=True), FAST_PDF)
+    assert plain["atoms_pruned"] == 0 and plain["n_atoms_best"] == len(big)
+    assert cut["atoms_pruned"] > 0 and cut["n_atoms_best"] == len(big) - cut["atoms_pruned"]
+    assert cut["rwp_refined"] < 0.5 * plain["rwp_refined"]
+    assert cut["rwp_fitted"] == plain["rwp_fitted"]  # pruning is a refinement stage only
+
+
+def test_saved_candidates_load_back_exactly(tmp_path):
+    parts = [make_particle("rocksalt", "Ba", 4.0), make_particle("spinel", "Zr", 5.0)]
+    bl.save_proposals(tmp_path / "c" / "model_000.npz", parts)
+    back = bl.load_proposals(tmp_path / "c" / "model_000.npz")
+    assert [len(p) for p in back] == [len(p) for p in parts]
+    for a, b in zip(parts, back, strict=True):
+        assert np.array_equal(a.numbers, b.numbers) and np.array_equal(a.positions, b.positions)
+    bl.save_proposals(tmp_path / "empty.npz", [])
+    assert bl.load_proposals(tmp_path / "empty.npz") == []
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 def test_summary_and_head_to_head():
     a = [{"rwp_raw": 0.5, "rwp_fitted": 0.2, "rwp_refined": 0.05, "valid_fraction": 1.0, "rmsd": math.nan,
           "nan_count": 0},
@@ -128,6 +155,12 @@ def test_model_side_runs_with_a_tiny_checkpoint(tmp_path):
     assert report["model"]["summary"]["n_targets"] == 1 and report["library"]["summary"]["n_targets"] == 2
     assert "frac_rwp_refined_beats" in report["model"]["vs_library"]
     assert "| model | 1 |" in bl.table(report)
+    # a run split in two: the second half scores target 1 and saves what it sampled
+    half = bl.run_benchmark(cfg, bundle=load_bundle(str(ckpt)), model_targets=1, model_start=1, library=False,
+                            save_candidates=tmp_path / "cands")
+    assert [r["index"] for r in half["model"]["rows"]] == [1]
+    assert sorted(p.name for p in (tmp_path / "cands").iterdir()) == ["model_001.npz"]
+    assert len(bl.load_proposals(tmp_path / "cands" / "model_001.npz")) == half["model"]["rows"][0]["n_candidates"]
 
 
 def test_model_side_can_sample_at_the_nearest_library_entries_atom_counts(tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ from pdfusion.evaluation.harness import Target, simulate_many
 from pdfusion.inference.candidates import generate_candidates
 from pdfusion.inference.library import build_library
 from pdfusion.inference.refine import pad_structures, refine_ragged
+from pdfusion.inference.topology import prune_by_rwp
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion
 from pdfusion.structures.particle import Particle
@@ -169,20 +170,54 @@ def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibrar
             final[i] = min(fitted[i], float(res.rwp_after[j]))
             if res.rwp_after[j] <= fitted[i]:
                 best_pos[i] = res.positions[j, : len(cands[i])]
-    match = [i for i, c in enumerate(cands) if np.array_equal(np.sort(c.numbers), np.sort(target.truth.numbers))]
+    best_num = [c.numbers for c in cands]
+    pruned = 0
+    if cfg.prune_atoms and cfg.refine_steps > 0 and top.size:
+        cuts = [prune_by_rwp(best_pos[i], best_num[i], target.pdf, pdf_cfg) for i in top]
+        res = refine_ragged([c.positions for c in cuts], [c.numbers for c in cuts], target.pdf, pdf_cfg,
+                            steps=cfg.refine_steps)
+        for j, i in enumerate(top):
+            if res.rwp_after[j] < final[i]:
+                final[i] = float(res.rwp_after[j])
+                best_pos[i], best_num[i] = res.positions[j, : len(cuts[j].numbers)], cuts[j].numbers
+                pruned += len(cands[i]) - len(cuts[j].numbers)
+    truth = np.sort(target.truth.numbers)
+    match = [i for i in range(len(cands)) if np.array_equal(np.sort(best_num[i]), truth)]
     rmsd = math.nan
     if match:
         i = min(match, key=lambda j: final[j])
-        rmsd = metrics.rmsd(Particle(cands[i].numbers, best_pos[i]), target.truth)
+        rmsd = metrics.rmsd(Particle(best_num[i], best_pos[i]), target.truth)
     row.update({
         "rwp_raw": float(raw.min()), "rwp_fitted": float(fitted.min()),
         "rwp_refined": float(final[top].min()) if top.size and cfg.refine_steps > 0 else float(fitted.min()),
         "expansion_best": float(fit.factor[int(np.argmin(fitted))]),
         "valid_fraction": float(np.mean([metrics.validity(c.positions).valid for c in cands])),
-        "composition_match": float(len(match) / len(cands)), "rmsd": float(rmsd),
+        "composition_match": float(len(match) / len(cands)), "rmsd": float(rmsd), "atoms_pruned": int(pruned),
+        "n_atoms_best": int(len(best_num[int(np.argmin(final))])),
         "score_s": time.perf_counter() - t0,
     })
     return row
+
+
+def save_proposals(path: str | Path, cands: Sequence[Particle]) -> None:
+    """One target's candidates as an npz of padded arrays (positions, numbers, mask), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cands:
+        pos, num, mask = pad_structures([c.positions for c in cands], [c.numbers for c in cands])
+    else:
+        pos, num, mask = np.zeros((0, 0, 3)), np.zeros((0, 0), np.int64), np.zeros((0, 0), bool)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, positions=pos, numbers=num, mask=mask)
+    tmp.replace(path)
+
+
+def load_proposals(path: str | Path) -> list[Particle]:
+    """The candidates :func:`save_proposals` wrote, as particles (no pickles)."""
+    with np.load(path, allow_pickle=False) as z:
+        pos, num, mask = z["positions"], z["numbers"], z["mask"]
+    return [Particle(num[i][mask[i]], pos[i][mask[i]]) for i in range(len(num))]
 
 
 def _finite(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
@@ -217,11 +252,13 @@ def head_to_head(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> di
 # --------------------------------------------------------------------------------------------------
 def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=None,
                   sample_cfg: SampleConfig | None = None, model_targets: int | None = None, library: bool = True,
-                  library_sizes: bool = False, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                  library_sizes: bool = False, model_start: int = 0, save_candidates: str | Path | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Targets, the library side (unless ``library=False``) and, with ``bundle``, the model side on the first
-    ``model_targets`` targets (default all), sized by its count head or, with ``library_sizes``, at the atom counts
+    ``model_targets`` targets from ``model_start`` (default all), sized by its count head or, with ``library_sizes``, at the atom counts
     of each target's ``k`` nearest library entries. The PDF settings are the bundle's, else the seed-oxides
-    defaults."""
+    defaults. With ``save_candidates`` (a folder) every target's unscored candidates are written there
+    (:func:`save_proposals`), so later stages can be compared on the same samples without sampling again."""
     pdf_cfg = bundle.pdf_config if bundle is not None else PDFConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -236,17 +273,22 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
         t1 = time.perf_counter()
         rows = []
         for t, props in zip(targets, lib_props, strict=True):
+            if save_candidates is not None:
+                save_proposals(Path(save_candidates) / f"library_{t.index:03d}.npz", props)
             rows.append(score_proposals(t, props, cfg, pdf_cfg))
             say(f"library {t.index}: {t.meta['id']} raw {rows[-1]['rwp_raw']:.3f} fitted {rows[-1]['rwp_fitted']:.3f} "
                 f"refined {rows[-1]['rwp_refined']:.3f}")
         report["library"] = {"rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t1}
     if bundle is not None:
         t1 = time.perf_counter()
-        sub = targets[: model_targets or len(targets)]
-        sizes = [[len(p) for p in props] for props in lib_props[: len(sub)]] if library_sizes else None
+        sub = targets[model_start: model_start + (model_targets or len(targets))]
+        sizes = ([[len(p) for p in props] for props in lib_props[model_start: model_start + len(sub)]]
+                 if library_sizes else None)
         rows = []
         for i, t in enumerate(sub):  # one target at a time, so a long run reports as it goes
             props, nans = model_proposals(bundle, [t], cfg, sample_cfg, None if sizes is None else sizes[i:i + 1])
+            if save_candidates is not None:
+                save_proposals(Path(save_candidates) / f"model_{t.index:03d}.npz", props[0])
             rows.append(score_proposals(t, props[0], cfg, pdf_cfg, nans[0]))
             say(f"model {t.index}: {t.meta['id']} raw {rows[-1]['rwp_raw']:.3f} fitted {rows[-1]['rwp_fitted']:.3f} "
                 f"refined {rows[-1]['rwp_refined']:.3f} valid {rows[-1]['valid_fraction']:.2f}")
@@ -254,7 +296,7 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                            "sample": to_dict(sample_cfg) if sample_cfg else None,
                            "sizes": "library" if library_sizes else "count head"}
         if library:
-            lib_rows = report["library"]["rows"][: len(sub)]
+            lib_rows = report["library"]["rows"][model_start: model_start + len(sub)]
             report["model"]["vs_library"] = head_to_head(rows, lib_rows)
             report["model"]["library_on_same_targets"] = summarise(lib_rows)
     return report
