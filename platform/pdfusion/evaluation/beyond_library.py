@@ -256,9 +256,10 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Targets, the library side (unless ``library=False``) and, with ``bundle``, the model side on the first
     ``model_targets`` targets from ``model_start`` (default all), sized by its count head or, with
-    ``library_sizes``, at the atom counts of each target's ``k`` nearest library entries. The PDF settings are the bundle's, else the seed-oxides
-    defaults. With ``save_candidates`` (a folder) each target's unscored candidates go there
-    (:func:`save_proposals`), so later stages can be compared on the same samples without sampling again."""
+    ``library_sizes``, at the atom counts of each target's ``k`` nearest library entries. The PDF settings are the
+    bundle's, else the seed-oxides defaults. With ``save_candidates`` (a folder) each target's unscored candidates
+    go there (:func:`save_proposals`), so later stages can be compared on the same samples without sampling
+    again."""
     pdf_cfg = bundle.pdf_config if bundle is not None else PDFConfig()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
