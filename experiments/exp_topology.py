@@ -3,7 +3,8 @@
 Candidates come from ``bench_beyond_library.py --save-candidates DIR`` (model_NNN.npz, library_NNN.npz), so the
 arms differ only in the scoring stage. Arms, each on the ``refine_top`` best expansion-fitted candidates:
 ``refine`` (``refine_steps`` of position refinement, the benchmark's stage), ``refine x2`` (twice the steps: the
-equal-effort control) and ``refine + prune`` (refine, delete the atoms whose removal lowers R_wp, refine again).
+equal-effort control) and ``refine + prune`` (refine, delete the atoms whose removal lowers R_wp, refine again), ``refine + grow + prune``
+(refine, add atoms at vacant lattice sites where that lowers R_wp, then prune, refine again).
 
     python experiments/exp_topology.py runs/r11/cands --n-targets 10 --out runs/r11/topology
 """
@@ -25,7 +26,8 @@ from pdfusion.evaluation.beyond_library import build_targets, load_proposals, sc
 
 def arms(base: BeyondLibraryConfig) -> dict[str, BeyondLibraryConfig]:
     return {"refine": base, "refine x2": replace(base, refine_steps=2 * base.refine_steps),
-            "refine + prune": replace(base, prune_atoms=True)}
+            "refine + prune": replace(base, prune_atoms=True),
+            "refine + grow + prune": replace(base, prune_atoms=True, grow_atoms=True)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-targets", type=int, default=10, help="the benchmark's --n-targets (regenerates targets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--methods", nargs="+", default=["model", "library"])
+    ap.add_argument("--arms", nargs="+", default=None, help="arm names to run (default: all)")
+    ap.add_argument("--targets", type=int, nargs="+", default=None, help="target indices (default: all)")
     ap.add_argument("--refine-top", type=int, default=None)
     ap.add_argument("--refine-steps", type=int, default=None)
     ap.add_argument("--out", type=Path, default=Path("outputs/topology"))
@@ -46,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
                     "arms": {}}
     for method in args.methods:
         for name, cfg in arms(base).items():
+            if args.arms and name not in args.arms:
+                continue
             rows, t0 = [], time.perf_counter()
             for t in targets:
+                if args.targets is not None and t.index not in args.targets:
+                    continue
                 path = args.candidates / f"{method}_{t.index:03d}.npz"
                 if not path.is_file():
                     continue

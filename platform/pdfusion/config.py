@@ -1009,7 +1009,8 @@ class BeyondLibraryConfig:
     propose ``k`` candidates; each is then fitted by an isotropic expansion within ``expansion`` (grid
     ``expansion_grid`` = coarse, fine points) and the ``refine_top`` best are refined ``refine_steps`` steps; with
     ``prune_atoms`` each refined one then loses the atoms whose removal lowers R_wp
-    (``inference.topology.prune_by_rwp``) and is refined ``refine_steps`` again (kept if that fits better)."""
+    (``inference.topology.prune_by_rwp``) and is refined ``refine_steps`` again (kept if that fits better); with
+    ``grow_atoms`` it first gains atoms at vacant sites of its own lattice (``grow_by_rwp``) the same way."""
 
     n_targets: int = 48
     seed: int = 0
@@ -1025,6 +1026,7 @@ class BeyondLibraryConfig:
     refine_top: int = 2
     refine_steps: int = 50
     prune_atoms: bool = False
+    grow_atoms: bool = False
 
     def __post_init__(self) -> None:
         _check(self.n_targets >= 1, "n_targets", f"must be >= 1, got {self.n_targets}")

@@ -102,7 +102,7 @@ def test_scoring_finds_a_planted_truth(targets):
     assert math.isnan(empty["rwp_refined"]) and empty["nan_count"] == 4
 
 
-def test_pruning_stage_deletes_the_atoms_a_target_lacks(targets):
+def test_topology_stages_delete_and_add_the_atoms_a_target_needs(targets):
     from pdfusion.evaluation.harness import Target
 
     small, big = make_particle("rocksalt", "Mg", 4.0), make_particle("rocksalt", "Mg", 5.2)
@@ -115,6 +115,12 @@ def test_pruning_stage_deletes_the_atoms_a_target_lacks(targets):
     assert cut["atoms_pruned"] > 0 and cut["n_atoms_best"] == len(big) - cut["atoms_pruned"]
     assert cut["rwp_refined"] < 0.5 * plain["rwp_refined"]
     assert cut["rwp_fitted"] == plain["rwp_fitted"]  # pruning is a refinement stage only
+    # the mirror: a candidate smaller than its target grows towards it
+    gt = Target(0, bl.simulate_many([big], FAST_PDF)[0], big, dict(targets[0].meta))
+    short = bl.score_proposals(gt, [small], cfg, FAST_PDF)
+    grown = bl.score_proposals(gt, [small], replace(cfg, grow_atoms=True), FAST_PDF)
+    assert grown["n_atoms_best"] > len(small) and grown["atoms_pruned"] < 0
+    assert grown["rwp_refined"] < 0.5 * short["rwp_refined"]
 
 
 def test_saved_candidates_load_back_exactly(tmp_path):

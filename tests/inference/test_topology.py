@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pdfusion.config import PDFConfig
-from pdfusion.inference.topology import leave_one_out_rwp, prune_by_rwp
+from pdfusion.inference.topology import grow_by_rwp, leave_one_out_rwp, prune_by_rwp, vacant_sites
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import simulate_safe
 from pdfusion.structures.particles import make_particle
@@ -65,3 +65,30 @@ def test_pruning_refuses_bad_input():
         prune_by_rwp(bad, p.numbers, target, FAST_PDF)
     with pytest.raises(ValueError, match="positions must be"):
         prune_by_rwp(p.positions[:-1], p.numbers, target, FAST_PDF)
+
+
+def test_vacant_sites_are_the_next_shell_of_the_lattice():
+    small, big = make_particle("rocksalt", "Mg", 4.0), make_particle("rocksalt", "Mg", 5.2)
+    sites, elems = vacant_sites(small.positions, small.numbers)
+    assert len(sites) > 0 and set(elems) <= set(small.numbers)
+    shell = np.array([np.min(np.linalg.norm(small.positions - x, axis=1)) > 1e-6 for x in big.positions])
+    # every site of the shell the larger cut adds that touches the small cut is proposed, with its element
+    d = np.linalg.norm(sites[:, None] - big.positions[shell][None], axis=-1)
+    hit = d.min(axis=0) < 1e-6
+    near = np.linalg.norm(big.positions[shell][:, None] - small.positions[None], axis=-1).min(axis=1) < 3.0
+    assert hit[near].mean() > 0.9
+    j = d.argmin(axis=1)
+    exact = d.min(axis=1) < 1e-6
+    assert np.array_equal(elems[exact], big.numbers[shell][j[exact]])
+
+
+def test_growth_fills_in_the_shell_of_a_larger_target():
+    small, big = make_particle("rocksalt", "Mg", 4.0), make_particle("rocksalt", "Mg", 5.2)
+    target = _g(big.positions, big.numbers)
+    out = grow_by_rwp(small.positions, small.numbers, target, FAST_PDF, max_rounds=40)
+    assert out.rwp_before > 0.2 and out.rwp_after < 0.35 * out.rwp_before
+    assert out.rwp_after == pytest.approx(float(rwp(_g(out.positions, out.numbers)[None], target[None])[0]))
+    assert len(small) < len(out.numbers) <= 2 * len(small)
+    assert np.array_equal(out.positions[: len(small)], small.positions)  # the input atoms stay where they were
+    with pytest.raises(ValueError, match="max_add"):
+        grow_by_rwp(small.positions, small.numbers, target, FAST_PDF, max_add=0)

@@ -1,10 +1,13 @@
-"""Change a candidate's atom count by the fit itself: delete the atoms whose removal lowers R_wp.
+"""Change a candidate's atom count by the fit itself: delete the atoms whose removal lowers R_wp, add atoms at
+vacant lattice sites where that lowers it.
 
 Position refinement cannot change how many atoms a candidate has, and the measured gap between the model's
 candidates and refined library cuts is topology (atom count and shape; docs/training.md, round 10): the guided
 sampler already leaves them at a local minimum of R_wp over positions. Deleting an atom is a discrete move
 scored exactly: every leave-one-out structure of a candidate is simulated in one masked batch, and the atoms
-whose removal helps most are removed together, the batch halved until the joint removal helps too."""
+whose removal helps most are removed together, the batch halved until the joint removal helps too. Growth is
+the same with one-atom additions: the candidate's own sublattice translations (vectors between same-element
+neighbours that recur) applied to its atoms give the vacant sites a larger cut of that lattice would fill."""
 
 from __future__ import annotations
 
@@ -111,3 +114,148 @@ def prune_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarra
             m //= 2
         keep, current = trial, r
     return Pruned(pos[keep], num[keep], keep, r0, current, rounds)
+
+
+def lattice_vectors(positions: np.ndarray, numbers: np.ndarray, element: int, *, tol: float = 0.35,
+                    min_count: int = 3, shell: float = 1.2) -> np.ndarray:
+    """The recurring nearest-neighbour vectors (V, 3) Å of one element's sublattice: every vector from an atom of
+    ``element`` to another within ``shell`` x the median nearest same-element distance, clustered greedily within
+    ``tol`` Å and kept when seen ``min_count`` times. Empty when the element has fewer than 2 atoms."""
+    x = np.asarray(positions, dtype=np.float64)[np.asarray(numbers) == element]
+    if len(x) < 2:
+        return np.zeros((0, 3))
+    d = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    cut = shell * float(np.median(d.min(axis=1)))
+    i, j = np.nonzero(d < cut)
+    vecs = x[j] - x[i]
+    centres: list[np.ndarray] = []
+    counts: list[int] = []
+    members: list[list[np.ndarray]] = []
+    for v in vecs:
+        for k, c in enumerate(centres):
+            if np.linalg.norm(v - c) < tol:
+                members[k].append(v)
+                counts[k] += 1
+                break
+        else:
+            centres.append(v)
+            counts.append(1)
+            members.append([v])
+    keep = [np.mean(m, axis=0) for m, n in zip(members, counts, strict=True) if n >= min_count]
+    return np.asarray(keep).reshape(-1, 3)
+
+
+def vacant_sites(positions: np.ndarray, numbers: np.ndarray, *, clearance: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+    """Sites (M, 3) and their elements (M,) one sublattice translation away from an atom of the same element, with
+    no atom of that element nearer than ``clearance`` x its nearest-neighbour distance and no other atom nearer
+    than ``clearance`` x the shortest distance between unlike atoms; duplicates within 0.5 of that first distance
+    merged."""
+    pos = np.asarray(positions, dtype=np.float64)
+    num = np.asarray(numbers)
+    sites, elems = [], []
+    d_all = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    unlike = num[:, None] != num[None]
+    hetero = float(np.min(d_all[unlike])) if unlike.any() else np.inf
+    for e in np.unique(num):
+        vecs = lattice_vectors(pos, num, int(e))
+        if not len(vecs):
+            continue
+        own = pos[num == e]
+        d = np.linalg.norm(own[:, None] - own[None], axis=-1)
+        np.fill_diagonal(d, np.inf)
+        nn = float(np.median(d.min(axis=1)))
+        cand = (own[:, None] + vecs[None]).reshape(-1, 3)
+        near_own = np.linalg.norm(cand[:, None] - own[None], axis=-1).min(axis=1)
+        ok = near_own > clearance * nn
+        other = pos[num != e]
+        if len(other):
+            ok &= np.linalg.norm(cand[:, None] - other[None], axis=-1).min(axis=1) > clearance * hetero
+        cand = cand[ok]
+        chosen: list[np.ndarray] = []
+        for c in cand:
+            if all(np.linalg.norm(c - q) > 0.5 * nn for q in chosen):
+                chosen.append(c)
+        sites.extend(chosen)
+        elems.extend([int(e)] * len(chosen))
+    return np.asarray(sites).reshape(-1, 3), np.asarray(elems, dtype=np.int64)
+
+
+def add_one_rwp(positions: np.ndarray, numbers: np.ndarray, sites: np.ndarray, elements: np.ndarray,
+                target_g: np.ndarray | torch.Tensor, pdf_cfg: PDFConfig) -> np.ndarray:
+    """R_wp of the structure with site k added (element ``elements[k]``), for every site, in chunked batches."""
+    pos = torch.as_tensor(np.asarray(positions), dtype=torch.float64)
+    num = torch.as_tensor(np.asarray(numbers), dtype=torch.long)
+    target = torch.as_tensor(np.asarray(target_g), dtype=torch.float64).reshape(1, -1)
+    n, m = num.shape[0] + 1, len(sites)
+    out = np.full(m, np.inf)
+    chunk = max(1, int(PAIR_BUDGET // max(1, n * n // 2)))
+    s_t = torch.as_tensor(sites, dtype=torch.float64)
+    e_t = torch.as_tensor(elements, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, m, chunk):
+            b = min(chunk, m - start)
+            p = torch.cat([pos.expand(b, -1, 3), s_t[start: start + b, None]], dim=1)
+            z = torch.cat([num.expand(b, -1), e_t[start: start + b, None]], dim=1)
+            out[start: start + b] = _rwp_of(p, z, torch.ones(b, n, dtype=torch.bool), target, pdf_cfg).numpy()
+    return out
+
+
+def grow_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray | torch.Tensor,
+                pdf_cfg: PDFConfig = PDFConfig(), *, max_add: float = 1.0, max_rounds: int = 12,
+                batch_frac: float = 0.5, min_gain: float = 1e-4, max_sites: int = 384, seed: int = 0) -> Pruned:
+    """Greedy growth, the mirror of :func:`prune_by_rwp`: each round the vacant sites (:func:`vacant_sites`) whose
+    single addition lowers R_wp are ranked; the best ``batch_frac`` of them, mutually farther apart than the
+    clearance, are added together if that lowers R_wp, else half as many, down to the single best. At most
+    ``max_add`` x the input count of atoms is added. Each round scores at most ``max_sites`` sites (a seeded random
+    subset): the cost is sites x atoms², the budget of a 2-core machine. ``kept`` marks the input atoms (all True); added atoms follow
+    them in ``positions``."""
+    if max_add <= 0:
+        raise ValueError(f"grow_by_rwp: max_add must be > 0, got {max_add}")
+    if not 0 < batch_frac <= 1:
+        raise ValueError(f"grow_by_rwp: batch_frac must be in (0, 1], got {batch_frac}")
+    pos = np.asarray(positions, dtype=np.float64)
+    num = np.asarray(numbers, dtype=np.int64)
+    n0 = len(num)
+    if pos.shape != (n0, 3) or n0 < 2:
+        raise ValueError(f"grow_by_rwp: positions must be (N, 3) for N = {n0} >= 2 numbers, got {pos.shape}")
+    if not np.isfinite(pos).all():
+        raise ValueError("grow_by_rwp: positions contain NaN or inf")
+    target = torch.as_tensor(np.asarray(target_g), dtype=torch.float64).reshape(1, -1)
+
+    def score(p: np.ndarray, z: np.ndarray) -> float:
+        with torch.no_grad():
+            return float(_rwp_of(torch.as_tensor(p)[None], torch.as_tensor(z)[None],
+                                 torch.ones(1, len(z), dtype=torch.bool), target, pdf_cfg)[0])
+
+    rng = np.random.default_rng(seed)
+    r0 = current = score(pos, num)
+    limit = n0 + max(1, math.floor(max_add * n0))
+    rounds = 0
+    for rounds in range(1, max_rounds + 1):  # noqa: B007  (rounds is reported)
+        budget = limit - len(num)
+        if budget <= 0:
+            rounds -= 1
+            break
+        sites, elems = vacant_sites(pos, num)
+        if not len(sites):
+            break
+        if len(sites) > max_sites:
+            pick = np.sort(rng.choice(len(sites), max_sites, replace=False))
+            sites, elems = sites[pick], elems[pick]
+        add = add_one_rwp(pos, num, sites, elems, target, pdf_cfg)
+        gain = current - add
+        order = np.argsort(-gain, kind="stable")
+        helpful = order[gain[order] > min_gain][:budget]
+        if helpful.size == 0:
+            break
+        m = max(1, math.ceil(batch_frac * helpful.size))
+        while True:
+            pick = helpful[:m]
+            p, z = np.concatenate([pos, sites[pick]]), np.concatenate([num, elems[pick]])
+            r = score(p, z) if m > 1 else float(add[helpful[0]])
+            if r < current or m == 1:
+                break
+            m //= 2
+        pos, num, current = p, z, r
+    return Pruned(pos, num, np.ones(n0, dtype=bool), r0, current, rounds)
