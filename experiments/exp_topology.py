@@ -1,10 +1,10 @@
 """Atom deletion scored by R_wp vs position refinement alone, on the same saved beyond-library candidates.
 
-Candidates come from ``bench_beyond_library.py --save-candidates DIR`` (model_NNN.npz, library_NNN.npz), so the
-arms differ only in the scoring stage. Arms, each on the ``refine_top`` best expansion-fitted candidates:
+Candidates come from ``bench_beyond_library.py --save-candidates DIR`` (model_NNN.npz, library_NNN.npz), so
+the arms differ only in the scoring stage. Arms, each on the ``refine_top`` best expansion-fitted candidates:
 ``refine`` (``refine_steps`` of position refinement, the benchmark's stage), ``refine x2`` (twice the steps: the
-equal-effort control) and ``refine + prune`` (refine, delete the atoms whose removal lowers R_wp, refine again), ``refine + grow + prune``
-(refine, add atoms at vacant lattice sites where that lowers R_wp, then prune, refine again).
+equal-effort control), ``refine + prune`` (refine, delete the atoms whose removal lowers R_wp, refine again) and
+``refine + grow + prune`` (refine, add atoms at vacant lattice sites where that lowers R_wp, prune, refine again).
 
     python experiments/exp_topology.py runs/r11/cands --n-targets 10 --out runs/r11/topology
 """

@@ -146,7 +146,8 @@ def lattice_vectors(positions: np.ndarray, numbers: np.ndarray, element: int, *,
     return np.asarray(keep).reshape(-1, 3)
 
 
-def vacant_sites(positions: np.ndarray, numbers: np.ndarray, *, clearance: float = 0.75) -> tuple[np.ndarray, np.ndarray]:
+def vacant_sites(positions: np.ndarray, numbers: np.ndarray, *, clearance: float = 0.75
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Sites (M, 3) and their elements (M,) one sublattice translation away from an atom of the same element, with
     no atom of that element nearer than ``clearance`` x its nearest-neighbour distance and no other atom nearer
     than ``clearance`` x the shortest distance between unlike atoms; duplicates within 0.5 of that first distance
@@ -181,6 +182,21 @@ def vacant_sites(positions: np.ndarray, numbers: np.ndarray, *, clearance: float
     return np.asarray(sites).reshape(-1, 3), np.asarray(elems, dtype=np.int64)
 
 
+def _shortest(pos: np.ndarray) -> float:
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return float(d.min())
+
+
+def _separated(sites: np.ndarray, order: np.ndarray, sep: float) -> np.ndarray:
+    """The sites of ``order`` (best first) kept greedily so that no two kept ones are closer than ``sep``."""
+    kept: list[int] = []
+    for k in order:
+        if all(np.linalg.norm(sites[k] - sites[j]) >= sep for j in kept):
+            kept.append(int(k))
+    return np.asarray(kept, dtype=np.int64)
+
+
 def add_one_rwp(positions: np.ndarray, numbers: np.ndarray, sites: np.ndarray, elements: np.ndarray,
                 target_g: np.ndarray | torch.Tensor, pdf_cfg: PDFConfig) -> np.ndarray:
     """R_wp of the structure with site k added (element ``elements[k]``), for every site, in chunked batches."""
@@ -205,11 +221,11 @@ def grow_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray
                 pdf_cfg: PDFConfig = PDFConfig(), *, max_add: float = 1.0, max_rounds: int = 12,
                 batch_frac: float = 0.5, min_gain: float = 1e-4, max_sites: int = 384, seed: int = 0) -> Pruned:
     """Greedy growth, the mirror of :func:`prune_by_rwp`: each round the vacant sites (:func:`vacant_sites`) whose
-    single addition lowers R_wp are ranked; the best ``batch_frac`` of them, mutually farther apart than the
-    clearance, are added together if that lowers R_wp, else half as many, down to the single best. At most
-    ``max_add`` x the input count of atoms is added. Each round scores at most ``max_sites`` sites (a seeded random
-    subset): the cost is sites x atoms², the budget of a 2-core machine. ``kept`` marks the input atoms (all True); added atoms follow
-    them in ``positions``."""
+    single addition lowers R_wp are ranked; the best ``batch_frac`` of them, mutually farther apart than 0.75 x
+    the structure's shortest distance, are added together if that lowers R_wp, else half as many, down to one.
+    At most ``max_add`` x the input count of atoms is added. Each round scores at most ``max_sites`` sites (a
+    seeded random subset): the cost is sites x atoms², the budget of a 2-core machine. ``kept`` marks the input
+    atoms (all True); added atoms follow them in ``positions``."""
     if max_add <= 0:
         raise ValueError(f"grow_by_rwp: max_add must be > 0, got {max_add}")
     if not 0 < batch_frac <= 1:
@@ -249,6 +265,7 @@ def grow_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray
         helpful = order[gain[order] > min_gain][:budget]
         if helpful.size == 0:
             break
+        helpful = _separated(sites, helpful, 0.75 * _shortest(pos))
         m = max(1, math.ceil(batch_frac * helpful.size))
         while True:
             pick = helpful[:m]
