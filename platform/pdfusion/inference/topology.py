@@ -64,6 +64,18 @@ def leave_one_out_rwp(positions: np.ndarray | torch.Tensor, numbers: np.ndarray 
     return out
 
 
+def _checked(who: str, positions, numbers, batch_frac: float, min_atoms: int) -> tuple[np.ndarray, np.ndarray]:
+    if not 0 < batch_frac <= 1:
+        raise ValueError(f"{who}: batch_frac must be in (0, 1], got {batch_frac}")
+    pos = np.asarray(positions, dtype=np.float64)
+    num = np.asarray(numbers, dtype=np.int64)
+    if pos.shape != (len(num), 3) or len(num) < min_atoms:
+        raise ValueError(f"{who}: positions must be (N, 3) for N = {len(num)} >= {min_atoms} numbers, got {pos.shape}")
+    if not np.isfinite(pos).all():
+        raise ValueError(f"{who}: positions contain NaN or inf")
+    return pos, num
+
+
 def prune_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray | torch.Tensor,
                  pdf_cfg: PDFConfig = PDFConfig(), *, max_remove: float = 0.5, max_rounds: int = 30,
                  batch_frac: float = 0.25, min_gain: float = 1e-4) -> Pruned:
@@ -73,15 +85,8 @@ def prune_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarra
     ``max_remove`` of the input atoms are gone. Positions are not moved (refine after)."""
     if not 0 < max_remove < 1:
         raise ValueError(f"prune_by_rwp: max_remove must be in (0, 1), got {max_remove}")
-    if not 0 < batch_frac <= 1:
-        raise ValueError(f"prune_by_rwp: batch_frac must be in (0, 1], got {batch_frac}")
-    pos = np.asarray(positions, dtype=np.float64)
-    num = np.asarray(numbers, dtype=np.int64)
+    pos, num = _checked("prune_by_rwp", positions, numbers, batch_frac, min_atoms=1)
     n = len(num)
-    if pos.shape != (n, 3) or n == 0:
-        raise ValueError(f"prune_by_rwp: positions must be (N, 3) for N = {n} numbers, got {pos.shape}")
-    if not np.isfinite(pos).all():
-        raise ValueError("prune_by_rwp: positions contain NaN or inf")
     pos_t, num_t = torch.as_tensor(pos), torch.as_tensor(num)
     target = torch.as_tensor(np.asarray(target_g), dtype=torch.float64).reshape(1, -1)
     keep = np.ones(n, dtype=bool)
@@ -228,15 +233,8 @@ def grow_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray
     atoms (all True); added atoms follow them in ``positions``."""
     if max_add <= 0:
         raise ValueError(f"grow_by_rwp: max_add must be > 0, got {max_add}")
-    if not 0 < batch_frac <= 1:
-        raise ValueError(f"grow_by_rwp: batch_frac must be in (0, 1], got {batch_frac}")
-    pos = np.asarray(positions, dtype=np.float64)
-    num = np.asarray(numbers, dtype=np.int64)
+    pos, num = _checked("grow_by_rwp", positions, numbers, batch_frac, min_atoms=2)
     n0 = len(num)
-    if pos.shape != (n0, 3) or n0 < 2:
-        raise ValueError(f"grow_by_rwp: positions must be (N, 3) for N = {n0} >= 2 numbers, got {pos.shape}")
-    if not np.isfinite(pos).all():
-        raise ValueError("grow_by_rwp: positions contain NaN or inf")
     target = torch.as_tensor(np.asarray(target_g), dtype=torch.float64).reshape(1, -1)
 
     def score(p: np.ndarray, z: np.ndarray) -> float:
