@@ -89,11 +89,12 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              resample_at: tuple[float, ...] = (), resample_keep: float = 0.5,
              pdf_guidance_cohesion: float = 0.0, pdf_guidance_window: tuple[float, float] = (0.0, 1.0),
              prune_fragments: bool = False, restarts: int = 0, restart_t: int = 100,
-             count_temperature: float = 1.0) -> dict:
+             count_temperature: float = 1.0, prune_atoms: bool = False) -> dict:
     from pdfusion.config import SampleConfig
     from pdfusion.evaluation.baselines import library_lookup, nearest_library
-    from pdfusion.inference.candidates import refine_candidates, sample_and_score
+    from pdfusion.inference.candidates import prune_candidates, refine_candidates, sample_and_score
     from pdfusion.inference.refine import refine
+    from pdfusion.inference.topology import reshape_and_refine
 
     pdfs = torch.cat([d.y for d in val_data]).float()
     lib_pdfs = torch.cat([d.y for d in train_data]).float()
@@ -158,14 +159,33 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
                    for i, c in enumerate(ranked)]
         best_ref = np.array([r[0].rwp for r in refined])
         # the fair comparison: the library's best structure refined the same way
-        lib_ref = np.array([refine(train_data[int(j)].pos.double().numpy(), train_data[int(j)].z.numpy(), pdfs[i],
-                                   pdf_cfg, steps=refine_steps).rwp_after[0] for i, j in enumerate(lib_idx)])
+        lib_fits = [refine(train_data[int(j)].pos.double().numpy(), train_data[int(j)].z.numpy(), pdfs[i],
+                           pdf_cfg, steps=refine_steps) for i, j in enumerate(lib_idx)]
+        lib_ref = np.array([f.rwp_after[0] for f in lib_fits])
         result.update({"refine_top": refine_top, "refine_steps": refine_steps,
                        "median_best_of_k_refined": float(np.median(best_ref)),
                        "median_library_lookup_refined": float(np.median(lib_ref)),
                        "frac_pdfs_refined_beats_library": float(np.mean(best_ref < lib_rwp)),
                        "frac_pdfs_refined_beats_refined_library": float(np.mean(best_ref < lib_ref)),
                        "refine_seconds": time.time() - t0})
+        if prune_atoms:  # the topology stage on both sides, on the same refined structures
+            t0 = time.time()
+            shaped = [prune_candidates(r, pdfs[i], pdf_cfg, steps=refine_steps, top=refine_top)
+                      for i, r in enumerate(refined)]
+            best_pruned = np.array([r[0].rwp for r in shaped])
+            lib_pruned = np.array([
+                reshape_and_refine([f.positions], [train_data[int(j)].z.numpy()], f.rwp_after, pdfs[i], pdf_cfg,
+                                   refine_steps).rwp[0]
+                for i, (j, f) in enumerate(zip(lib_idx, lib_fits, strict=True))])
+            result.update({"median_best_of_k_refined_pruned": float(np.median(best_pruned)),
+                           "median_library_lookup_refined_pruned": float(np.median(lib_pruned)),
+                           "frac_pdfs_pruned_beats_pruned_library": float(np.mean(best_pruned < lib_pruned)),
+                           "per_pdf_refined": best_ref.tolist(), "per_pdf_refined_pruned": best_pruned.tolist(),
+                           "per_pdf_library_refined": lib_ref.tolist(),
+                           "per_pdf_library_refined_pruned": lib_pruned.tolist(),
+                           "n_atoms_best_refined_pruned": [r[0].n_atoms for r in shaped],
+                           "n_atoms_true": n_true.tolist(),
+                           "prune_seconds": time.time() - t0})
     else:
         best_ref = None
     plot_figure7(rwp, lib_rwp, best_ref, out / "figure7_rwp.png", title)
@@ -387,6 +407,9 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                          "(and PDF guidance) achieve without a learned prior")
     ap.add_argument("--refine-top", type=int, default=2)
     ap.add_argument("--refine-steps", type=int, default=50)
+    ap.add_argument("--prune-atoms", action="store_true",
+                    help="after refinement, prune atoms by R_wp and refine again (model's top --refine-top and the "
+                         "refined library structure; inference.topology.reshape_and_refine)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=default_out)
@@ -460,7 +483,7 @@ def run(data_dir: Path, split_by: str, title: str, default_out: str, argv=None, 
                          args.self_cond_estimate, args.sizes, tuple(args.resample_at), args.resample_keep,
                          args.pdf_guidance_cohesion, tuple(args.pdf_guidance_window), args.prune_fragments,
                          restarts=args.restarts, restart_t=args.restart_t,
-                         count_temperature=args.count_temperature)}
+                         count_temperature=args.count_temperature, prune_atoms=args.prune_atoms)}
     result["bar_median_best_le_0.10"] = result["median_best_of_k"] <= 0.10
     result["bar_below_library"] = result["median_best_of_k"] < result["median_library_lookup"]
     (out / "result.json").write_text(json.dumps(result, indent=2))

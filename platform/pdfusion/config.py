@@ -434,6 +434,11 @@ class SampleConfig:
     count_temperature: float = 1.0
     refine: bool = False
     refine_steps: int = 100
+    # after refinement, the best `prune_top` candidates lose the atoms whose removal lowers R_wp and are refined
+    # again (inference.topology.reshape_and_refine; kept only where R_wp falls): refinement cannot change a
+    # candidate's atom count, and the measured gap to the library is topology (docs/evaluation.md, r9)
+    prune_atoms: bool = False
+    prune_top: int = 4
     seed: int = 0
     # Largest distance (A) of any atom from the particle centre that a predicted clean structure x0 may
     # have; predictions beyond it are pulled back radially (rotation-equivariant "clip_denoised"). Without
@@ -499,6 +504,8 @@ class SampleConfig:
         _check(self.steps is None or self.steps >= 1, "steps", f"must be None or >= 1, got {self.steps}")
         _check(self.n_samples >= 1, "n_samples", f"must be >= 1, got {self.n_samples}")
         _check(self.n_atoms is None or self.n_atoms >= 2, "n_atoms", f"must be None or >= 2, got {self.n_atoms}")
+        _check(not self.prune_atoms or self.refine, "prune_atoms", "prunes refined candidates; set refine=True too")
+        _check(self.prune_top >= 1, "prune_top", f"must be >= 1 (candidates pruned per PDF), got {self.prune_top}")
         _check(self.count_temperature > 0 and math.isfinite(self.count_temperature), "count_temperature",
                f"must be finite and > 0 (1 = the count head as trained), got {self.count_temperature}")
 

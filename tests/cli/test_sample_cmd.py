@@ -106,6 +106,18 @@ def test_sample_refine_and_predicted_size(checkpoint, target_gr, tmp_path):
         assert 2 <= c["n_atoms"] <= 48
 
 
+def test_sample_prune_atoms_implies_refine_and_is_recorded(checkpoint, target_gr, tmp_path):
+    out = tmp_path / "out"
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "22", "-k", "2", "--prune-atoms",
+               "--prune-top", "1", "--refine-steps", "5", "--seed", "4", "-o", str(out)])
+    assert rc == 0
+    summary, _ = _check_outputs(out, 2)
+    cfg = summary["sample_config"]
+    assert cfg["refine"] and cfg["prune_atoms"] and cfg["prune_top"] == 1
+    for c in summary["candidates"]:
+        assert c["rwp_before_refine"] is not None and c["rwp"] <= c["rwp_before_refine"] + 1e-9
+
+
 def test_sample_with_pdf_guidance(checkpoint, target_gr, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12",

@@ -288,3 +288,54 @@ def test_keep_largest_fragments_ignores_padding():
     mask = torch.tensor([[True, True, True, False, False], [True, True, True, False, False]])
     keep = keep_largest_fragments(pos, mask)
     assert keep.tolist() == [[True, True, False, False, False], [False, True, True, False, False]]
+
+
+def test_prune_candidates_removes_atoms_the_target_lacks_and_never_makes_one_worse():
+    """A larger cut around the target particle loses atoms and fits better; the exact particle is left alone;
+    every returned candidate's g_sim and R_wp are those of its own positions, and only `top` are touched."""
+    from pdfusion.inference.candidates import prune_candidates
+    from pdfusion.pdf import rwp
+
+    small_z, small_p = rocksalt_cluster(3.0, 22)
+    big_z, big_p = rocksalt_cluster(4.2, 22)
+    target = simulate(small_z, small_p)
+
+    def cand(z, p):
+        g = simulate(z, p)
+        return Candidate(numbers=z, positions=p - p.mean(0), n_atoms=len(z), rwp=float(rwp(g, target)),
+                         rwp_before_refine=None, g_sim=g.numpy().astype(np.float32))
+
+    exact, larger = cand(small_z, small_p), cand(big_z, big_p)
+    assert larger.rwp > 0.2 and exact.rwp < 1e-9
+    out = prune_candidates([larger, exact], target, SMALL_PDF, steps=20, top=2)
+    assert [c.rwp for c in out] == sorted(c.rwp for c in out)
+    kept_exact = next(c for c in out if c.n_atoms == len(small_z) and c.rwp < 1e-9)
+    np.testing.assert_array_equal(kept_exact.numbers, small_z)
+    cut = next(c for c in out if c is not kept_exact)
+    assert cut.n_atoms < len(big_z) and cut.rwp < 0.6 * larger.rwp
+    for c in out:
+        ref = simulate(c.numbers, c.positions)
+        np.testing.assert_allclose(c.g_sim, ref.numpy(), atol=1e-5)
+        assert c.rwp == pytest.approx(float(rwp(ref, target)), rel=1e-6, abs=1e-9)
+    untouched = prune_candidates([exact, larger], target, SMALL_PDF, steps=20, top=1)
+    assert untouched[1] is larger
+
+
+def test_sampling_with_prune_atoms_needs_refine_and_never_fits_worse(bundle):
+    from pdfusion.config import ConfigError
+
+    with pytest.raises(ConfigError, match="prune_atoms"):
+        SampleConfig(prune_atoms=True)
+    target = simulate(*rocksalt_cluster(3.0, 22)).float()
+    base = SampleConfig(n_samples=3, steps=4, n_atoms=24, seed=2, refine=True, refine_steps=10)
+    plain = generate_candidates(bundle, target[None], [22], base)[0]
+    pruned = generate_candidates(bundle, target[None], [22], dataclasses.replace(base, prune_atoms=True,
+                                                                                 prune_top=3))[0]
+    assert pruned[0].rwp <= plain[0].rwp + 1e-12
+    assert all(c.n_atoms <= 24 and len(c.numbers) == c.n_atoms for c in pruned)
+
+
+def test_refining_a_perfect_fit_keeps_it():
+    numbers, pos = rocksalt_cluster(3.0, 22)
+    res = refine(pos, numbers, simulate(numbers, pos), SMALL_PDF, steps=5)
+    assert np.isfinite(res.positions).all() and float(res.rwp_after[0]) == pytest.approx(0.0, abs=1e-12)

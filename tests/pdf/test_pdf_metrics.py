@@ -33,3 +33,17 @@ def test_shape_mismatch_and_zero_target_raise():
         rwp(torch.zeros(2, 10), torch.ones(10))
     with pytest.raises(ValueError, match="identically zero"):
         rwp(torch.ones(10), torch.zeros(10))
+
+
+def test_rwp_gradient_is_finite_at_a_perfect_fit_and_nan_still_propagates():
+    """sqrt'(0) is infinite: without the guard, refining a candidate that already fits exactly turns its positions
+    into NaN on the first step."""
+    target = torch.tensor([[0.0, 1.0, -0.5, 0.25]], dtype=torch.float64)
+    pred = target.clone().requires_grad_(True)
+    r = rwp(pred, target)
+    r.sum().backward()
+    assert float(r) == 0.0 and torch.equal(pred.grad, torch.zeros_like(target))
+    off = (target + 0.1).requires_grad_(True)
+    rwp(off, target).sum().backward()
+    assert torch.isfinite(off.grad).all() and bool((off.grad != 0).any())
+    assert torch.isnan(rwp(torch.full_like(target, float("nan")), target)).all()

@@ -52,6 +52,10 @@ def register(sub) -> None:
                         "(default: the model's)")
     p.add_argument("--refine", action="store_true", help="refine every candidate by gradient descent on R_wp")
     p.add_argument("--refine-steps", type=int, default=100)
+    p.add_argument("--prune-atoms", action="store_true",
+                   help="after refinement (implies --refine), delete from the best --prune-top candidates the atoms "
+                        "whose removal lowers R_wp and refine again (kept only where R_wp falls)")
+    p.add_argument("--prune-top", type=int, default=4, help="candidates pruned with --prune-atoms (default 4)")
     p.add_argument("-o", "--outdir", default="pdfusion_samples", help="output folder (default ./pdfusion_samples)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-plot", action="store_true", help="skip overlay.png")
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     limits = limits_from_args(args)
     SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
-                 n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps, seed=args.seed,
+                 n_atoms=args.n_atoms, refine=args.refine or args.prune_atoms, refine_steps=args.refine_steps,
+                 prune_atoms=args.prune_atoms, prune_top=args.prune_top, seed=args.seed,
                  pdf_guidance=args.pdf_guidance or 0.0,
                  pdf_guidance_iters=args.pdf_guidance_iters or 1,
                  pdf_guidance_cohesion=args.pdf_guidance_cohesion or 0.0,
@@ -144,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                           f"{args.n_samples * max_atoms:,} atoms, more than the limit of {limits.max_atoms:,} "
                           "(fewer -k, or raise it with --max-atoms)")
     cfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, n_samples=args.n_samples,
-                               n_atoms=args.n_atoms, refine=args.refine, refine_steps=args.refine_steps,
+                               n_atoms=args.n_atoms, refine=args.refine or args.prune_atoms,
+                               refine_steps=args.refine_steps, prune_atoms=args.prune_atoms, prune_top=args.prune_top,
                                seed=args.seed, pdf_guidance=args.pdf_guidance,
                                pdf_guidance_iters=args.pdf_guidance_iters,
                                pdf_guidance_cohesion=args.pdf_guidance_cohesion,

@@ -39,7 +39,7 @@ from pdfusion.evaluation.harness import Target, simulate_many
 from pdfusion.inference.candidates import generate_candidates
 from pdfusion.inference.library import build_library
 from pdfusion.inference.refine import pad_structures, refine_ragged
-from pdfusion.inference.topology import grow_by_rwp, prune_by_rwp
+from pdfusion.inference.topology import reshape_and_refine
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion
 from pdfusion.structures.particle import Particle
@@ -173,23 +173,12 @@ def score_proposals(target: Target, cands: Sequence[Particle], cfg: BeyondLibrar
     best_num = [c.numbers for c in cands]
     pruned = 0
     if (cfg.prune_atoms or cfg.grow_atoms) and cfg.refine_steps > 0 and top.size:
-        cuts = []
-        for i in top:
-            p, z = best_pos[i], best_num[i]
-            if cfg.grow_atoms:
-                grown = grow_by_rwp(p, z, target.pdf, pdf_cfg)
-                p, z = grown.positions, grown.numbers
-            if cfg.prune_atoms:
-                cut = prune_by_rwp(p, z, target.pdf, pdf_cfg)
-                p, z = cut.positions, cut.numbers
-            cuts.append(Particle(z, p))
-        res = refine_ragged([c.positions for c in cuts], [c.numbers for c in cuts], target.pdf, pdf_cfg,
-                            steps=cfg.refine_steps)
+        shaped = reshape_and_refine([best_pos[i] for i in top], [best_num[i] for i in top], final[top], target.pdf,
+                                    pdf_cfg, cfg.refine_steps, prune=cfg.prune_atoms, grow=cfg.grow_atoms)
         for j, i in enumerate(top):
-            if res.rwp_after[j] < final[i]:
-                final[i] = float(res.rwp_after[j])
-                best_pos[i], best_num[i] = res.positions[j, : len(cuts[j].numbers)], cuts[j].numbers
-                pruned += len(cands[i]) - len(cuts[j].numbers)  # net: negative when growth added atoms
+            if shaped.changed[j]:
+                final[i], best_pos[i], best_num[i] = shaped.rwp[j], shaped.positions[j], shaped.numbers[j]
+                pruned += len(cands[i]) - len(best_num[i])  # net: negative when growth added atoms
     truth = np.sort(target.truth.numbers)
     match = [i for i in range(len(cands)) if np.array_equal(np.sort(best_num[i]), truth)]
     rmsd = math.nan

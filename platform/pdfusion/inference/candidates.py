@@ -318,6 +318,11 @@ def generate_candidates(
                 refine_candidates(cands, pdfs[i], bundle.pdf_config, steps=gcfg.refine_steps)
                 for cands, i in zip(ranked, members, strict=True)
             ]
+        if gcfg.prune_atoms:
+            ranked = [
+                prune_candidates(cands, pdfs[i], bundle.pdf_config, steps=gcfg.refine_steps, top=gcfg.prune_top)
+                for cands, i in zip(ranked, members, strict=True)
+            ]
         for i, cands in zip(members, ranked, strict=True):
             out[i] = cands
     return out  # type: ignore[return-value]
@@ -341,4 +346,30 @@ def refine_candidates(
                 expansion=c.expansion,
             )
         )
+    return sorted(out, key=lambda c: c.rwp)
+
+
+def prune_candidates(cands: list[Candidate], target_g: torch.Tensor | np.ndarray, pdf_cfg: PDFConfig,
+                     steps: int = 100, top: int = 4) -> list[Candidate]:
+    """The best `top` refined candidates of one PDF lose the atoms whose removal lowers R_wp and are refined again
+    (`inference.topology.reshape_and_refine`); each is replaced only where R_wp falls. Re-ranked."""
+    from pdfusion.inference.topology import reshape_and_refine
+
+    if not cands or steps == 0:
+        return cands
+    best = sorted(cands, key=lambda c: c.rwp)
+    head = best[:top]
+    shaped = reshape_and_refine([c.positions for c in head], [c.numbers for c in head],
+                                np.array([c.rwp for c in head]), target_g, pdf_cfg, steps)
+    out = list(best)
+    for j, c in enumerate(head):
+        if not shaped.changed[j]:
+            continue
+        p, z = shaped.positions[j], shaped.numbers[j]
+        with torch.no_grad():
+            g = simulate_safe(torch.as_tensor(p)[None], torch.as_tensor(z)[None],
+                              torch.ones(1, len(z), dtype=torch.bool), pdf_cfg)[0]
+        out[j] = Candidate(numbers=z, positions=p - p.mean(0), n_atoms=len(z), rwp=float(shaped.rwp[j]),
+                           rwp_before_refine=c.rwp_before_refine, g_sim=g.numpy().astype(np.float32),
+                           expansion=c.expansion, n_sampled=c.n_sampled)
     return sorted(out, key=lambda c: c.rwp)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pdfusion.config import PDFConfig
+from pdfusion.inference.refine import refine_ragged
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import simulate_safe
 
@@ -274,3 +275,43 @@ def grow_by_rwp(positions: np.ndarray, numbers: np.ndarray, target_g: np.ndarray
             m //= 2
         pos, num, current = p, z, r
     return Pruned(pos, num, np.ones(n0, dtype=bool), r0, current, rounds)
+
+
+@dataclass
+class Reshaped:
+    positions: list[np.ndarray]  # per structure, (n_i, 3)
+    numbers: list[np.ndarray]  # per structure, (n_i,)
+    rwp: np.ndarray  # (B,) after the stage; never above the input's
+    changed: np.ndarray  # (B,) bool: the reshaped structure replaced the input
+
+
+def reshape_and_refine(positions: list[np.ndarray], numbers: list[np.ndarray], rwp_now: np.ndarray,
+                       target_g: np.ndarray | torch.Tensor, pdf_cfg: PDFConfig, refine_steps: int, *,
+                       prune: bool = True, grow: bool = False) -> Reshaped:
+    """The topology stage after position refinement: each refined structure is grown (optional) and pruned by
+    R_wp, the results refined again in one batch, and each replaces its input only where that lowers R_wp
+    (``rwp_now``, the input's R_wp), so the stage never makes a candidate worse."""
+    rwp_now = np.asarray(rwp_now, dtype=np.float64)
+    if not (len(positions) == len(numbers) == len(rwp_now)):
+        raise ValueError(f"reshape_and_refine: {len(positions)} positions, {len(numbers)} numbers, "
+                         f"{len(rwp_now)} R_wp values")
+    out_p, out_z = [np.asarray(p) for p in positions], [np.asarray(z) for z in numbers]
+    changed = np.zeros(len(out_p), dtype=bool)
+    if not out_p or not (prune or grow):
+        return Reshaped(out_p, out_z, rwp_now.copy(), changed)
+    cuts = []
+    for p, z in zip(out_p, out_z, strict=True):
+        if grow:
+            grown = grow_by_rwp(p, z, target_g, pdf_cfg)
+            p, z = grown.positions, grown.numbers
+        if prune:
+            cut = prune_by_rwp(p, z, target_g, pdf_cfg)
+            p, z = cut.positions, cut.numbers
+        cuts.append((p, z))
+    res = refine_ragged([c[0] for c in cuts], [c[1] for c in cuts], target_g, pdf_cfg, steps=refine_steps)
+    final = rwp_now.copy()
+    for j, (_, z) in enumerate(cuts):
+        if res.rwp_after[j] < final[j]:
+            final[j], changed[j] = float(res.rwp_after[j]), True
+            out_p[j], out_z[j] = res.positions[j, : len(z)], z
+    return Reshaped(out_p, out_z, final, changed)

@@ -10,7 +10,8 @@ def rwp(pred: Tensor, target: Tensor, dim: int = -1) -> Tensor:
     """R_wp = sqrt(Σ(pred − target)² / Σ target²) along ``dim`` (unit weights), batched over the other dims.
 
     Both tensors must have the same shape (no silent broadcasting: a (B, n) vs (n,) slip would otherwise give
-    a plausible-looking number). A target that is identically zero raises instead of returning inf/NaN.
+    a plausible-looking number). A target that is identically zero raises instead of returning inf/NaN. The
+    gradient is finite everywhere, 0 at a perfect fit.
     """
     pred = torch.as_tensor(pred)
     target = torch.as_tensor(target, dtype=pred.dtype, device=pred.device)
@@ -22,4 +23,6 @@ def rwp(pred: Tensor, target: Tensor, dim: int = -1) -> Tensor:
     den = (target**2).sum(dim)
     if bool((den <= 0).any()):
         raise ValueError("rwp: target is identically zero along the reduced dimension")
-    return torch.sqrt(((pred - target) ** 2).sum(dim) / den)
+    q = ((pred - target) ** 2).sum(dim) / den
+    # sqrt's gradient is infinite at 0: a perfect fit would send NaN into a refinement; there it is 0 instead
+    return torch.where(q == 0, torch.zeros_like(q), torch.sqrt(q.clamp_min(torch.finfo(q.dtype).tiny)))
