@@ -125,8 +125,9 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     limits = limits_from_args(args)
+    refine = args.refine or args.prune_atoms  # pruning works on refined candidates
     SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
-                 n_atoms=args.n_atoms, refine=args.refine or args.prune_atoms, refine_steps=args.refine_steps,
+                 n_atoms=args.n_atoms, refine=refine, refine_steps=args.refine_steps,
                  prune_atoms=args.prune_atoms, prune_top=args.prune_top, seed=args.seed,
                  pdf_guidance=args.pdf_guidance or 0.0,
                  pdf_guidance_iters=args.pdf_guidance_iters or 1,
@@ -149,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
                           f"{args.n_samples * max_atoms:,} atoms, more than the limit of {limits.max_atoms:,} "
                           "(fewer -k, or raise it with --max-atoms)")
     cfg = bundle.sample_config(guidance=args.guidance, steps=args.steps, n_samples=args.n_samples,
-                               n_atoms=args.n_atoms, refine=args.refine or args.prune_atoms,
-                               refine_steps=args.refine_steps, prune_atoms=args.prune_atoms, prune_top=args.prune_top,
+                               n_atoms=args.n_atoms, refine=refine, refine_steps=args.refine_steps,
+                               prune_atoms=args.prune_atoms, prune_top=args.prune_top,
                                seed=args.seed, pdf_guidance=args.pdf_guidance,
                                pdf_guidance_iters=args.pdf_guidance_iters,
                                pdf_guidance_cohesion=args.pdf_guidance_cohesion,

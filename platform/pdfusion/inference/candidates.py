@@ -23,6 +23,7 @@ from pdfusion.diffusion.gaussian import types_to_numbers
 from pdfusion.diffusion.guards import NonFiniteError
 from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, sample, target_groups
 from pdfusion.inference.refine import REFINE_LR, REFINE_SMOOTH, refine_ragged
+from pdfusion.inference.topology import reshape_and_refine
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion, simulate_safe
 from pdfusion.structures.io import xyz_text
@@ -353,8 +354,6 @@ def prune_candidates(cands: list[Candidate], target_g: torch.Tensor | np.ndarray
                      steps: int = 100, top: int = 4) -> list[Candidate]:
     """The best `top` refined candidates of one PDF lose the atoms whose removal lowers R_wp and are refined again
     (`inference.topology.reshape_and_refine`); each is replaced only where R_wp falls. Re-ranked."""
-    from pdfusion.inference.topology import reshape_and_refine
-
     if not cands or steps == 0:
         return cands
     best = sorted(cands, key=lambda c: c.rwp)
@@ -365,11 +364,8 @@ def prune_candidates(cands: list[Candidate], target_g: torch.Tensor | np.ndarray
     for j, c in enumerate(head):
         if not shaped.changed[j]:
             continue
-        p, z = shaped.positions[j], shaped.numbers[j]
-        with torch.no_grad():
-            g = simulate_safe(torch.as_tensor(p)[None], torch.as_tensor(z)[None],
-                              torch.ones(1, len(z), dtype=torch.bool), pdf_cfg)[0]
-        out[j] = Candidate(numbers=z, positions=p - p.mean(0), n_atoms=len(z), rwp=float(shaped.rwp[j]),
-                           rwp_before_refine=c.rwp_before_refine, g_sim=g.numpy().astype(np.float32),
+        z = shaped.numbers[j]
+        out[j] = Candidate(numbers=z, positions=shaped.positions[j], n_atoms=len(z), rwp=float(shaped.rwp[j]),
+                           rwp_before_refine=c.rwp_before_refine, g_sim=shaped.g_sim[j].astype(np.float32),
                            expansion=c.expansion, n_sampled=c.n_sampled)
     return sorted(out, key=lambda c: c.rwp)

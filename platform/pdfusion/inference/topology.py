@@ -283,6 +283,7 @@ class Reshaped:
     numbers: list[np.ndarray]  # per structure, (n_i,)
     rwp: np.ndarray  # (B,) after the stage; never above the input's
     changed: np.ndarray  # (B,) bool: the reshaped structure replaced the input
+    g_sim: list[np.ndarray | None]  # (n_r,) G(r) of each replaced structure (refinement's); None where unchanged
 
 
 def reshape_and_refine(positions: list[np.ndarray], numbers: list[np.ndarray], rwp_now: np.ndarray,
@@ -297,8 +298,9 @@ def reshape_and_refine(positions: list[np.ndarray], numbers: list[np.ndarray], r
                          f"{len(rwp_now)} R_wp values")
     out_p, out_z = [np.asarray(p) for p in positions], [np.asarray(z) for z in numbers]
     changed = np.zeros(len(out_p), dtype=bool)
+    g_sim: list[np.ndarray | None] = [None] * len(out_p)
     if not out_p or not (prune or grow):
-        return Reshaped(out_p, out_z, rwp_now.copy(), changed)
+        return Reshaped(out_p, out_z, rwp_now.copy(), changed, g_sim)
     cuts = []
     for p, z in zip(out_p, out_z, strict=True):
         if grow:
@@ -313,5 +315,5 @@ def reshape_and_refine(positions: list[np.ndarray], numbers: list[np.ndarray], r
     for j, (_, z) in enumerate(cuts):
         if res.rwp_after[j] < final[j]:
             final[j], changed[j] = float(res.rwp_after[j]), True
-            out_p[j], out_z[j] = res.positions[j, : len(z)], z
-    return Reshaped(out_p, out_z, final, changed)
+            out_p[j], out_z[j], g_sim[j] = res.positions[j, : len(z)], z, res.g_sim[j]
+    return Reshaped(out_p, out_z, final, changed, g_sim)
