@@ -54,8 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resample-at", type=float, nargs="*", default=None, metavar="FRAC",
                    help="population resampling fractions (default: the model's; none given: off)")
     p.add_argument("--resample-keep", type=float, default=None, help="(default: the model's)")
-    p.add_argument("--sizes", choices=("head", "library"), default="head",
-                   help="model candidates' atom counts: the count head's, or those of the k nearest library entries")
+    p.add_argument("--sizes", choices=("head", "library", "fit"), default="head",
+                   help="model candidates' atom counts: the count head's, those of the k nearest library entries, "
+                        "or those of the 4 best expansion-fitted of them (times --size-scale)")
+    p.add_argument("--size-scale", type=float, default=1.0,
+                   help="with --sizes fit: sample this much larger than the fitted library's counts (prune after)")
+    p.add_argument("--prune-atoms", action="store_true",
+                   help="after refinement, delete the atoms whose removal lowers R_wp and refine again")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM stochasticity of the strided sampler")
     p.add_argument("--train-data", nargs="+", default=None, metavar="STORE",
                    help="the model's training stores / seed folders (--data and every --extra-train): "
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = replace(BeyondLibraryConfig(), n_targets=args.n_targets, seed=args.seed, metals=tuple(args.metals),
-                      k=args.k, refine_top=args.refine_top, refine_steps=args.refine_steps)
+                      k=args.k, refine_top=args.refine_top, refine_steps=args.refine_steps,
+                      prune_atoms=args.prune_atoms)
     except ConfigError as exc:
         print(f"bench_beyond_library: error: {exc}", file=sys.stderr)
         return 2
@@ -95,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                     resample_keep=args.resample_keep, restarts=args.restarts,
                                     restart_t=args.restart_t, count_temperature=args.count_temperature)
     report = run_benchmark(cfg, bundle=bundle, sample_cfg=scfg, model_targets=args.model_targets,
-                           library=not args.no_library, library_sizes=args.sizes == "library",
+                           library=not args.no_library, sizes=args.sizes, size_scale=args.size_scale,
                            model_start=args.model_start, save_candidates=args.save_candidates,
                            progress=lambda m: print(m, flush=True))
     report["command"] = " ".join(["python", "benchmarks/bench_beyond_library.py",

@@ -91,8 +91,8 @@ def evaluate(model, diffusion, pdf_cfg, train_data, val_data, k: int, steps: int
              prune_fragments: bool = False, restarts: int = 0, restart_t: int = 100,
              count_temperature: float = 1.0, prune_atoms: bool = False) -> dict:
     from pdfusion.config import SampleConfig
-    from pdfusion.evaluation.baselines import library_lookup, nearest_library
     from pdfusion.inference.candidates import prune_candidates, refine_candidates, sample_and_score
+    from pdfusion.inference.lookup import library_lookup, nearest_library
     from pdfusion.inference.refine import refine
     from pdfusion.inference.topology import reshape_and_refine
 

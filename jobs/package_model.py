@@ -39,6 +39,9 @@ def main() -> None:
     ap.add_argument("--restart-t", type=int, default=100, help="the time restarts re-noise to (SampleConfig.restart_t)")
     ap.add_argument("--count-temperature", type=float, default=1.0,
                     help="temperature of the count head's size draw (SampleConfig.count_temperature)")
+    ap.add_argument("--sizing", choices=("head", "library"), default="head",
+                    help="atom counts from the count head or the fitted library (SampleConfig.sizing)")
+    ap.add_argument("--size-scale", type=float, default=1.0, help="with --sizing library (SampleConfig.size_scale)")
     args = ap.parse_args()
     state = load_checkpoint(args.checkpoint)
     defaults = {"guidance": args.guidance, "steps": args.steps, "pdf_guidance": args.pdf_guidance,
@@ -46,7 +49,8 @@ def main() -> None:
                 "pdf_guidance_window": list(args.pdf_guidance_window),
                 "resample_at": list(args.resample_at),
                 "resample_keep": args.resample_keep, "prune_fragments": args.prune_fragments,
-                "restarts": args.restarts, "restart_t": args.restart_t, "count_temperature": args.count_temperature}
+                "restarts": args.restarts, "restart_t": args.restart_t, "count_temperature": args.count_temperature,
+                "sizing": args.sizing, "size_scale": args.size_scale}
     folder = Path(args.out) / args.name
     path = export_model(state, folder / "model.pt", defaults, name=args.name, version=str(state.get("step", 0)))
     (folder / "config.json").write_text(json.dumps(state["config"], indent=2, sort_keys=True) + "\n")

@@ -432,6 +432,11 @@ class SampleConfig:
     # temperature of the count head's draw, p(N | PDF)^(1/T) renormalised: 1 samples the head as trained, < 1
     # sharpens toward its mode (a candidate of a wrong size cannot fit however well it is placed), > 1 spreads
     count_temperature: float = 1.0
+    # where the atom counts come from when n_atoms is None: "head", the model's count head; "library", the 4 best
+    # expansion-fitted perfect spherical cuts of the PDF's metal (inference.sizing), times `size_scale` (> 1 samples
+    # larger for prune_atoms to carve): the head regresses to its training mean (docs/evaluation.md, r11)
+    sizing: Literal["head", "library"] = "head"
+    size_scale: float = 1.0
     refine: bool = False
     refine_steps: int = 100
     # after refinement, the best `prune_top` candidates lose the atoms whose removal lowers R_wp and are refined
@@ -508,6 +513,9 @@ class SampleConfig:
         _check(self.prune_top >= 1, "prune_top", f"must be >= 1 (candidates pruned per PDF), got {self.prune_top}")
         _check(self.count_temperature > 0 and math.isfinite(self.count_temperature), "count_temperature",
                f"must be finite and > 0 (1 = the count head as trained), got {self.count_temperature}")
+        _check(self.sizing in ("head", "library"), "sizing", f"must be 'head' or 'library', got {self.sizing!r}")
+        _check(self.size_scale > 0 and math.isfinite(self.size_scale), "size_scale",
+               f"must be finite and > 0 (1 = the library's counts), got {self.size_scale}")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -118,6 +118,30 @@ def test_sample_prune_atoms_implies_refine_and_is_recorded(checkpoint, target_gr
         assert c["rwp_before_refine"] is not None and c["rwp"] <= c["rwp_before_refine"] + 1e-9
 
 
+def test_sample_sizing_library_samples_at_the_fitted_librarys_counts(checkpoint, target_gr, tmp_path, capsys,
+                                                                       monkeypatch):
+    from pdfusion.inference import sizing
+
+    real = sizing.metal_library
+    monkeypatch.setattr(sizing, "metal_library", lambda metal, cfg: real(metal, cfg, (3.0, 4.0), 200))  # small: fast
+    out = tmp_path / "out"
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "2", "--sizing", "library",
+               "--size-scale", "0.5", "--no-prune-fragments", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    summary, _ = _check_outputs(out, 2)
+    assert summary["sample_config"]["sizing"] == "library" and summary["sample_config"]["size_scale"] == 0.5
+    from pdfusion.cli.sample_cmd import load_target
+    from pdfusion.inference.bundle import load_bundle
+
+    bundle = load_bundle(str(checkpoint))
+    g = load_target(target_gr, bundle.r_grid)
+    want = sizing.sizes_for(g[None], ["Ti"], bundle.pdf_config, 2, scale=0.5,
+                            max_atoms=bundle.config.model.max_atoms)[0]
+    assert sorted(c["n_atoms"] for c in summary["candidates"]) == sorted(want)
+    rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "--size-scale", "0", "-o", str(out)])
+    assert rc == 2 and "size_scale" in capsys.readouterr().err
+
+
 def test_sample_with_pdf_guidance(checkpoint, target_gr, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["sample", str(checkpoint), str(target_gr), "--metal", "Ti", "-k", "2", "--n-atoms", "12",

@@ -14,6 +14,7 @@ import torch
 
 from pdfusion.config import BeyondLibraryConfig, PDFConfig
 from pdfusion.evaluation import beyond_library as bl
+from pdfusion.inference.sizing import library_fit_sizes
 from pdfusion.pdf import rwp
 from pdfusion.structures.particle import Particle
 from pdfusion.structures.particles import make_particle
@@ -190,9 +191,17 @@ def test_model_side_can_sample_at_the_nearest_library_entries_atom_counts(tmp_pa
         return out
 
     monkeypatch.setattr(bl, "model_proposals", spy)
-    report = bl.run_benchmark(cfg, bundle=bundle, library_sizes=True)
+    report = bl.run_benchmark(cfg, bundle=bundle, sizes="library")
     assert seen == [sorted(len(p) for p in bl.library_proposals(targets, cfg, FAST_PDF)[0])]
     assert report["model"]["sizes"] == "library" and report["model"]["rows"][0]["n_candidates"] == 3
+    # "fit": the counts of the best expansion-fitted library entries (inference.sizing), scaled
+    seen.clear()
+    report = bl.run_benchmark(cfg, bundle=bundle, sizes="fit", size_scale=0.5, library=False)
+    lib, lib_g = bl.library_for(bl.element_symbol(targets[0].metal), cfg, FAST_PDF)
+    want = library_fit_sizes(targets[0].pdf, lib, lib_g, FAST_PDF, cfg.k, scale=0.5, max_atoms=160)
+    assert report["model"]["sizes"] == "library fit x 0.5" and seen == [sorted(want)]
+    with pytest.raises(ValueError, match="sizes"):
+        bl.run_benchmark(cfg, bundle=bundle, sizes="oracle")
 
 
 def test_job_refuses_training_data_holding_a_target_metal(tmp_path, capsys):

@@ -51,7 +51,8 @@ def test_bundle_holds_ema_weights_configs_and_grid(checkpoint):
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
                           "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                           "resample_keep": 0.5, "prune_fragments": False,
-                          "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
+                          "restarts": 0, "restart_t": 100, "count_temperature": 1.0,
+                                   "sizing": "head", "size_scale": 1.0}
     assert (b.name, b.version) == ("toy", "3")
 
 
@@ -63,7 +64,8 @@ def test_defaults_overridable_and_validated(checkpoint):
                                                                   "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                                                                   "resample_keep": 0.5, "prune_fragments": False,
                                                                   "restarts": 0, "restart_t": 100,
-                                                                  "count_temperature": 1.0}
+                                                                  "count_temperature": 1.0, "sizing": "head",
+                                                                  "size_scale": 1.0}
     with pytest.raises(ValueError, match="unknown key"):
         load_bundle(path, defaults={"stepz": 50})
 
@@ -114,7 +116,8 @@ def test_bad_checkpoint_is_named(tmp_path):
     assert bundle_mod.DEFAULTS == {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
                                    "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                                    "resample_keep": 0.5, "prune_fragments": False,
-                                   "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
+                                   "restarts": 0, "restart_t": 100, "count_temperature": 1.0,
+                                   "sizing": "head", "size_scale": 1.0}
 
 
 def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, tmp_path):
@@ -131,7 +134,8 @@ def test_exported_model_is_slim_and_samples_as_the_checkpoint_does(checkpoint, t
     assert b.defaults == {"guidance": 2.0, "steps": 7, "pdf_guidance": 0.3, "pdf_guidance_iters": 3,
                           "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                           "resample_keep": 0.5, "prune_fragments": False,
-                          "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
+                          "restarts": 0, "restart_t": 100, "count_temperature": 1.0,
+                                   "sizing": "head", "size_scale": 1.0}
     assert (b.name, b.version) == ("shipped", "9")
     with pytest.raises(ValueError, match="unknown key"):
         export_model(torch.load(path, weights_only=True), tmp_path / "x.pt", {"guidence": 1.0})

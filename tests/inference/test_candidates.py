@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pdfusion.config import DataConfig, PDFConfig, SampleConfig, preset
-from pdfusion.evaluation.baselines import library_lookup
 from pdfusion.inference.candidates import Candidate, generate_candidates, metal_number
+from pdfusion.inference.lookup import library_lookup
 from pdfusion.inference.refine import refine
 from pdfusion_testdata import rocksalt_cluster
 

@@ -33,6 +33,12 @@ def register(sub) -> None:
     p.add_argument("--n-atoms", type=int, default=None,
                    help="fix the atom count sampled (default: predicted from the PDF); detached atoms are then "
                         "dropped unless --no-prune-fragments")
+    p.add_argument("--sizing", choices=("head", "library"), default=None,
+                   help="where atom counts come from: the model's count head, or the perfect spherical cuts of the "
+                        "metal that fit the PDF best after an expansion fit (default: the model's)")
+    p.add_argument("--size-scale", type=float, default=None,
+                   help="with --sizing library, sample this much larger than the library's counts, for "
+                        "--prune-atoms to carve (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
@@ -129,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     SampleConfig(guidance=1.0 if args.guidance is None else args.guidance, steps=args.steps, n_samples=args.n_samples,
                  n_atoms=args.n_atoms, refine=refine, refine_steps=args.refine_steps,
                  prune_atoms=args.prune_atoms, prune_top=args.prune_top, seed=args.seed,
+                 size_scale=1.0 if args.size_scale is None else args.size_scale,
                  pdf_guidance=args.pdf_guidance or 0.0,
                  pdf_guidance_iters=args.pdf_guidance_iters or 1,
                  pdf_guidance_cohesion=args.pdf_guidance_cohesion or 0.0,
@@ -157,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
                                pdf_guidance_cohesion=args.pdf_guidance_cohesion,
                                pdf_guidance_window=None if args.pdf_guidance_window is None
                                else tuple(args.pdf_guidance_window),
-                               prune_fragments=args.prune_fragments)
+                               prune_fragments=args.prune_fragments, sizing=args.sizing,
+                               size_scale=args.size_scale)
     if cfg.n_atoms is not None and cfg.n_atoms > bundle.config.model.max_atoms:
         raise ValueError(f"--n-atoms: {cfg.n_atoms} exceeds the model's max_atoms {bundle.config.model.max_atoms}")
     cands = generate_candidates(bundle, target[None], [z], cfg, progress=True)[0]

@@ -15,7 +15,7 @@ refinement; *refined*, the ``refine_top`` best fitted candidates refined on R_wp
 (:func:`pdfusion.inference.refine.refine_ragged`); and the RMSD (:func:`pdfusion.evaluation.metrics.rmsd`)
 to the true structure of the best candidate whose composition equals the truth's, where one does.
 The library's candidates are its ``k`` nearest PDFs by raw R_wp
-(:func:`~pdfusion.evaluation.baselines.nearest_library`).
+(:func:`~pdfusion.inference.lookup.nearest_library`).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from pdfusion.config import BEYOND_LIBRARY_METALS, BeyondLibraryConfig, PDFConfi
 from pdfusion.data.store import MANIFEST, StoreReader
 from pdfusion.diffusion import NonFiniteError
 from pdfusion.evaluation import metrics
-from pdfusion.evaluation.baselines import nearest_library
 from pdfusion.evaluation.harness import Target, simulate_many
 from pdfusion.inference.candidates import generate_candidates
-from pdfusion.inference.library import build_library
+from pdfusion.inference.lookup import nearest_library
 from pdfusion.inference.refine import pad_structures, refine_ragged
+from pdfusion.inference.sizing import library_fit_sizes, metal_library
 from pdfusion.inference.topology import reshape_and_refine
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion
@@ -53,6 +53,7 @@ HELD_OUT_METALS = BEYOND_LIBRARY_METALS
 MAX_DRAWS = 50  # redraws of one target before giving up (a variant too large, or dropped for a close pair)
 
 Proposals = list[list[Particle]]
+SIZINGS = ("head", "library", "fit")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,8 +95,8 @@ def library_for(metal: str, cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFCo
                 ) -> tuple[list[Particle], np.ndarray]:
     """Perfect atom-centred spherical cuts of every oxide prototype of ``metal`` (one per distinct size)
     across ``cfg.library_radii``, and their G(r)."""
-    lib = build_library(f"{metal}O", cfg.library_radii, families=("oxide",), max_atoms=4 * cfg.max_atoms)
-    return lib, simulate_many(lib, pdf_cfg)
+    lib, g = metal_library(metal, pdf_cfg, tuple(cfg.library_radii), 4 * cfg.max_atoms)
+    return list(lib), g
 
 
 def library_proposals(targets: Sequence[Target], cfg: BeyondLibraryConfig, pdf_cfg: PDFConfig = PDFConfig(),
@@ -250,11 +251,14 @@ def head_to_head(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> di
 # --------------------------------------------------------------------------------------------------
 def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=None,
                   sample_cfg: SampleConfig | None = None, model_targets: int | None = None, library: bool = True,
-                  library_sizes: bool = False, model_start: int = 0, save_candidates: str | Path | None = None,
+                  sizes: str = "head", size_scale: float = 1.0, model_start: int = 0,
+                  save_candidates: str | Path | None = None,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Targets, the library side (unless ``library=False``) and, with ``bundle``, the model side on the first
-    ``model_targets`` targets from ``model_start`` (default all), sized by its count head or, with
-    ``library_sizes``, at the atom counts of each target's ``k`` nearest library entries. The PDF settings are the
+    ``model_targets`` targets from ``model_start`` (default all), sized by its count head (``sizes="head"``), at
+    the atom counts of each target's ``k`` nearest library entries (``"library"``), or at those of the best
+    expansion-fitted of them times ``size_scale`` (``"fit"``, :func:`pdfusion.inference.sizing.library_fit_sizes`,
+    the product's ``SampleConfig.sizing``). The PDF settings are the
     bundle's, else the seed-oxides defaults. With ``save_candidates`` (a folder) each target's unscored candidates
     go there (:func:`save_proposals`), so later stages can be compared on the same samples without sampling
     again."""
@@ -267,7 +271,10 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                               "targets": [{"id": t.meta["id"], "n_atoms": len(t.truth),
                                            "variant_params": t.meta["variant_params"]}
                                           for t in targets]}
-    lib_props = library_proposals(targets, cfg, pdf_cfg) if library or library_sizes else None
+    if sizes not in SIZINGS:
+        raise ValueError(f"sizes: expected one of {SIZINGS}, got {sizes!r}")
+    libraries: dict[str, tuple[list[Particle], np.ndarray]] = {}
+    lib_props = library_proposals(targets, cfg, pdf_cfg, libraries) if library or sizes != "head" else None
     if library:
         t1 = time.perf_counter()
         rows = []
@@ -281,11 +288,16 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
     if bundle is not None:
         t1 = time.perf_counter()
         sub = targets[model_start: model_start + (model_targets or len(targets))]
-        sizes = ([[len(p) for p in props] for props in lib_props[model_start: model_start + len(sub)]]
-                 if library_sizes else None)
         rows = []
-        for i, t in enumerate(sub):  # one target at a time, so a long run reports as it goes
-            props, nans = model_proposals(bundle, [t], cfg, sample_cfg, None if sizes is None else sizes[i:i + 1])
+        for t in sub:  # one target at a time, so a long run reports as it goes
+            counts = None
+            if sizes == "library":
+                counts = [[len(p) for p in lib_props[t.index]]]
+            elif sizes == "fit":
+                lib, lib_g = libraries[element_symbol(t.metal)]
+                counts = [library_fit_sizes(t.pdf, lib, lib_g, pdf_cfg, cfg.k, scale=size_scale,
+                                            max_atoms=bundle.diffusion.model_cfg.max_atoms)]
+            props, nans = model_proposals(bundle, [t], cfg, sample_cfg, counts)
             if save_candidates is not None:
                 save_proposals(Path(save_candidates) / f"model_{t.index:03d}.npz", props[0])
             rows.append(score_proposals(t, props[0], cfg, pdf_cfg, nans[0]))
@@ -293,7 +305,8 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                 f"refined {rows[-1]['rwp_refined']:.3f} valid {rows[-1]['valid_fraction']:.2f}")
         report["model"] = {"rows": rows, "summary": summarise(rows), "wall_s": time.perf_counter() - t1,
                            "sample": to_dict(sample_cfg) if sample_cfg else None,
-                           "sizes": "library" if library_sizes else "count head"}
+                           "sizes": {"head": "count head", "library": "library",
+                                     "fit": f"library fit x {size_scale:g}"}[sizes]}
         if library:
             lib_rows = report["library"]["rows"][model_start: model_start + len(sub)]
             report["model"]["vs_library"] = head_to_head(rows, lib_rows)

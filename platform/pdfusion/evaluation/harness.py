@@ -22,8 +22,9 @@ import torch
 from pdfusion.config import PDFConfig
 from pdfusion.diffusion import NonFiniteError
 from pdfusion.evaluation import metrics
-from pdfusion.evaluation.baselines import nearest_library, particle_radius, random_particle
+from pdfusion.evaluation.baselines import particle_radius, random_particle
 from pdfusion.inference.candidates import generate_candidates
+from pdfusion.inference.lookup import nearest_library
 from pdfusion.inference.refine import refine_ragged
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import simulate_safe

@@ -23,7 +23,8 @@ from pdfusion.pdf import r_grid
 
 DEFAULTS = {"guidance": 1.0, "steps": 100, "pdf_guidance": 0.0, "pdf_guidance_iters": 1,
             "pdf_guidance_cohesion": 0.0, "pdf_guidance_window": [0.0, 1.0], "resample_at": [], "resample_keep": 0.5,
-            "prune_fragments": False, "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
+            "prune_fragments": False, "restarts": 0, "restart_t": 100, "count_temperature": 1.0,
+            "sizing": "head", "size_scale": 1.0}
 # the model that ships with the repository (models/README.md): what `pdfusion sample` and serve use by default
 SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "pdfusion-cpu-v2" / "model.pt"
 
@@ -51,7 +52,8 @@ class ModelBundle:
                 "pdf_guidance_window": tuple(d["pdf_guidance_window"]), "resample_at": tuple(d["resample_at"]),
                 "resample_keep": float(d["resample_keep"]), "prune_fragments": bool(d["prune_fragments"]),
                 "restarts": int(d["restarts"]), "restart_t": int(d["restart_t"]),
-                "count_temperature": float(d["count_temperature"])}
+                "count_temperature": float(d["count_temperature"]), "sizing": str(d["sizing"]),
+                "size_scale": float(d["size_scale"])}
         return SampleConfig(**{**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 

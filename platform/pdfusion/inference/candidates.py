@@ -23,11 +23,13 @@ from pdfusion.diffusion.gaussian import types_to_numbers
 from pdfusion.diffusion.guards import NonFiniteError
 from pdfusion.diffusion.samplers import SamplingCancelled, predict_n_atoms, sample, target_groups
 from pdfusion.inference.refine import REFINE_LR, REFINE_SMOOTH, refine_ragged
+from pdfusion.inference.sizing import sizes_for
 from pdfusion.inference.topology import reshape_and_refine
 from pdfusion.pdf import rwp
 from pdfusion.pdf.fitting import fit_expansion, simulate_safe
 from pdfusion.structures.io import xyz_text
 from pdfusion.structures.particle import OXYGEN
+from pdfusion.structures.prototypes import element_symbol
 
 if TYPE_CHECKING:
     from pdfusion.inference.bundle import ModelBundle
@@ -291,7 +293,7 @@ def generate_candidates(
 
     `cfg` may be one config or one per PDF; PDFs with equal configs are sampled together. With `cfg.refine`, every
     candidate is refined and the list re-ranked. `sizes`: per PDF, the atom count of each candidate
-    (`sample_and_score`)."""
+    (`sample_and_score`); else `cfg.sizing` decides (the count head, or the fitted library: `inference.sizing`)."""
     pdfs = torch.as_tensor(np.asarray(pdfs), dtype=torch.float32)
     if pdfs.ndim == 1:
         pdfs = pdfs[None]
@@ -309,10 +311,14 @@ def generate_candidates(
         groups.setdefault(c, []).append(i)
     out: list[list[Candidate] | None] = [None] * pdfs.shape[0]
     for gcfg, members in groups.items():
+        counts = None if sizes is None else [sizes[i] for i in members]
+        if counts is None and gcfg.n_atoms is None and gcfg.sizing == "library":
+            counts = sizes_for(pdfs[members].numpy(), [element_symbol(metal_number(metals[i])) for i in members],
+                               bundle.pdf_config, gcfg.n_samples, scale=gcfg.size_scale,
+                               max_atoms=bundle.diffusion.model_cfg.max_atoms)
         ranked = sample_and_score(
             bundle.model, bundle.diffusion, pdfs[members], [metals[i] for i in members], gcfg,
-            bundle.pdf_config, device=bundle.device, max_batch=max_batch, progress=progress,
-            sizes=None if sizes is None else [sizes[i] for i in members],
+            bundle.pdf_config, device=bundle.device, max_batch=max_batch, progress=progress, sizes=counts,
         )
         if gcfg.refine:
             ranked = [
