@@ -239,7 +239,8 @@ def test_guidance_sweep_records_best_on_registered_model(synthetic_store, ray_se
                                                "pdf_guidance_iters": 1, "pdf_guidance_cohesion": 0.0,
                                                "pdf_guidance_window": [0.0, 1.0], "resample_at": [],
                                                "resample_keep": 0.5, "prune_fragments": False,
-                                               "restarts": 0, "restart_t": 100, "count_temperature": 1.0}
+                                               "restarts": 0, "restart_t": 100, "count_temperature": 1.0,
+                                               "sizing": "head", "size_scale": 1.0}
     # one nested run per γ, carrying the trial's score
     children = _children(out["mlflow_run_id"])
     assert sorted(float(c.data.params["guidance"]) for c in children) == [0.0, 1.0, 2.0]
