@@ -273,8 +273,7 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
                                           for t in targets]}
     if sizes not in SIZINGS:
         raise ValueError(f"sizes: expected one of {SIZINGS}, got {sizes!r}")
-    libraries: dict[str, tuple[list[Particle], np.ndarray]] = {}
-    lib_props = library_proposals(targets, cfg, pdf_cfg, libraries) if library or sizes != "head" else None
+    lib_props = library_proposals(targets, cfg, pdf_cfg) if library or sizes == "library" else None
     if library:
         t1 = time.perf_counter()
         rows = []
@@ -294,7 +293,7 @@ def run_benchmark(cfg: BeyondLibraryConfig = BeyondLibraryConfig(), *, bundle=No
             if sizes == "library":
                 counts = [[len(p) for p in lib_props[t.index]]]
             elif sizes == "fit":
-                lib, lib_g = libraries[element_symbol(t.metal)]
+                lib, lib_g = library_for(element_symbol(t.metal), cfg, pdf_cfg)  # cached: metal_library
                 counts = [library_fit_sizes(t.pdf, lib, lib_g, pdf_cfg, cfg.k, scale=size_scale,
                                             max_atoms=bundle.diffusion.model_cfg.max_atoms)]
             props, nans = model_proposals(bundle, [t], cfg, sample_cfg, counts)
